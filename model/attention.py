@@ -1,0 +1,126 @@
+"""The three attention paths of an RMAT block and their learned per-head mix.
+
+    global:  causal attention over the whole segment          O(S^2)
+    local:   causal attention inside each chunk of C tokens    O(S*C)
+    memory:  attention over the valid slots of the FIFO        O(S*M)
+
+Each path has a segment form (all tokens at once, through SDPA) and a step form (one
+new query against the cached keys of the segment) that give the same numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import RMATConfig
+from model.layers import Rotary
+
+
+def global_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal attention over the segment; q, k, v are [B, H, T, d]."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def local_attention(q: Tensor, k: Tensor, v: Tensor, chunk_len: int) -> Tensor:
+    """Causal attention inside each chunk of ``chunk_len`` tokens.
+
+    Chunks become extra heads (a free view when T is a multiple of the chunk), so SDPA
+    does O(T * C) work instead of masking an O(T^2) score matrix. A partial last chunk
+    is padded at its end, which causal masking keeps from reaching any real token.
+    """
+    b, h, t, d = q.shape
+    pad = -t % chunk_len
+    if pad:
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+    n = (t + pad) // chunk_len
+    q, k, v = (x.reshape(b, h * n, chunk_len, d) for x in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return out.reshape(b, h, n * chunk_len, d)[:, :, :t]
+
+
+def memory_attention(q: Tensor, km: Tensor, vm: Tensor, valid: Tensor) -> Tensor:
+    """Attention of q [B, H, T, d] over memory slots km, vm [B, H, M, d].
+
+    Only slots with ``valid`` [B, M] take part; a row with no valid slot reads zero.
+    Such a row attends to every slot (so the softmax stays finite) and is zeroed after.
+    """
+    any_valid = valid.any(dim=-1)
+    mask = (valid | ~any_valid[:, None])[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, km, vm, attn_mask=mask)
+    return out * any_valid.view(-1, 1, 1, 1).to(out.dtype)
+
+
+class MixedAttention(nn.Module):
+    """Pre-projected q, k, v shared by the enabled paths, mixed per head by softmax(w_h)."""
+
+    def __init__(self, cfg: RMATConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.wqkv = nn.Linear(d, 3 * d, bias=False)
+        self.wo = nn.Linear(d, d, bias=False)
+        self.rotary = Rotary(cfg.head_dim, cfg.segment_len, cfg.rope_base)
+        # One logit per head and path; zeros make the initial mix equal.
+        self.mix_logits = nn.Parameter(torch.zeros(cfg.n_heads, len(cfg.paths)))
+        if cfg.has_memory:
+            self.mem_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+            self.wkv_mem = nn.Linear(d, 2 * d, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def mix_weights(self) -> Tensor:
+        """The per-head path weights a_h, [H, n_paths], rows summing to 1."""
+        return self.mix_logits.softmax(dim=-1)
+
+    def forward(self, u: Tensor, mem: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Attend a whole segment u [B, T, D]; returns (output, rotated keys, values)."""
+        q, k, v = self._qkv(u, start=0)
+        outs = []
+        for path in self.cfg.paths:
+            if path == "global":
+                outs.append(global_attention(q, k, v))
+            elif path == "local":
+                outs.append(local_attention(q, k, v, self.cfg.chunk_len))
+            else:
+                outs.append(self._read_memory(q, mem, valid))
+        return self._mix(outs), k, v
+
+    def step(self, u: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int,
+             mem: Tensor, valid: Tensor) -> Tensor:
+        """Attend one new token u [B, 1, D] at segment position ``pos``.
+
+        Writes its key and value into k_cache, v_cache [B, H, S, d] in place.
+        """
+        q, k, v = self._qkv(u, start=pos)
+        k_cache[:, :, pos:pos + 1] = k
+        v_cache[:, :, pos:pos + 1] = v
+        chunk_start = pos - pos % self.cfg.chunk_len
+        outs = []
+        for path in self.cfg.paths:
+            if path == "global":
+                outs.append(F.scaled_dot_product_attention(q, k_cache[:, :, :pos + 1], v_cache[:, :, :pos + 1]))
+            elif path == "local":
+                outs.append(F.scaled_dot_product_attention(
+                    q, k_cache[:, :, chunk_start:pos + 1], v_cache[:, :, chunk_start:pos + 1]))
+            else:
+                outs.append(self._read_memory(q, mem, valid))
+        return self._mix(outs)
+
+    def _qkv(self, u: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = (self._heads(x) for x in self.wqkv(u).chunk(3, dim=-1))
+        return self.rotary(q, start), self.rotary(k, start), v
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.cfg.n_heads, self.cfg.head_dim).transpose(1, 2)
+
+    def _read_memory(self, q: Tensor, mem: Tensor, valid: Tensor) -> Tensor:
+        km, vm = (self._heads(x) for x in self.wkv_mem(self.mem_norm(mem)).chunk(2, dim=-1))
+        return memory_attention(q, km, vm, valid)
+
+    def _mix(self, outs: list[Tensor]) -> Tensor:
+        a = self.mix_weights().to(outs[0].dtype)  # [H, P]
+        mixed = sum(a[:, i].view(1, -1, 1, 1) * o for i, o in enumerate(outs))
+        b, h, t, d = mixed.shape
+        return self.dropout(self.wo(mixed.transpose(1, 2).reshape(b, t, h * d)))

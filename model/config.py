@@ -1,0 +1,81 @@
+"""Configuration of the Recurrent Memory-Augmented Transformer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+PATHS = ("global", "local", "memory")
+POOLS = ("mean", "attn")
+
+
+@dataclass
+class RMATConfig:
+    """Shape and switches of one RMAT model (DESIGN.md section 1).
+
+    ``paths`` is any non-empty subset of ``PATHS``; ``paths=["global"]`` with
+    ``mem_slots=0`` and ``segment_len`` equal to the context is the plain causal
+    transformer used as the baseline.
+    """
+
+    vocab_size: int = 8192
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: Optional[int] = None  # None: the SwiGLU width 8/3 * d_model, rounded up to 64
+    segment_len: int = 256
+    chunk_len: int = 64
+    mem_slots: int = 16
+    rope_base: float = 10000.0
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    paths: list[str] = field(default_factory=lambda: list(PATHS))
+    pool: str = "mean"
+    init_std: float = 0.02
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        _check(self.vocab_size > 0, "vocab_size", self.vocab_size, "must be positive")
+        _check(self.n_layers > 0, "n_layers", self.n_layers, "must be positive")
+        _check(self.n_heads > 0, "n_heads", self.n_heads, "must be positive")
+        _check(self.d_model % self.n_heads == 0, "d_model", self.d_model,
+               f"must be divisible by n_heads={self.n_heads}")
+        _check(self.head_dim % 2 == 0, "d_model", self.d_model,
+               f"gives head width {self.head_dim}; rotary positions need an even head width")
+        _check(self.segment_len > 0 and self.chunk_len > 0, "segment_len/chunk_len",
+               (self.segment_len, self.chunk_len), "must be positive")
+        _check(self.segment_len % self.chunk_len == 0, "segment_len", self.segment_len,
+               f"must be a multiple of chunk_len={self.chunk_len}")
+        _check(len(self.paths) > 0, "paths", self.paths, f"must name at least one of {PATHS}")
+        unknown = sorted(set(self.paths) - set(PATHS))
+        _check(not unknown, "paths", unknown, f"unknown path(s); choose from {PATHS}")
+        self.paths = [p for p in PATHS if p in self.paths]  # canonical order: mix weights index it
+        _check(self.mem_slots >= 0, "mem_slots", self.mem_slots, "must be >= 0")
+        _check("memory" not in self.paths or self.mem_slots > 0, "mem_slots", self.mem_slots,
+               "must be > 0 when the 'memory' path is on")
+        _check(self.pool in POOLS, "pool", self.pool, f"choose from {POOLS}")
+        _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
+        _check(self.d_ff is None or self.d_ff > 0, "d_ff", self.d_ff, "must be positive or None")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        return 64 * -(-(8 * self.d_model // 3) // 64)
+
+    @property
+    def has_memory(self) -> bool:
+        return "memory" in self.paths
+
+    @property
+    def chunks_per_segment(self) -> int:
+        return self.segment_len // self.chunk_len
+
+
+def _check(ok: bool, key: str, value: object, what: str) -> None:
+    if not ok:
+        raise ValueError(f"RMATConfig.{key}={value!r}: {what}")

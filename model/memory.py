@@ -1,0 +1,59 @@
+"""The gated FIFO memory write: chunk summaries through a GRU into a queue of M slots.
+
+    for each chunk c of the segment, in order:
+        s_c   = Pool(RMSNorm(y) over the chunk's tokens)
+        carry = GRUCell(s_c, carry)
+        push carry into the FIFO, drop the oldest past M slots, mark it valid
+
+The norm keeps the pooled residual stream at a scale the GRU's gates can use.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import RMATConfig
+
+
+class MemoryWriter(nn.Module):
+    """Writes one layer's memory from that layer's output for a segment."""
+
+    def __init__(self, cfg: RMATConfig) -> None:
+        super().__init__()
+        self.chunk_len = cfg.chunk_len
+        self.mem_slots = cfg.mem_slots
+        self.pool = cfg.pool
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        if cfg.pool == "attn":
+            # A learned query that can pick one salient token a mean would wash out.
+            self.pool_query = nn.Parameter(torch.zeros(cfg.d_model))
+        self.gru = nn.GRUCell(cfg.d_model, cfg.d_model)
+
+    def forward(self, y: Tensor, mem: Tensor, valid: Tensor, carry: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """y [B, T, D] (T <= S; a partial last chunk pools its tokens); returns mem, valid, carry."""
+        summaries = self.summarize(y)  # [B, n, D]
+        carries = []
+        for c in range(summaries.shape[1]):
+            carry = self.gru(summaries[:, c], carry)
+            carries.append(carry)
+        new = torch.stack(carries, dim=1)
+        mem = torch.cat([mem, new], dim=1)[:, -self.mem_slots:]
+        fresh = torch.ones(new.shape[:2], dtype=torch.bool, device=valid.device)
+        valid = torch.cat([valid, fresh], dim=1)[:, -self.mem_slots:]
+        return mem, valid, carry
+
+    def summarize(self, y: Tensor) -> Tensor:
+        """Pool each chunk of y [B, T, D] into one vector: [B, ceil(T / C), D]."""
+        b, t, d = y.shape
+        pad = -t % self.chunk_len
+        n = (t + pad) // self.chunk_len
+        x = F.pad(self.norm(y), (0, 0, 0, pad)).view(b, n, self.chunk_len, d)
+        present = (torch.arange(n * self.chunk_len, device=y.device) < t).view(n, self.chunk_len)
+        if self.pool == "mean":
+            w = present.to(x.dtype) / present.sum(-1, keepdim=True).to(x.dtype)
+            return torch.einsum("bncd,nc->bnd", x, w)
+        scores = (x @ self.pool_query.to(x.dtype)) / d ** 0.5  # [B, n, C]
+        w = scores.masked_fill(~present, float("-inf")).softmax(dim=-1)
+        return torch.einsum("bncd,bnc->bnd", x, w)

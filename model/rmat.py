@@ -1,0 +1,250 @@
+"""The Recurrent Memory-Augmented Transformer (DESIGN.md section 1).
+
+A segment of at most S tokens is processed in parallel; every layer reads the memory
+written by earlier segments and, after the segment, writes its own. ``forward`` runs
+one segment, ``step`` one token with a cache, ``generate`` streams any prompt length
+with O(S + M) state per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from model.attention import MixedAttention
+from model.config import RMATConfig
+from model.layers import SwiGLU
+from model.memory import MemoryWriter
+from model.state import DecodeCache, MemoryState
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: mixed attention, then SwiGLU; owns its memory writer."""
+
+    def __init__(self, cfg: RMATConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = MixedAttention(cfg)
+        self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.ffn = SwiGLU(cfg.d_model, cfg.ffn_dim, cfg.dropout)
+        self.writer = MemoryWriter(cfg) if cfg.has_memory else None
+
+    def forward(self, x: Tensor, mem: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        a, k, v = self.attn(self.attn_norm(x), mem, valid)
+        x = x + a
+        return x + self.ffn(self.ffn_norm(x)), k, v
+
+    def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int, mem: Tensor, valid: Tensor) -> Tensor:
+        x = x + self.attn.step(self.attn_norm(x), k_cache, v_cache, pos, mem, valid)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class RMAT(nn.Module):
+    """The language model: embeddings, L blocks, final norm, (tied) output head."""
+
+    def __init__(self, cfg: RMATConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm_f = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # Residual projections scaled down with depth (GPT-2) so the stream's variance stays put.
+        for block in self.blocks:
+            for w in (block.attn.wo.weight, block.ffn.w2.weight):
+                nn.init.normal_(w, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.cfg.init_std)
+
+    # ---- state -----------------------------------------------------------------------
+
+    def init_state(self, batch_size: int) -> MemoryState:
+        """An empty memory for ``batch_size`` rows, on the model's device and dtype."""
+        p = self.tok_emb.weight
+        return MemoryState.empty(self.cfg.n_layers, batch_size, self.cfg.mem_slots, self.cfg.d_model,
+                                 device=p.device, dtype=p.dtype)
+
+    def init_cache(self, batch_size: int) -> DecodeCache:
+        """An empty decoding cache: memory plus room for one segment's keys and values."""
+        c, p = self.cfg, self.tok_emb.weight
+        kv_shape = (c.n_layers, batch_size, c.n_heads, c.segment_len, c.head_dim)
+        return DecodeCache(
+            state=self.init_state(batch_size),
+            k=torch.zeros(kv_shape, device=p.device, dtype=p.dtype),
+            v=torch.zeros(kv_shape, device=p.device, dtype=p.dtype),
+            y=torch.zeros(c.n_layers, batch_size, c.segment_len, c.d_model, device=p.device, dtype=p.dtype),
+        )
+
+    # ---- segment forward -------------------------------------------------------------
+
+    def forward(self, tokens: Tensor, state: MemoryState, reset: Optional[Tensor] = None
+                ) -> tuple[Tensor, MemoryState]:
+        """Run one segment: tokens [B, T <= S] -> logits [B, T, V] and the next state.
+
+        ``reset`` [B] (bool) empties a row's memory before the segment (a new document).
+        """
+        self._check_tokens(tokens, state.batch_size)
+        if reset is not None:
+            if reset.shape != (state.batch_size,):
+                raise ValueError(f"reset has shape {tuple(reset.shape)}; expected ({state.batch_size},)")
+            state = state.reset_rows(reset)
+        x, state, _ = self._run_layers(tokens, state, write_memory=True)
+        return self.lm_head(self.norm_f(x)), state
+
+    def _run_layers(self, tokens: Tensor, state: MemoryState, write_memory: bool
+                    ) -> tuple[Tensor, MemoryState, list[tuple[Tensor, Tensor, Tensor]]]:
+        x = self.drop(self.tok_emb(tokens))
+        mems, valids, carries, per_layer = [], [], [], []
+        for i, block in enumerate(self.blocks):
+            mem, valid, carry = state.mem[i], state.valid[i], state.carry[i]
+            x, k, v = block(x, mem, valid)
+            per_layer.append((x, k, v))
+            if write_memory and block.writer is not None:
+                mem, valid, carry = block.writer(x, mem, valid, carry)
+            mems.append(mem)
+            valids.append(valid)
+            carries.append(carry)
+        if not (write_memory and self.cfg.has_memory):
+            return x, state, per_layer
+        return x, MemoryState(torch.stack(mems), torch.stack(valids), torch.stack(carries)), per_layer
+
+    # ---- token-by-token decoding -----------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, token_ids: Tensor, cache: DecodeCache) -> tuple[Tensor, DecodeCache]:
+        """Feed one token per row, token_ids [B] -> logits [B, V], updating ``cache``.
+
+        Gives the logits the segment forward gives at the same position; when the
+        segment fills, the memory is written exactly as the segment forward writes it.
+        The cache's tensors are updated in place.
+        """
+        if token_ids.dim() != 1:
+            raise ValueError(f"step takes token_ids of shape [batch]; got {tuple(token_ids.shape)}")
+        self._check_tokens(token_ids[:, None], cache.batch_size)
+        pos, state = cache.pos, cache.state
+        x = self.tok_emb(token_ids[:, None])
+        for i, block in enumerate(self.blocks):
+            x = block.step(x, cache.k[i], cache.v[i], pos, state.mem[i], state.valid[i])
+            cache.y[i, :, pos] = x[:, 0]
+        logits = self.lm_head(self.norm_f(x))[:, 0]
+        pos += 1
+        if pos == self.cfg.segment_len:
+            state, pos = self._write_memory(cache.y, state), 0
+        return logits, replace(cache, state=state, pos=pos)
+
+    def _write_memory(self, ys: Tensor, state: MemoryState) -> MemoryState:
+        if not self.cfg.has_memory:
+            return state
+        written = [block.writer(ys[i], state.mem[i], state.valid[i], state.carry[i])
+                   for i, block in enumerate(self.blocks)]
+        mem, valid, carry = (torch.stack(parts) for parts in zip(*written, strict=True))
+        return MemoryState(mem, valid, carry)
+
+    @torch.no_grad()
+    def prefill(self, tokens: Tensor) -> tuple[Tensor, DecodeCache]:
+        """Read a prompt tokens [B, T >= 1] of any length; returns the last logits [B, V] and a cache.
+
+        Whole segments go through the parallel forward, the remainder fills the cache.
+        """
+        if tokens.dim() != 2 or tokens.shape[1] == 0:
+            raise ValueError(f"prefill takes a non-empty prompt [batch, time]; got {tuple(tokens.shape)}")
+        s = self.cfg.segment_len
+        cache = self.init_cache(tokens.shape[0])
+        state, logits = cache.state, None
+        n_full = (tokens.shape[1] - 1) // s  # keep >= 1 token for the cache fill below
+        for i in range(n_full):
+            logits, state = self(tokens[:, i * s:(i + 1) * s], state)
+        rest = tokens[:, n_full * s:]
+        self._check_tokens(rest, state.batch_size)
+        x, _, per_layer = self._run_layers(rest, state, write_memory=False)
+        t = rest.shape[1]
+        for i, (y, k, v) in enumerate(per_layer):
+            cache.k[i, :, :, :t], cache.v[i, :, :, :t], cache.y[i, :, :t] = k, v, y
+        logits = self.lm_head(self.norm_f(x[:, -1]))
+        if t == s:
+            state, t = self._write_memory(cache.y, state), 0
+        return logits, replace(cache, state=state, pos=t)
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None) -> Tensor:
+        """Continue prompt_ids [B, T] (or [T]) by ``max_new_tokens``; returns prompt + new tokens.
+
+        ``temperature`` 0 picks the most likely token; ``top_k`` keeps the k most likely.
+        """
+        squeeze = prompt_ids.dim() == 1
+        prompt = prompt_ids[None] if squeeze else prompt_ids
+        logits, cache = self.prefill(prompt)
+        new = []
+        for i in range(max_new_tokens):
+            token = sample(logits, temperature, top_k)
+            new.append(token)
+            if i + 1 < max_new_tokens:
+                logits, cache = self.step(token, cache)
+        out = torch.cat([prompt, torch.stack(new, dim=1)], dim=1) if new else prompt
+        return out[0] if squeeze else out
+
+    # ---- accounting ------------------------------------------------------------------
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Distinct parameters (tied weights counted once)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.tok_emb.weight.numel()
+        return n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward = 3x forward), matmuls and attention.
+
+        Attention counts the context each token really attends: (S+1)/2 on average for
+        the causal global path, (C+1)/2 for the local path, M memory slots.
+        """
+        c = self.cfg
+        d, f = c.d_model, c.ffn_dim
+        per_layer = 2 * (4 * d * d + 3 * d * f)  # wqkv + wo, SwiGLU
+        context = {"global": (c.segment_len + 1) / 2, "local": (c.chunk_len + 1) / 2, "memory": c.mem_slots}
+        per_layer += 4 * d * sum(context[p] for p in c.paths)
+        if c.has_memory:
+            per_layer += 2 * 2 * d * d * c.mem_slots / c.segment_len  # memory keys and values
+            per_layer += 2 * 6 * d * d / c.chunk_len  # GRU cell per chunk
+        forward = c.n_layers * per_layer + 2 * d * c.vocab_size
+        return 3 * forward
+
+    # ---- input checks ----------------------------------------------------------------
+
+    def _check_tokens(self, tokens: Tensor, batch_size: int) -> None:
+        c = self.cfg
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [batch, time]; got shape {tuple(tokens.shape)}")
+        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"tokens must be integer ids; got dtype {tokens.dtype}")
+        if not 0 < tokens.shape[1] <= c.segment_len:
+            raise ValueError(f"a segment holds 1..{c.segment_len} tokens (segment_len); got {tokens.shape[1]}")
+        if tokens.shape[0] != batch_size:
+            raise ValueError(f"tokens have batch size {tokens.shape[0]} but the state was made for "
+                             f"{batch_size} rows; call init_state({tokens.shape[0]})")
+        lo, hi = torch.aminmax(tokens)
+        if lo < 0 or hi >= c.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {c.vocab_size}) (vocab_size); "
+                             f"got min {int(lo)}, max {int(hi)}")
+
+
+def sample(logits: Tensor, temperature: float, top_k: Optional[int]) -> Tensor:
+    """Draw one token per row from logits [B, V]."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), num_samples=1)[:, 0]

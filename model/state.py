@@ -1,0 +1,82 @@
+"""Recurrent state carried between segments, and the token-by-token decoding cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class MemoryState:
+    """Every layer's gated FIFO memory, stacked over layers.
+
+    ``mem`` [L, B, M, D] holds the last M carries (newest last), ``valid`` [L, B, M]
+    marks the slots written since the row's last reset, ``carry`` [L, B, D] is the
+    GRU's running state.
+    """
+
+    mem: Tensor
+    valid: Tensor
+    carry: Tensor
+
+    @classmethod
+    def empty(cls, n_layers: int, batch_size: int, mem_slots: int, d_model: int,
+              device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> MemoryState:
+        return cls(
+            mem=torch.zeros(n_layers, batch_size, mem_slots, d_model, device=device, dtype=dtype),
+            valid=torch.zeros(n_layers, batch_size, mem_slots, dtype=torch.bool, device=device),
+            carry=torch.zeros(n_layers, batch_size, d_model, device=device, dtype=dtype),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.carry.shape[1]
+
+    def detach(self) -> MemoryState:
+        """Cut the graph: the TBPTT window ends here."""
+        return MemoryState(self.mem.detach(), self.valid, self.carry.detach())
+
+    def reset_rows(self, reset: Tensor) -> MemoryState:
+        """Empty the memory of the rows flagged in ``reset`` [B] (bool); keep the others."""
+        keep = ~reset.to(device=self.carry.device, dtype=torch.bool)
+        return MemoryState(
+            mem=self.mem * keep.view(1, -1, 1, 1).to(self.mem.dtype),
+            valid=self.valid & keep.view(1, -1, 1),
+            carry=self.carry * keep.view(1, -1, 1).to(self.carry.dtype),
+        )
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> MemoryState:
+        return MemoryState(self.mem.to(device, dtype), self.valid.to(device), self.carry.to(device, dtype))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"mem": self.mem.detach().clone(), "valid": self.valid.clone(),
+                "carry": self.carry.detach().clone()}
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, Tensor]) -> MemoryState:
+        missing = {"mem", "valid", "carry"} - set(sd)
+        if missing:
+            raise KeyError(f"memory state is missing {sorted(missing)}; was it saved by MemoryState.state_dict()?")
+        return cls(sd["mem"], sd["valid"].to(torch.bool), sd["carry"])
+
+
+@dataclass
+class DecodeCache:
+    """What token-by-token decoding keeps: the memory plus the current segment so far.
+
+    ``k``, ``v`` [L, B, H, S, d] are the segment's rotated keys and values, ``y``
+    [L, B, S, D] the layers' outputs that feed the memory write when the segment is
+    full, ``pos`` the number of tokens of the segment seen. O(S + M) per layer.
+    """
+
+    state: MemoryState
+    k: Tensor
+    v: Tensor
+    y: Tensor
+    pos: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.state.batch_size

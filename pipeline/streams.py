@@ -1,0 +1,98 @@
+"""Rows of documents cut into segments: what a training step feeds the recurrent model.
+
+Each row reads one contiguous stream of documents. A document always starts at a
+segment boundary, so ``reset`` (empty the row's memory) falls before its first segment
+and training sees documents the way evaluation does: from an empty memory. The tail of
+a document's last segment is padding that the loss ignores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Segment:
+    """One segment of every row: inputs and targets [B, S], reset [B]."""
+
+    inputs: Tensor
+    targets: Tensor
+    reset: Tensor
+
+
+class RowStream:
+    """One row: documents ``docs[order[i]]`` read in turn, cycling forever.
+
+    Each document is [bos] + ids + [eos]; position i predicts position i + 1. The
+    position (document index, offset) is the whole state: ``state_dict`` restores it.
+    """
+
+    def __init__(self, docs: Sequence[np.ndarray], order: Sequence[int], segment_len: int,
+                 bos_id: int, eos_id: int) -> None:
+        if len(order) == 0:
+            raise ValueError("a row stream needs at least one document")
+        self.docs, self.order, self.segment_len = docs, list(order), segment_len
+        self.bos_id, self.eos_id = bos_id, eos_id
+        self.doc_index, self.offset = 0, 0
+
+    def next_segment(self) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(inputs [S], targets [S], reset) for the next segment of this row."""
+        doc = self.docs[self.order[self.doc_index % len(self.order)]]
+        seq = np.concatenate([[self.bos_id], np.asarray(doc, dtype=np.int64), [self.eos_id]])
+        start, s = self.offset, self.segment_len
+        inputs = np.full(s, self.eos_id, dtype=np.int64)
+        targets = np.full(s, IGNORE_INDEX, dtype=np.int64)
+        piece = seq[start:start + s + 1]
+        inputs[:len(piece) - 1] = piece[:-1]
+        targets[:len(piece) - 1] = piece[1:]
+        reset = start == 0
+        if start + s + 1 >= len(seq):
+            self.doc_index, self.offset = self.doc_index + 1, 0
+        else:
+            self.offset = start + s
+        return inputs, targets, reset
+
+    def state_dict(self) -> dict[str, int]:
+        return {"doc_index": self.doc_index, "offset": self.offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.doc_index, self.offset = int(state["doc_index"]), int(state["offset"])
+
+
+class BatchStream:
+    """B row streams stepped together."""
+
+    def __init__(self, rows: Sequence[RowStream]) -> None:
+        self.rows = list(rows)
+
+    def next_segment(self) -> Segment:
+        parts = [row.next_segment() for row in self.rows]
+        return Segment(
+            inputs=torch.from_numpy(np.stack([p[0] for p in parts])),
+            targets=torch.from_numpy(np.stack([p[1] for p in parts])),
+            reset=torch.tensor([p[2] for p in parts], dtype=torch.bool),
+        )
+
+    def state_dict(self) -> list[dict[str, int]]:
+        return [row.state_dict() for row in self.rows]
+
+    def load_state_dict(self, state: list[dict[str, int]]) -> None:
+        if len(state) != len(self.rows):
+            raise ValueError(f"saved stream has {len(state)} rows; this run has {len(self.rows)}")
+        for row, s in zip(self.rows, state, strict=True):
+            row.load_state_dict(s)
+
+
+def split_rows(n_docs: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Shuffle document indices by ``seed`` and deal them into ``batch_size`` disjoint rows."""
+    if n_docs < batch_size:
+        raise ValueError(f"{n_docs} documents cannot fill {batch_size} rows; lower the batch size or add data")
+    order = np.random.default_rng(seed).permutation(n_docs)
+    return [order[r::batch_size].tolist() for r in range(batch_size)]
