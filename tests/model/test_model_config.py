@@ -1,0 +1,42 @@
+import pytest
+
+from model import RMATConfig
+
+
+def test_segment_must_be_a_multiple_of_the_chunk():
+    with pytest.raises(ValueError, match="segment_len=100: must be a multiple of chunk_len=64"):
+        RMATConfig(segment_len=100, chunk_len=64)
+
+
+def test_width_must_split_into_heads():
+    with pytest.raises(ValueError, match="d_model=100: must be divisible by n_heads=3"):
+        RMATConfig(d_model=100, n_heads=3)
+
+
+def test_paths_must_not_be_empty():
+    with pytest.raises(ValueError, match="paths"):
+        RMATConfig(paths=[])
+
+
+def test_unknown_path_is_named():
+    with pytest.raises(ValueError, match="sliding"):
+        RMATConfig(paths=["global", "sliding"])
+
+
+def test_memory_path_needs_slots():
+    with pytest.raises(ValueError, match="mem_slots=0"):
+        RMATConfig(paths=["memory"], mem_slots=0)
+
+
+def test_unknown_pool_is_rejected():
+    with pytest.raises(ValueError, match="pool='max'"):
+        RMATConfig(pool="max")
+
+
+def test_paths_are_kept_in_canonical_order():
+    assert RMATConfig(paths=["memory", "global"]).paths == ["global", "memory"]
+
+
+def test_default_ffn_width_is_swiglu_sized_and_rounded():
+    assert RMATConfig(d_model=256).ffn_dim == 704  # 8/3 * 256 = 682.7, rounded up to 64
+    assert RMATConfig(d_model=256, d_ff=512).ffn_dim == 512

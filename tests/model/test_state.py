@@ -1,0 +1,107 @@
+"""The recurrent state: mixing at init, per-row reset, save and load, input checks."""
+
+import io
+
+import pytest
+import torch
+from model_helpers import run_segments, tiny_model
+
+from model import RMAT, MemoryState, RMATConfig
+
+
+def filled_state(model, b=3):
+    tokens = torch.randint(0, 97, (b, 32))
+    _, state = run_segments(model, tokens)
+    return state
+
+
+def test_mix_weights_start_equal():
+    model = RMAT(RMATConfig(d_model=32, n_heads=4, n_layers=2, vocab_size=50, segment_len=16, chunk_len=4))
+    for block in model.blocks:
+        torch.testing.assert_close(block.attn.mix_weights(), torch.full((4, 3), 1 / 3))
+
+
+def test_memory_fills_from_newest_to_oldest_slot():
+    model = tiny_model(mem_slots=6)  # 16 / 4 = 4 chunks per segment
+    state = model.init_state(2)
+    _, state = model(torch.randint(0, 97, (2, 16)), state)
+    assert state.valid.tolist() == [[[False, False, True, True, True, True]] * 2] * 2
+    assert torch.equal(state.mem[:, :, -1], state.carry)
+
+
+def test_reset_empties_exactly_the_flagged_rows():
+    model = tiny_model()
+    state = filled_state(model)
+    reset = torch.tensor([True, False, True])
+    cleared = state.reset_rows(reset)
+    for row in (0, 2):
+        assert not cleared.valid[:, row].any()
+        assert not cleared.mem[:, row].any() and not cleared.carry[:, row].any()
+    assert torch.equal(cleared.mem[:, 1], state.mem[:, 1]) and torch.equal(cleared.valid[:, 1], state.valid[:, 1])
+
+
+def test_a_reset_row_sees_what_a_fresh_model_sees():
+    model = tiny_model()
+    state = filled_state(model)
+    tokens = torch.randint(0, 97, (3, 16))
+    logits, _ = model(tokens, state, reset=torch.tensor([True, False, False]))
+    fresh, _ = model(tokens, model.init_state(3))
+    assert torch.equal(logits[0], fresh[0])
+    assert not torch.allclose(logits[1], fresh[1])
+
+
+def test_state_round_trips_through_its_state_dict():
+    model = tiny_model()
+    state = filled_state(model)
+    buffer = io.BytesIO()
+    torch.save(state.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = MemoryState.from_state_dict(torch.load(buffer, weights_only=True))
+    tokens = torch.randint(0, 97, (3, 16))
+    assert torch.equal(model(tokens, state)[0], model(tokens, loaded)[0])
+
+
+def test_baseline_config_is_a_plain_causal_transformer():
+    model = tiny_model(paths=["global"], mem_slots=0, segment_len=64)
+    tokens = torch.randint(0, 97, (2, 64))
+    _, state = model(tokens, model.init_state(2))
+    assert state.mem.numel() == 0
+    logits, _ = model(tokens, state)
+    assert torch.equal(logits, model(tokens, model.init_state(2))[0])
+    assert not hasattr(model.blocks[0].attn, "wkv_mem") and model.blocks[0].writer is None
+
+
+def test_out_of_vocabulary_ids_are_rejected():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"\[0, 97\).*max 97"):
+        model(torch.tensor([[1, 97]]), model.init_state(1))
+
+
+def test_a_segment_longer_than_segment_len_is_rejected():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="1..16 tokens"):
+        model(torch.zeros(1, 17, dtype=torch.long), model.init_state(1))
+
+
+def test_batch_size_must_match_the_state():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="batch size 2 but the state was made for 3 rows"):
+        model(torch.zeros(2, 4, dtype=torch.long), model.init_state(3))
+
+
+def test_float_tokens_are_rejected():
+    model = tiny_model()
+    with pytest.raises(TypeError, match="integer ids"):
+        model(torch.zeros(1, 4), model.init_state(1))
+
+
+def test_num_params_counts_tied_weights_once():
+    tied, untied = tiny_model(), tiny_model(tie_embeddings=False)
+    assert untied.num_params() - tied.num_params() == 97 * 32
+
+
+def test_flops_per_token_grow_with_segment_length_only_for_the_global_path():
+    local = [tiny_model(paths=["local", "memory"], segment_len=s).flops_per_token() for s in (16, 64)]
+    glob = [tiny_model(paths=["global"], mem_slots=0, segment_len=s).flops_per_token() for s in (16, 64)]
+    assert local[1] <= local[0]  # memory costs are amortised over longer segments
+    assert glob[1] - glob[0] == pytest.approx(3 * 2 * 4 * 32 * (65 - 17) / 2)

@@ -1,0 +1,59 @@
+"""Rows of documents cut into segments that start at document boundaries."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.streams import IGNORE_INDEX, BatchStream, RowStream, split_rows
+
+BOS, EOS = 100, 101
+
+
+def row(docs, order=None, s=4):
+    return RowStream(docs, order if order is not None else range(len(docs)), s, BOS, EOS)
+
+
+def test_a_document_is_bos_ids_eos_with_next_token_targets():
+    r = row([np.array([1, 2, 3])])
+    inputs, targets, reset = r.next_segment()
+    assert inputs.tolist() == [BOS, 1, 2, 3] and targets.tolist() == [1, 2, 3, EOS] and reset
+
+
+def test_a_long_document_continues_without_reset_and_pads_its_tail():
+    r = row([np.arange(6), np.array([7])])
+    first, second, third = r.next_segment(), r.next_segment(), r.next_segment()
+    assert first[0].tolist() == [BOS, 0, 1, 2] and first[2]
+    assert second[0].tolist() == [3, 4, 5, EOS] and second[1].tolist() == [4, 5, EOS, IGNORE_INDEX]
+    assert not second[2]
+    assert third[0].tolist()[:2] == [BOS, 7] and third[2]  # the next document starts a segment
+
+
+def test_row_position_saves_and_restores_exactly():
+    docs = [np.arange(i + 5) for i in range(7)]
+    a = row(docs)
+    for _ in range(5):
+        a.next_segment()
+    b = row(docs)
+    b.load_state_dict(a.state_dict())
+    for _ in range(6):
+        x, y = a.next_segment(), b.next_segment()
+        assert all(np.array_equal(p, q) for p, q in zip(x[:2], y[:2], strict=True)) and x[2] == y[2]
+
+
+def test_batch_stream_stacks_rows_and_their_resets():
+    docs = [np.arange(2), np.arange(9)]
+    stream = BatchStream([row(docs, [0]), row(docs, [1])])
+    seg = stream.next_segment()
+    assert seg.inputs.shape == (2, 4) and seg.inputs.dtype == torch.int64
+    assert seg.reset.tolist() == [True, True]
+    assert stream.next_segment().reset.tolist() == [True, False]
+
+
+def test_rows_get_disjoint_documents_covering_all():
+    rows = split_rows(10, 3, seed=0)
+    assert sorted(i for r in rows for i in r) == list(range(10))
+
+
+def test_too_few_documents_for_the_rows_is_an_error():
+    with pytest.raises(ValueError, match="2 documents cannot fill 3 rows"):
+        split_rows(2, 3, seed=0)
