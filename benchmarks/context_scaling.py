@@ -1,0 +1,129 @@
+"""Forward+backward time per token as the context grows: RMAT against full attention.
+
+RMAT streams the context through segments with its memory carried (TBPTT windows of
+``--window`` segments); the baseline is the same width and depth with causal global
+attention over the whole context in one segment. Both run in this one process, one
+context length after the other, and achieved GFLOP/s are set against the measured fp32
+matmul peak. A last section times a training step at d_model 512.
+
+    python benchmarks/context_scaling.py [--max-context 32768] [--baseline-budget 240]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import best_time, matmul_peak_gflops, print_table  # noqa: E402
+
+from model import RMAT, RMATConfig  # noqa: E402
+
+
+def rmat_config(args: argparse.Namespace, **overrides) -> RMATConfig:
+    base = dict(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers, n_heads=args.d_model // 64,
+                segment_len=args.segment, chunk_len=args.chunk, mem_slots=args.mem_slots)
+    base.update(overrides)
+    return RMATConfig(**base)
+
+
+def streamed_fwd_bwd(model: RMAT, tokens: torch.Tensor, window: int) -> None:
+    """One pass over tokens [B, N]: segments with carried memory, one backward per window."""
+    s = model.cfg.segment_len
+    state = model.init_state(tokens.shape[0])
+    n_segments = tokens.shape[1] // s
+    for w in range(0, n_segments, window):
+        loss = 0.0
+        for i in range(w, min(w + window, n_segments)):
+            seg = tokens[:, i * s:(i + 1) * s]
+            logits, state = model(seg, state)
+            loss = loss + logits.float().logsumexp(-1).mean()
+        loss.backward()
+        state = state.detach()
+    model.zero_grad(set_to_none=True)
+
+
+def time_per_token(model: RMAT, context: int, window: int, repeats: int) -> float:
+    tokens = torch.randint(0, model.cfg.vocab_size, (1, context))
+    return best_time(lambda: streamed_fwd_bwd(model, tokens, window), repeats) / context
+
+
+def context_scaling(args: argparse.Namespace, peak: float) -> None:
+    rmat = RMAT(rmat_config(args))
+    contexts = [1024 * 2 ** i for i in range(20) if 1024 * 2 ** i <= args.max_context]
+    rows, rmat_times, baseline_alive = [], [], True
+    for n in contexts:
+        t_rmat = time_per_token(rmat, n, args.window, repeats=3 if n <= 8192 else 2)
+        rmat_times.append(t_rmat)
+        g_rmat = rmat.flops_per_token() / t_rmat / 1e9
+        base_cells = ["-", "-", "-", "-"]
+        if baseline_alive:
+            base = RMAT(rmat_config(args, paths=["global"], mem_slots=0, segment_len=n, chunk_len=n))
+            start = time.perf_counter()
+            try:
+                t_base = time_per_token(base, n, 1, repeats=1)
+            except RuntimeError as e:  # out of memory
+                print(f"baseline stopped at {n} tokens: {e}")
+                baseline_alive = False
+            else:
+                g_base = base.flops_per_token() / t_base / 1e9
+                base_cells = [f"{t_base * 1e6:.1f}", f"{t_base / t_rmat:.2f}x", f"{g_base:.1f}",
+                              f"{100 * g_base / peak:.0f}%"]
+                baseline_alive = (time.perf_counter() - start) * 4 < args.baseline_budget
+        rows.append([f"{n}", f"{t_rmat * 1e6:.1f}", f"{g_rmat:.1f}", f"{100 * g_rmat / peak:.0f}%", *base_cells])
+        print(f"context {n}: " + ", ".join(rows[-1][1:]), flush=True)
+    print()
+    print_table(["context", "RMAT us/tok", "RMAT GFLOP/s", "RMAT %peak", "full us/tok", "RMAT speedup",
+                 "full GFLOP/s", "full %peak"], rows)
+    spread = max(rmat_times) / min(rmat_times) - 1
+    print(f"\nRMAT time per token, slowest vs fastest context: +{100 * spread:.1f}% (target: within 10%)")
+
+
+def train_step_efficiency(args: argparse.Namespace, peak: float) -> None:
+    cfg = RMATConfig(vocab_size=args.vocab, d_model=512, n_layers=4, n_heads=8, segment_len=512, chunk_len=128,
+                     mem_slots=16)
+    model = RMAT(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = torch.randint(0, cfg.vocab_size, (args.train_batch, 2 * cfg.segment_len))
+
+    def step() -> None:
+        streamed_fwd_bwd(model, tokens, window=2)
+        opt.step()
+
+    seconds = best_time(step, repeats=3)
+    n = tokens.numel()
+    achieved = model.flops_per_token() * n / seconds / 1e9
+    print(f"\ntraining step at d_model 512 ({model.num_params() / 1e6:.1f} M params, {n} tokens/step, "
+          f"TBPTT over 2 segments): {seconds:.2f} s, {n / seconds:.0f} tok/s, {achieved:.1f} GFLOP/s = "
+          f"{100 * achieved / peak:.0f}% of the matmul peak (target: at least 50%)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--max-context", type=int, default=32768)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--segment", type=int, default=256)
+    p.add_argument("--chunk", type=int, default=64)
+    p.add_argument("--mem-slots", type=int, default=16)
+    p.add_argument("--window", type=int, default=4, help="TBPTT window in segments")
+    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--baseline-budget", type=float, default=600.0,
+                   help="stop the baseline once its next length would likely take longer than this (s)")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    peak = matmul_peak_gflops()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.1f} GFLOP/s")
+    context_scaling(args, peak)
+    train_step_efficiency(args, peak)
+
+
+if __name__ == "__main__":
+    main()
