@@ -1,0 +1,31 @@
+"""A real SLURM cluster (munge, MariaDB + slurmdbd, slurmctld, two slurmd) for the session."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "orchestration" / "dev_cluster.sh"
+
+
+def dev_cluster(command: str, root: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RMAT_SLURM_DIR": str(root)}
+    return subprocess.run(["bash", str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Brings the cluster up once (installing Debian packages if needed) and down at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("the dev cluster installs Debian packages and starts daemons as root")
+    # Not under pytest's 0700 tmp tree: munged runs as user munge and must reach its folder.
+    root = Path(tempfile.mkdtemp(prefix="rmat-slurm-", dir="/tmp"))
+    up = dev_cluster("up", root)
+    assert up.returncode == 0, up.stderr
+    os.environ["SLURM_CONF"] = str(root / "etc" / "slurm.conf")
+    yield root
+    dev_cluster("down", root)
+    shutil.rmtree(root, ignore_errors=True)
