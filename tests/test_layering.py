@@ -14,7 +14,6 @@ FORBIDDEN = {
     "model": {"data_prep", "pipeline", "orchestration"},
     "data_prep": {"model", "pipeline", "orchestration"},
     "orchestration": {"model", "data_prep", "pipeline"},
-    "pipeline": set(),
 }
 
 
