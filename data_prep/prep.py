@@ -55,6 +55,8 @@ def run_prep(cfg: PrepConfig, stage: str | None = None, force: bool = False, exe
     elif ingest_done(plan.folder) is None:
         raise PrepError(f"ingest has not finished in {plan.folder}; run `rmat prep CONFIG --stage ingest` first")
 
+    if stage == "ingest":
+        return result
     tok_dir = tokenizer_folder(cfg, plan.key)
     remove_stale_temps(tok_dir)
     if wants("tokenizer"):
@@ -63,10 +65,10 @@ def run_prep(cfg: PrepConfig, stage: str | None = None, force: bool = False, exe
         _summary(result, log, "tokenizer", tok_dir, tok["ran"], time.perf_counter() - t0,
                  f"{tok['model_type']} vocab {tok['vocab_size']}, trained on {tok['sample_lines']} lines, "
                  f"sha256 {tok['sha256'][:12]}", None, "")  # fmt: skip
+    if stage == "tokenizer":
+        return result
     tok = tokenizer_done(tok_dir)
     if tok is None:
-        if stage in (None, "tokenizer"):
-            raise PrepError(f"tokenizer did not finish in {tok_dir}")
         raise PrepError(f"the tokenizer has not been trained in {tok_dir}; run `rmat prep CONFIG --stage tokenizer`")
 
     if wants("shards"):
