@@ -51,18 +51,22 @@ def tmp_path(path: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str) -> Iterator:
+def atomic_open(path: str, durable: bool = True) -> Iterator:
     """Open ``path`` for binary writing under a temporary name; rename into place on success.
 
     On any error the temporary file is removed and the old ``path`` (if any) is untouched.
     Errors of the file system (full disk, read-only folder) become PrepError naming the path.
+    ``durable=False`` skips the fsync: right for unit outputs, whose sha256 sidecar is checked
+    on every rerun (a file lost in a power cut is redone), and an fsync per small unit can
+    cost more than the unit's work; manifests stay durable.
     """
     tmp = tmp_path(path)
     try:
         with open(tmp, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -72,9 +76,9 @@ def atomic_open(path: str) -> Iterator:
         raise
 
 
-def write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically."""
-    with atomic_open(path) as f:
+    with atomic_open(path, durable) as f:
         f.write(data)
 
 
@@ -99,7 +103,7 @@ def _os_message(path: str, e: OSError) -> str:
 def mark_done(path: str, info: dict) -> dict:
     """Record that ``path`` is complete: its sha256 plus ``info`` in the sidecar; returns the record."""
     record = dict(info, sha256=sha256_file(path), file=os.path.basename(path))
-    write_atomic(path + DONE_SUFFIX, canonical_json(record))
+    write_atomic(path + DONE_SUFFIX, canonical_json(record), durable=False)
     return record
 
 

@@ -107,7 +107,7 @@ def ingest_unit(unit: IngestUnit) -> dict:
     """Read the unit's inputs, normalize (NFC), hash, split; write them as one JSONL file."""
     source = SourceConfig(**unit.source)
     docs = nbytes = 0
-    with atomic_open(unit.out) as f:
+    with atomic_open(unit.out, durable=False) as f:
         for url in unit.urls:
             for raw in read_input(source, url, list(unit.encodings), unit.turn_marker):
                 text = unicodedata.normalize("NFC", raw.text)

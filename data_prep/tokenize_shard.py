@@ -100,7 +100,7 @@ def shard_unit(unit: ShardUnit) -> dict:
             if delay:
                 time.sleep(delay)
 
-    with atomic_open(unit.out) as f:
+    with atomic_open(unit.out, durable=False) as f:
         docs, tokens = write_shard(f, samples())
     info = {"split": unit.split, "index": unit.index, "documents": docs, "tokens": tokens,
             "bytes": os.path.getsize(unit.out)}  # fmt: skip
