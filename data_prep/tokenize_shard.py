@@ -1,0 +1,160 @@
+"""Stage 3, tokenize+shard: documents to token ids in WebDataset tars, manifest last.
+
+Output folder ``{out_dir}/shards-{key}`` (key: shard config + ingest key + tokenizer key).
+Each split's documents are cut, in order, into shards of about ``target_shard_bytes`` of
+input; one shard is one unit (``{split}-{index:06d}.tar`` plus its ``.done.json`` sidecar).
+``manifest.json`` (schema in data_prep/shards.py) is written after every shard verifies.
+
+Debug hook for the kill tests: ``RMAT_PREP_SAMPLE_DELAY=<seconds>`` sleeps after each
+sample written, so a SIGKILL can land mid-shard.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import sentencepiece as spm
+
+from data_prep.atomic import PrepError, atomic_open, canonical_json, ensure_dir, key_of, mark_done, read_done
+from data_prep.config import PrepConfig
+from data_prep.executor import Executor
+from data_prep.ingest import SPLITS
+from data_prep.shards import FORMAT, MANIFEST, VERSION, dtype_for, sample_key, shard_name, write_shard
+from data_prep.units import run_units
+
+
+@dataclass(frozen=True)
+class ShardUnit:
+    """A picklable unit: tokenize lines [start, end) bytes of a split file into one shard."""
+
+    split: str
+    index: int
+    source: str
+    start: int
+    end: int
+    documents: int
+    model: str
+    dtype: str
+    out: str
+
+
+@dataclass
+class ShardPlan:
+    folder: str
+    key: str
+    units: list[ShardUnit]
+
+
+def shard_key(cfg: PrepConfig, ingest_key: str, tok_key: str) -> str:
+    return key_of({"stage": "shards", "version": VERSION, "shard": asdict(cfg.shard), "ingest": ingest_key,
+                   "tokenizer": tok_key})  # fmt: skip
+
+
+def plan_shards(cfg: PrepConfig, ingest_folder: str, ingest_key: str, tok_folder: str, tok_key: str,
+                vocab_size: int) -> ShardPlan:  # fmt: skip
+    """Cut each split into shards by cumulative input bytes."""
+    key = shard_key(cfg, ingest_key, tok_key)
+    folder = os.path.join(cfg.out_dir, f"shards-{key}")
+    dtype = dtype_for(vocab_size).name
+    model = os.path.join(tok_folder, "spm.model")
+    units = []
+    for split in SPLITS:
+        offsets = np.load(os.path.join(ingest_folder, f"{split}.offsets.npy"), allow_pickle=False).tolist()
+        first, index = 0, 0
+        for doc in range(1, len(offsets)):
+            if offsets[doc] - offsets[first] >= cfg.shard.target_shard_bytes or doc == len(offsets) - 1:
+                units.append(ShardUnit(split=split, index=index, source=os.path.join(ingest_folder, f"{split}.jsonl"),
+                                       start=offsets[first], end=offsets[doc], documents=doc - first, model=model,
+                                       dtype=dtype, out=os.path.join(folder, shard_name(split, index))))  # fmt: skip
+                first, index = doc, index + 1
+    return ShardPlan(folder=folder, key=key, units=units)
+
+
+@functools.lru_cache(maxsize=2)
+def _processor(model: str) -> spm.SentencePieceProcessor:
+    return spm.SentencePieceProcessor(model_file=model)
+
+
+def shard_unit(unit: ShardUnit) -> dict:
+    """Tokenize one shard's documents and write the tar atomically, then its sidecar."""
+    with open(unit.source, "rb") as f:
+        f.seek(unit.start)
+        records = [json.loads(line) for line in f.read(unit.end - unit.start).splitlines()]
+    if len(records) != unit.documents:
+        raise PrepError(f"{unit.source} changed since it was planned; rerun `rmat prep` (ingest is rebuilt)")
+    # one thread per unit: parallelism comes from the executor's workers
+    encoded = _processor(unit.model).encode([r["text"] for r in records], num_threads=1)
+    dtype = np.dtype(unit.dtype)
+    delay = float(os.environ.get("RMAT_PREP_SAMPLE_DELAY", "0") or 0)
+
+    def samples():
+        for record, ids in zip(records, encoded, strict=True):
+            meta = {"doc_hash": record["doc_hash"], "domain": record["domain"], "lang": record["lang"],
+                    "source": record["source"], "tokens": len(ids)}  # fmt: skip
+            yield sample_key(record["doc_hash"]), np.array(ids, dtype=dtype), meta
+            if delay:
+                time.sleep(delay)
+
+    with atomic_open(unit.out, durable=False) as f:
+        docs, tokens = write_shard(f, samples())
+    info = {"split": unit.split, "index": unit.index, "documents": docs, "tokens": tokens,
+            "bytes": os.path.getsize(unit.out)}  # fmt: skip
+    return mark_done(unit.out, info)
+
+
+def build_manifest(plan: ShardPlan, records: list[dict], tok_folder: str, tok_info: dict, vocab_size: int) -> dict:
+    """The manifest (schema in data_prep/shards.py) from every shard's completion record."""
+    shards, splits = [], {s: {"shards": 0, "documents": 0, "tokens": 0} for s in SPLITS}
+    for unit, rec in zip(plan.units, records, strict=True):
+        shards.append({"path": shard_name(unit.split, unit.index), "split": unit.split, "sha256": rec["sha256"],
+                       "bytes": rec["bytes"], "documents": rec["documents"], "tokens": rec["tokens"]})  # fmt: skip
+        total = splits[unit.split]
+        total["shards"] += 1
+        total["documents"] += rec["documents"]
+        total["tokens"] += rec["tokens"]
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config_hash": plan.key,
+        "dtype": dtype_for(vocab_size).name,
+        "vocab_size": vocab_size,
+        "special_ids": tok_info["special_ids"],
+        "loader_adds": ["bos", "eos"],
+        "tokenizer": {"sha256": tok_info["sha256"], "model_type": tok_info["model_type"],
+                      "model": os.path.relpath(os.path.join(tok_folder, "spm.model"), plan.folder)},  # fmt: skip
+        "shards": shards,
+        "splits": splits,
+    }
+
+
+def run_shards(cfg: PrepConfig, plan: ShardPlan, executor: Executor, tok_folder: str, tok_info: dict,
+               force: bool = False) -> dict:  # fmt: skip
+    """Write every missing or invalid shard, then the manifest (only if its bytes change)."""
+    ensure_dir(plan.folder)
+    result = run_units("tokenize+shard", shard_unit, plan.units, executor, force)
+    manifest = build_manifest(plan, result.records, tok_folder, tok_info, tok_info["vocab_size"])
+    path = os.path.join(plan.folder, MANIFEST)
+    data = canonical_json(manifest)
+    if force or _read(path) != data:
+        with atomic_open(path) as f:
+            f.write(data)
+    return dict(manifest, ran=result.ran, seconds=result.seconds)
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def shards_status(plan: ShardPlan) -> tuple[int, bool]:
+    """(units done, manifest present)."""
+    done = sum(read_done(u.out) is not None for u in plan.units)
+    return done, os.path.exists(os.path.join(plan.folder, MANIFEST))
