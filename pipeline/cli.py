@@ -20,12 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--stage", choices=["ingest", "tokenizer", "shards"], help="run only this stage")
     prep.add_argument("--force", action="store_true", help="redo finished units too")
     prep.add_argument("--status", action="store_true", help="say per stage what is done, what is missing, where")
+    _add_run_commands(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "quickstart":
             return _quickstart(args)
         if args.command == "prep":
             return _prep(args)
+        if args.command in ("submit", "status", "cancel"):
+            return _run_command(args)
     except ConfigError as e:
         print(f"rmat: config error: {e}", file=sys.stderr)
         return 2
@@ -57,6 +60,43 @@ def _prep(args: argparse.Namespace) -> int:
         print(f"rmat prep: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _add_run_commands(sub) -> None:
+    submit = sub.add_parser("submit", help="submit the whole pipeline (data prep, training, evaluation) as jobs")
+    submit.add_argument("config", help="pipeline YAML, e.g. configs/pipeline/quickstart.yaml")
+    submit.add_argument("overrides", nargs="*", help="dotted overrides, e.g. slurm.units.partition=cpu")
+    submit.add_argument("--cluster", choices=["slurm", "local", "debug"], default="slurm",
+                        help="slurm: queue every job with afterok dependencies; local: run them as local processes "
+                             "one after another; debug: in this process")  # fmt: skip
+    submit.add_argument("--dry-run", action="store_true", help="print what would be submitted, submit nothing")
+    for name, what in (("status", "each stage's job state, logs and output completeness"),
+                       ("cancel", "cancel a run's queued and running jobs")):  # fmt: skip
+        cmd = sub.add_parser(name, help=what)
+        cmd.add_argument("run", nargs="?", help="run folder or name under runs/pipelines (default: the latest)")
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from data_prep.atomic import PrepError
+    from pipeline import runs, submit
+    from pipeline.pipeline_config import load_pipeline
+
+    try:
+        if args.command == "status":
+            print(runs.status(runs.find_run(args.run)))
+            return 0
+        if args.command == "cancel":
+            runs.cancel(runs.find_run(args.run))
+            return 0
+        cfg = load_pipeline(args.config, list(args.overrides))
+        if args.dry_run:
+            print(submit.describe(*submit.plan(cfg, args.cluster), args.cluster))
+            return 0
+        jobs = submit.submit(cfg, args.cluster)
+    except PrepError as e:
+        print(f"rmat {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 1 if any(j.state not in ("", "COMPLETED") for j in jobs) else 0
 
 
 if __name__ == "__main__":

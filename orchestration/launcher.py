@@ -1,0 +1,123 @@
+"""Turn a picklable call into a job: on SLURM, as local processes, or in this process (debug).
+
+One place builds submitit executors from ``Resources``, so every stage's job carries the
+same parameters whether it is submitted from a laptop or from inside another job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from orchestration.resources import Resources
+
+CLUSTERS = ("slurm", "local", "debug")
+# States after which a job will not change any more (sacct's names; submitit adds its own for local jobs).
+FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+            "DEADLINE", "PREEMPTED", "REVOKED", "DONE", "INTERRUPTED", "FINISHED"}
+
+
+class Launcher:
+    """Submits calls as jobs of one kind of cluster, with logs and pickles under ``folder``."""
+
+    def __init__(self, cluster: str, folder: str | os.PathLike) -> None:
+        if cluster not in CLUSTERS:
+            raise ValueError(f"cluster {cluster!r}: choose one of {', '.join(CLUSTERS)}")
+        self.cluster = cluster
+        self.folder = Path(folder)
+
+    def executor(self, resources: Resources, name: str, after: Sequence[str] = (),
+                 array_parallelism: int = 0) -> submitit.Executor:  # fmt: skip
+        """A submitit executor for jobs with these resources that start after ``after`` succeeded."""
+        folder = self.folder / name
+        if self.cluster == "slurm":
+            ex = submitit.SlurmExecutor(folder, max_num_timeout=resources.max_requeues)
+            params = resources.slurm_parameters(name, list(after))
+            if array_parallelism:
+                params["array_parallelism"] = array_parallelism
+            ex.update_parameters(**params)
+            return ex
+        # One machine: a job's nodes x tasks become that many local processes.
+        ex = submitit.AutoExecutor(folder, cluster=self.cluster, local_max_num_timeout=resources.max_requeues)
+        if self.cluster == "local":
+            ex.update_parameters(name=name, timeout_min=resources.time_min, cpus_per_task=resources.cpus_per_task,
+                                 tasks_per_node=resources.nodes * resources.tasks_per_node)  # fmt: skip
+        return ex
+
+    def submit(self, fn: Callable[..., Any], *args: Any, resources: Resources, name: str,
+               after: Sequence[str] = ()) -> submitit.Job:  # fmt: skip
+        """Submit ``fn(*args)`` as one job (of ``resources.nodes`` x ``tasks_per_node`` tasks)."""
+        with submission_env(fn):
+            return self.executor(resources, name, after).submit(fn, *args)
+
+    def submit_array(self, fn: Callable[..., Any], args: Sequence[tuple], resources: Resources, name: str,
+                     parallelism: int = 0) -> list[submitit.Job]:  # fmt: skip
+        """Submit ``fn(*a)`` for each ``a`` in ``args`` as one job array (one task each)."""
+        ex = self.executor(resources, name, array_parallelism=parallelism)
+        with submission_env(fn), ex.batch():
+            jobs = [ex.submit(fn, *a) for a in args]
+        return jobs
+
+    def job(self, job_id: str, name: str) -> submitit.Job:
+        """A handle on a job submitted earlier (by any process), for its state and logs."""
+        return submitit.SlurmJob(folder=self.folder / name, job_id=job_id)
+
+
+def import_root(fn: Callable[..., Any]) -> str:
+    """The folder from which ``fn``'s top-level package is imported."""
+    module = sys.modules[fn.__module__]
+    depth = fn.__module__.count(".") + (1 if Path(module.__file__).name == "__init__.py" else 0)
+    return str(Path(module.__file__).resolve().parents[depth])
+
+
+@contextlib.contextmanager
+def submission_env(fn: Callable[..., Any]) -> Iterator[None]:
+    """The environment a job is submitted with (sbatch and local jobs pass it on).
+
+    A job submitted from a job inherits SLURM_* variables (task counts, memory, GPUs)
+    that would shape the new job like the old one; submitit's clean_env hides them.
+    SLURM_CONF is kept: it names the cluster, not the job. Calls are pickled by reference,
+    so the job imports ``fn`` from the same tree as this process: its root leads PYTHONPATH.
+    """
+    keep = {k: os.environ[k] for k in ("SLURM_CONF",) if k in os.environ}
+    path = os.environ.get("PYTHONPATH")
+    keep["PYTHONPATH"] = os.pathsep.join([import_root(fn), *([path] if path else [])])
+    with submitit.helpers.clean_env():
+        os.environ.update(keep)
+        try:
+            yield
+        finally:
+            for key in keep:  # clean_env restores the outer values of what it hid
+                os.environ.pop(key, None)
+            if path is not None:
+                os.environ["PYTHONPATH"] = path
+
+
+def refresh(jobs: Sequence[submitit.Job]) -> None:
+    """One accounting query for every job's state (submitit shares it between SLURM jobs)."""
+    slurm = [j for j in jobs if isinstance(j, submitit.SlurmJob)]
+    if slurm:
+        slurm[0].get_info(mode="force")
+
+
+def wait_each(jobs: Sequence[submitit.Job], poll_s: float = 2.0) -> Iterator[submitit.Job]:
+    """Yield each job once it has finished (done, failed or cancelled), polling every ``poll_s``."""
+    pending = list(jobs)
+    while pending:
+        refresh(pending)
+        still = []
+        for job in pending:
+            if job.done():
+                yield job
+            else:
+                still.append(job)
+        pending = still
+        if pending:
+            time.sleep(poll_s)

@@ -1,0 +1,71 @@
+"""The typed config of a whole pipeline run: data prep, training, evaluation, and SLURM resources.
+
+A pipeline YAML may name other config files instead of repeating them: ``data:
+configs/data/quickstart.yaml`` reads that file as the ``data`` section (and the same for
+``train``); keys given under the section's name in overrides still apply on top.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from data_prep.config import PrepConfig
+from orchestration.array import ArraySettings
+from orchestration.resources import Resources
+from pipeline.config import ConfigError, _merge, _message, _read_yaml
+
+INCLUDED = ("data",)  # sections that may be given as the path of their own YAML file
+
+
+@dataclass
+class SlurmConfig:
+    """Resources of each stage's jobs, and how data-prep units become array tasks."""
+
+    prep: Resources = field(default_factory=lambda: Resources(time_min=60))  # a data-prep stage's driver job
+    units: Resources = field(default_factory=lambda: Resources(time_min=60))  # one array task of prep units
+    array: ArraySettings = field(default_factory=ArraySettings)
+
+
+@dataclass
+class PipelineConfig:
+    """One run of the pipeline: what it computes and how its jobs are shaped."""
+
+    name: str = "pipeline"
+    work_dir: str = "runs/pipelines"  # <work_dir>/<name>: the run's config, job records and logs
+    data: PrepConfig = field(default_factory=PrepConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name or os.sep in self.name:
+            raise ValueError(f"name={self.name!r}: must be a non-empty folder name")
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.work_dir, self.name)
+
+
+def load_pipeline(path: str | os.PathLike, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """The pipeline config from its YAML (with included section files) and dotted overrides."""
+    layer = _read_yaml(path)
+    for section in INCLUDED:
+        value = layer.get(section)
+        if isinstance(value, str):
+            layer[section] = _read_yaml(value)
+    merged = _merge(OmegaConf.structured(PipelineConfig), layer, source=str(path))
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} is not of the form dotted.key=value (e.g. data.workers=2)")
+    merged = _merge(merged, OmegaConf.from_dotlist(list(overrides)), source="command line")
+    return _to_object(merged, f"{path} with overrides {list(overrides)}")
+
+
+def _to_object(merged: DictConfig, where: str) -> PipelineConfig:
+    try:
+        return OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {_message(e)}") from e

@@ -1,0 +1,103 @@
+"""``rmat submit``: the stages still incomplete, as jobs chained by ``afterok``.
+
+On SLURM every job is queued at once and the scheduler starts each when the stages it
+depends on succeeded. Local processes and debug (in this process) have no scheduler:
+the stages run one after another and this command waits for them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import submitit
+
+from orchestration.launcher import Launcher
+from orchestration.records import RecordBook
+from pipeline.config import to_yaml
+from pipeline.pipeline_config import PipelineConfig
+from pipeline.stage_graph import Stage, build_graph
+
+CONFIG_NAME = "pipeline.yaml"
+
+
+@dataclass
+class Submitted:
+    stage: str
+    job_id: str
+    stdout: str
+    stderr: str
+    state: str = ""  # final state, where this command waited for the job
+
+
+def plan(cfg: PipelineConfig, cluster: str) -> tuple[list[Stage], list[Stage]]:
+    """(stages to submit, stages already complete)."""
+    graph = build_graph(cfg, cluster)
+    return [s for s in graph if not s.complete], [s for s in graph if s.complete]
+
+
+def describe(todo: list[Stage], done: list[Stage], cluster: str) -> str:
+    """What would be submitted: stage, what it does, resources, dependencies, sbatch parameters."""
+    lines = [f"{s.name:<10} complete, skipped ({s.output})" for s in done]
+    for s in todo:
+        after = [a for a in s.after if a in {t.name for t in todo}]
+        lines.append(f"{s.name:<10} {s.detail}; after {', '.join(after) or 'nothing'}")
+        if cluster == "slurm":
+            flags = s.resources.sbatch_flags(s.name, [f"<{a}>" for a in after])
+            lines.append(f"{'':<10} sbatch {' '.join(flags)}")
+        else:
+            r = s.resources
+            lines.append(f"{'':<10} {cluster}: {r.nodes * r.tasks_per_node} process(es), {r.time_min} min")
+    if not todo:
+        lines.append("nothing to submit: every stage is complete")
+    return "\n".join(lines)
+
+
+def submit(cfg: PipelineConfig, cluster: str, log=print) -> list[Submitted]:
+    """Submit every incomplete stage; on SLURM return at once, elsewhere after the stages ran."""
+    todo, done = plan(cfg, cluster)
+    for s in done:
+        log(f"{s.name:<10} complete, skipped")
+    if not todo:
+        log("nothing to submit: every stage is complete")
+        return []
+    _save_config(cfg)
+    launcher = Launcher(cluster, os.path.join(cfg.run_dir, "logs"))
+    book = RecordBook(os.path.join(cfg.run_dir, "jobs"))
+    ids: dict[str, str] = {}
+    out = []
+    for s in todo:
+        after = [ids[a] for a in s.after if a in ids] if cluster == "slurm" else []
+        job = launcher.submit(s.fn, *s.args, resources=s.resources, name=s.name, after=after)
+        record = book.add(s.name, job, cluster, f"stage: {s.detail}")
+        ids[s.name] = str(job.job_id)
+        sub = Submitted(s.name, str(job.job_id), *record.logs())
+        out.append(sub)
+        log(f"{s.name:<10} job {job.job_id}{' after ' + ','.join(after) if after else ''}  log {sub.stdout}")
+        if cluster != "slurm":
+            sub.state = record.state = _wait(job, log)
+            book.write(record)
+            if sub.state != "COMPLETED":
+                log(f"{s.name}: {sub.state}; later stages not run. Error log: {sub.stderr}")
+                break
+    return out
+
+
+def _wait(job: submitit.Job, log) -> str:
+    try:
+        summary = job.result()
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
+        log(str(e).strip().splitlines()[-1])
+        return "FAILED"
+    if summary:
+        log(f"  {summary}")
+    return "COMPLETED"
+
+
+def _save_config(cfg: PipelineConfig) -> None:
+    """The run's resolved config, beside its job records: ``rmat status`` reads it back."""
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    path = os.path.join(cfg.run_dir, CONFIG_NAME)
+    with open(path + ".tmp", "w") as f:
+        f.write(to_yaml(cfg))
+    os.replace(path + ".tmp", path)
