@@ -54,14 +54,14 @@ class Launcher:
     def submit(self, fn: Callable[..., Any], *args: Any, resources: Resources, name: str,
                after: Sequence[str] = ()) -> submitit.Job:  # fmt: skip
         """Submit ``fn(*args)`` as one job (of ``resources.nodes`` x ``tasks_per_node`` tasks)."""
-        with submission_env(fn):
+        with submission_env():
             return self.executor(resources, name, after).submit(fn, *args)
 
     def submit_array(self, fn: Callable[..., Any], args: Sequence[tuple], resources: Resources, name: str,
                      parallelism: int = 0) -> list[submitit.Job]:  # fmt: skip
         """Submit ``fn(*a)`` for each ``a`` in ``args`` as one job array (one task each)."""
         ex = self.executor(resources, name, array_parallelism=parallelism)
-        with submission_env(fn), ex.batch():
+        with submission_env(), ex.batch():
             jobs = [ex.submit(fn, *a) for a in args]
         return jobs
 
@@ -70,25 +70,19 @@ class Launcher:
         return submitit.SlurmJob(folder=self.folder / name, job_id=job_id)
 
 
-def import_root(fn: Callable[..., Any]) -> str:
-    """The folder from which ``fn``'s top-level package is imported."""
-    module = sys.modules[fn.__module__]
-    depth = fn.__module__.count(".") + (1 if Path(module.__file__).name == "__init__.py" else 0)
-    return str(Path(module.__file__).resolve().parents[depth])
-
-
 @contextlib.contextmanager
-def submission_env(fn: Callable[..., Any]) -> Iterator[None]:
+def submission_env() -> Iterator[None]:
     """The environment a job is submitted with (sbatch and local jobs pass it on).
 
     A job submitted from a job inherits SLURM_* variables (task counts, memory, GPUs)
     that would shape the new job like the old one; submitit's clean_env hides them.
     SLURM_CONF is kept: it names the cluster, not the job. Calls are pickled by reference,
-    so the job imports ``fn`` from the same tree as this process: its root leads PYTHONPATH.
+    so the job must import them from the same trees as this process: PYTHONPATH becomes
+    this process's sys.path (the project's tree must not lose to another installed copy).
     """
     keep = {k: os.environ[k] for k in ("SLURM_CONF",) if k in os.environ}
     path = os.environ.get("PYTHONPATH")
-    keep["PYTHONPATH"] = os.pathsep.join([import_root(fn), *([path] if path else [])])
+    keep["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
     with submitit.helpers.clean_env():
         os.environ.update(keep)
         try:
