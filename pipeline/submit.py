@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import submitit
 
 from orchestration.launcher import Launcher
-from orchestration.records import RecordBook
+from orchestration.records import RecordBook, last_error
 from pipeline.config import to_yaml
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stage_graph import Stage, build_graph
@@ -78,7 +78,7 @@ def submit(cfg: PipelineConfig, cluster: str, log=print) -> list[Submitted]:
             sub.state = record.state = _wait(job, log)
             book.write(record)
             if sub.state != "COMPLETED":
-                log(f"{s.name}: {sub.state}; later stages not run. Error log: {sub.stderr}")
+                log(f"{s.name}: {sub.state}: {last_error(record)}\nlater stages not run; log {sub.stderr}")
                 break
     return out
 
@@ -86,8 +86,7 @@ def submit(cfg: PipelineConfig, cluster: str, log=print) -> list[Submitted]:
 def _wait(job: submitit.Job, log) -> str:
     try:
         summary = job.result()
-    except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
-        log(str(e).strip().splitlines()[-1])
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError):
         return "FAILED"
     if summary:
         log(f"  {summary}")

@@ -1,0 +1,72 @@
+"""rmat submit without SLURM: the dry run submits nothing; --cluster local runs every stage here."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import sysconfig
+
+import yaml
+
+from orchestration.records import RecordBook
+from pipeline.cli import main
+
+STDLIB = sysconfig.get_path("stdlib")
+
+
+def rmat(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(args))
+    return code, out.getvalue()
+
+
+def pipeline_yaml(tmp_path, **slurm) -> str:
+    code = tmp_path / "corpus"
+    code.mkdir()
+    for package in ("json", "email"):
+        for name in ("decoder.py", "encoder.py", "scanner.py", "charset.py", "header.py", "utils.py"):
+            if os.path.exists(os.path.join(STDLIB, package, name)):
+                shutil.copy(os.path.join(STDLIB, package, name), code / f"{package}_{name}")
+    config = {"name": "t", "work_dir": str(tmp_path / "runs"),
+              "data": {"out_dir": str(tmp_path / "data"),
+                       "sources": [{"name": "c", "kind": "code", "domain": "code", "urls": [str(code)],
+                                    "files_per_unit": 2}],
+                       "ingest": {"val_fraction": 0.2, "test_fraction": 0.2},
+                       "tokenizer": {"vocab_size": 400, "num_threads": 1}, "shard": {"target_shard_bytes": 8000}},
+              "slurm": {"array": {"max_tasks": 2, "retries": 0, "poll_s": 0.2}, **slurm}}  # fmt: skip
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_dry_run_shows_stages_resources_and_sbatch_parameters_and_submits_nothing(tmp_path):
+    units = {"partition": "cpu", "account": "lm", "qos": "high", "time_min": 30, "mem_gb": 2.5,
+             "constraint": "avx2", "extra": {"exclusive": "user"}}  # fmt: skip
+    config = pipeline_yaml(tmp_path, prep=units)
+    code, out = rmat("submit", config, "slurm.prep.cpus_per_task=2", "--dry-run")
+    assert code == 0
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines if not line.startswith(" ")] == ["ingest", "tokenizer", "shards"]
+    assert "3 of 3 units to run; after nothing" in lines[0]
+    assert "after ingest" in lines[2] and "after tokenizer" in lines[4]
+    assert lines[1].split() == ["sbatch", "--job-name=ingest", "--time=30", "--nodes=1", "--ntasks-per-node=1",
+                                    "--cpus-per-task=2", "--partition=cpu", "--account=lm", "--qos=high",
+                                    "--constraint=avx2", "--mem=2560M", "--exclusive=user", "--signal=USR2@90"]
+    assert "--dependency=afterok:<ingest>" in lines[3]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_local_cluster_runs_every_stage_then_resubmit_skips_them(tmp_path):
+    config = pipeline_yaml(tmp_path)
+    code, out = rmat("submit", config, "--cluster", "local")
+    assert code == 0, out
+    records = RecordBook(tmp_path / "runs" / "t" / "jobs").all()
+    assert [(r.stage, r.state) for r in records if r.what.startswith("stage")] == [
+        ("ingest", "COMPLETED"), ("tokenizer", "COMPLETED"), ("shards", "COMPLETED")]
+    assert any(r.what.startswith("units") for r in records)  # units ran as their own local processes
+    code, status = rmat("status", str(tmp_path / "runs" / "t"))
+    assert code == 0 and status.count("output complete") == 3
+    assert rmat("submit", config, "--cluster", "local")[1].endswith("nothing to submit: every stage is complete\n")
