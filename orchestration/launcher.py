@@ -21,7 +21,7 @@ from orchestration.resources import Resources
 CLUSTERS = ("slurm", "local", "debug")
 # States after which a job will not change any more (sacct's names; submitit adds its own for local jobs).
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
-            "DEADLINE", "PREEMPTED", "REVOKED", "DONE", "INTERRUPTED", "FINISHED"}
+            "DEADLINE", "REVOKED", "DONE", "INTERRUPTED", "FINISHED"}  # not PREEMPTED: it may be requeued
 
 
 class Launcher:
