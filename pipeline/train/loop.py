@@ -34,6 +34,7 @@ from pipeline.train.loader import TrainLoader, open_split, read_documents
 from pipeline.train.tracking import Tracker, tracking_uri
 
 LOSS_LOG = "losses.jsonl"
+EVAL_LOG = "evals.jsonl"
 FINAL_METRICS = "final_metrics.json"
 
 
@@ -159,6 +160,8 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0)
         log_path = os.path.join(cfg.run_dir, LOSS_LOG)
         saved_at, last = self.step, {}
+        if self.step == 0 and cfg.eval.every:
+            self._evaluate()  # the untrained baseline that later evaluations improve on
         while self.step < cfg.steps:
             start = time.perf_counter()
             result = self.train_step()
@@ -189,8 +192,9 @@ class Trainer:
         cfg = self.cfg
         metrics = evaluate(self.engine, self.val_docs, cfg.model, cfg.eval.batch_size, cfg.eval.bucket_tokens,
                            self.val_info.bos_id, self.val_info.eos_id, self.dtype, self.device)
-        if self.tracker is not None:
+        if self.rank == 0:
             self.tracker.log(self.step, metrics)
+            _append_line(os.path.join(cfg.run_dir, EVAL_LOG), {"step": self.step, **metrics})
         return metrics
 
     def _finish(self, final: dict[str, float]) -> dict[str, float]:
