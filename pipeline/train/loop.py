@@ -31,7 +31,7 @@ from pipeline.train.config import TrainConfig
 from pipeline.train.engine import build_engine, init_distributed, measure_peak_tflops, set_threads, state_dtype
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loader import TrainLoader, open_split, read_documents
-from pipeline.train.tracking import Tracker, tracking_uri
+from pipeline.train.tracking import Tracker, forget_unfinished_attempt, saved_run_id, tracking_uri
 
 LOSS_LOG = "losses.jsonl"
 EVAL_LOG = "evals.jsonl"
@@ -93,17 +93,20 @@ class Trainer:
     # ---- resume ----------------------------------------------------------------------
 
     def _restore(self) -> None:
-        if not self.cfg.resume:
-            return
-        saved = checkpoint.load(self.engine, self.cfg.run_dir, self.rank, self.world)
+        saved = checkpoint.load(self.engine, self.cfg.run_dir, self.rank, self.world) if self.cfg.resume else None
         if saved is None:
+            if self.rank == 0:
+                forget_unfinished_attempt(self.cfg.run_dir)
             return
-        self.step, self.run_id = saved["step"], saved["mlflow_run_id"]
+        # The run may have been created after this checkpoint was written.
+        self.step, self.run_id = saved["step"], saved["mlflow_run_id"] or saved_run_id(self.cfg.run_dir)
         self.loader.load_state_dict(saved["loader"])
         self.states = [MemoryState.from_state_dict(sd).to(self.device) for sd in saved["memory"]]
         checkpoint.set_rng_states(saved["rng"])
 
     def _save(self) -> None:
+        if self.tracker is not None:
+            self.tracker.persist()  # the points of every step this checkpoint covers survive a kill
         run_id = self.tracker.run_id if self.tracker is not None else None
         rank_state = {"step": self.step, "loader": self.loader.state_dict(),
                       "memory": [s.state_dict() for s in self.states], "rng": checkpoint.rng_states(),
@@ -204,7 +207,7 @@ class Trainer:
         final_path = os.path.join(cfg.run_dir, FINAL_METRICS)
         checkpoint.atomic_write(final_path, json.dumps({"step": self.step, **final}, indent=1).encode())
         if not self.tracker.close(artifacts=[config_path, final_path]):
-            print(f"rmat train: the tracker was unreachable; unsent points wait in {self.tracker.spill_path} "
+            print(f"rmat train: the tracker was unreachable; unsent points wait in {self.tracker.outbox} "
                   "and go out at the next start")
         return final
 
