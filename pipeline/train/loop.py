@@ -104,7 +104,8 @@ class Trainer:
         self.states = [MemoryState.from_state_dict(sd).to(self.device) for sd in saved["memory"]]
         checkpoint.set_rng_states(saved["rng"])
 
-    def _save(self) -> None:
+    def save_checkpoint(self) -> None:
+        """Save a checkpoint of this step on every rank (collective)."""
         if self.tracker is not None:
             self.tracker.persist()  # the points of every step this checkpoint covers survive a kill
         run_id = self.tracker.run_id if self.tracker is not None else None
@@ -179,7 +180,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{result.loss:.3f}", tok_s=f"{last['perf/tokens_per_s']:.0f}")
             bar.update(1)
             if result.stop or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
-                self._save()
+                self.save_checkpoint()
                 saved_at = self.step
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
                 self._evaluate()
@@ -187,7 +188,7 @@ class Trainer:
                 break
         bar.close()
         if saved_at != self.step:
-            self._save()
+            self.save_checkpoint()
         final = {**last, **self._evaluate()} if self.step >= cfg.steps else last
         return self._finish(final) if self.rank == 0 else None
 
