@@ -166,10 +166,12 @@ class Trainer:
         saved_at, last = self.step, {}
         if self.step == 0 and cfg.eval.every:
             self._evaluate()  # the untrained baseline that later evaluations improve on
+        # A step's time runs from the end of one train_step to the end of the next, so that it holds
+        # everything the loop does per step (logging, tracker, progress bar) but no checkpoint or eval.
+        last_end = time.perf_counter()
         while self.step < cfg.steps:
-            start = time.perf_counter()
             result = self.train_step()
-            seconds = time.perf_counter() - start
+            seconds, last_end = time.perf_counter() - last_end, time.perf_counter()
             self.step += 1
             if self.rank == 0:
                 _append_line(log_path, {"step": self.step, "loss": result.loss, "loss_hex": result.loss.hex(),
@@ -181,9 +183,10 @@ class Trainer:
             bar.update(1)
             if result.stop or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
                 self.save_checkpoint()
-                saved_at = self.step
+                saved_at, last_end = self.step, time.perf_counter()
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
                 self._evaluate()
+                last_end = time.perf_counter()
             if result.stop:
                 break
         bar.close()
