@@ -139,7 +139,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = load_config(TrainConfig, CONFIG)
     tmp = tempfile.mkdtemp(prefix="rmat-bench-")
-    shards = write_byte_shards(os.path.join(tmp, "shards"), {"train": (4, 64), "val": (1, 8)}, max_bytes=16_000)
+    shards = write_byte_shards(os.path.join(tmp, "shards"), {"train": (4, 40), "val": (1, 8)}, max_bytes=16_000)
     peak = measure_peak_tflops(torch.device("cpu"), seconds=1.0)
     flops = RMAT(cfg.model).flops_per_token()
     tokens_per_step = cfg.data.batch_size * cfg.data.tbptt_segments * cfg.model.segment_len

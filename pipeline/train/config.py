@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -108,16 +107,12 @@ class TrainConfig:
 
 
 def check_for_world(cfg: TrainConfig, world_size: int) -> None:
-    """Checks that need the world size and the disk: run them before any process group starts."""
+    """The batch must split evenly over processes and accumulation steps."""
     rows_per_step = world_size * cfg.engine.grad_accum
     if cfg.data.batch_size % rows_per_step:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} rows cannot be split over {world_size} "
                           f"process(es) x engine.grad_accum={cfg.engine.grad_accum}; make it a multiple "
                           f"of {rows_per_step}")
-    manifest = os.path.join(cfg.data.shards, "manifest.json")
-    if not os.path.isfile(manifest):
-        raise ConfigError(f"data.shards={cfg.data.shards!r}: no manifest.json there; run data prep first "
-                          "or point data.shards at a finished shard folder")
 
 
 def _require(ok: bool, key: str, value: object, what: str) -> None:

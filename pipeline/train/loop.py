@@ -210,7 +210,12 @@ class Trainer:
         checkpoint.atomic_write(config_path, to_yaml(cfg).encode())
         final_path = os.path.join(cfg.run_dir, FINAL_METRICS)
         checkpoint.atomic_write(final_path, json.dumps({"step": self.step, **final}, indent=1).encode())
-        if not self.tracker.close(artifacts=[config_path, final_path]):
+        done = self.step >= cfg.steps
+        if not done:
+            print(f"rmat train: stopped by a signal at step {self.step}; checkpointed, run the same command to "
+                  "continue")
+        # KILLED until the run is complete: a resumed run sets it RUNNING again.
+        if not self.tracker.close(artifacts=[config_path, final_path], status="FINISHED" if done else "KILLED"):
             print(f"rmat train: the tracker was unreachable; unsent points wait in {self.tracker.outbox} "
                   "and go out at the next start")
         return final

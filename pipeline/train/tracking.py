@@ -69,6 +69,7 @@ class Tracker:
         self._stop = threading.Event()
         self._client = None
         self._artifacts: list[str] = []
+        self._status = "FINISHED"
         self.sent = 0
         self._thread = threading.Thread(target=self._work, name="mlflow-writer", daemon=True)
         self._thread.start()
@@ -104,12 +105,12 @@ class Tracker:
         """Outbox files not yet in MLflow."""
         return len(self._pending_files())
 
-    def close(self, artifacts: Iterable[str] = (), timeout_s: float = 30.0) -> bool:
-        """Send what is left, upload ``artifacts``, mark the run finished; wait at most ``timeout_s``.
+    def close(self, artifacts: Iterable[str] = (), status: str = "FINISHED", timeout_s: float = 30.0) -> bool:
+        """Send what is left, upload ``artifacts``, set the run's ``status``; wait at most ``timeout_s``.
 
         Returns whether everything reached MLflow; what did not stays in the outbox for the next start.
         """
-        self._artifacts = list(artifacts)
+        self._artifacts, self._status = list(artifacts), status
         self._stop.set()
         self._thread.join(timeout_s)
         return not self._thread.is_alive() and self.pending() == 0
@@ -183,4 +184,4 @@ class Tracker:
     def _finish(self) -> None:
         for path in self._artifacts:
             self._client.log_artifact(self._run_id, path)
-        self._client.set_terminated(self._run_id, "FINISHED")
+        self._client.set_terminated(self._run_id, self._status)

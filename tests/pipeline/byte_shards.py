@@ -47,7 +47,10 @@ def write_byte_shards(folder: str, splits: dict[str, tuple[int, int]], max_bytes
     """Write ``{split: (shards, docs_per_shard)}`` of real text; returns the folder."""
     os.makedirs(folder, exist_ok=True)
     need = sum(n * per for n, per in splits.values())
-    docs = iter(stdlib_documents(need, max_bytes))
+    available = stdlib_documents(need, max_bytes)
+    if len(available) < need:
+        raise ValueError(f"asked for {need} documents; the standard library here gives {len(available)}")
+    docs = iter(available)
     manifest = {"splits": {}, "tokenizer_hash": "bytes-v1", "vocab_size": VOCAB, "bos_id": BOS_ID,
                 "eos_id": EOS_ID, "dtype": "uint16"}
     for split, (n_shards, per_shard) in splits.items():

@@ -72,3 +72,22 @@ def test_resume_with_another_world_size_is_refused(runs, shards):
     assert out.returncode == 2
     assert "written by 2 process(es)" in out.stderr and "--nproc 2" in out.stderr
     assert max(r["step"] for r in read_jsonl(os.path.join(runs["killed"], "losses.jsonl"))) == STEPS
+
+
+def test_sigterm_checkpoints_the_current_step_then_the_run_continues(shards, tmp_path):
+    run_dir = str(tmp_path)
+    proc = subprocess.Popen(train_command(run_dir, shards, "steps=500", "checkpoint.every=0"), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = os.path.join(run_dir, "losses.jsonl")
+    while not (os.path.exists(log) and len(read_jsonl(log)) >= 5):
+        assert proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # to the launcher, which passes it on to both ranks
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "stopped by a signal" in stdout
+    stopped_at = read_jsonl(log)[-1]["step"]
+    assert stopped_at < 500 and latest_meta(run_dir)["step"] == stopped_at
+
+    out = run_train(run_dir, shards, f"steps={stopped_at + 3}", "checkpoint.every=0")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [r["step"] for r in read_jsonl(log)] == list(range(1, stopped_at + 4))
