@@ -1,52 +1,226 @@
-"""Reading token shards (the contract of the data-prep stage).
+"""Token shards: the deterministic WebDataset writer, a safe reader, and the manifest.
 
-A shard folder holds ``manifest.json`` and WebDataset tars ``{split}-{index:06d}.tar``
-with one sample per document: ``{key}.npy`` (token ids, no bos/eos) and ``{key}.json``
-(source, domain, doc hash, token count). The manifest lists, per split, every shard's
-name, sha256, documents and tokens, plus the tokenizer hash, vocab_size, bos_id,
-eos_id and dtype.
+A shard is a POSIX (ustar) tar named ``{split}-{index:06d}.tar`` holding one sample per
+document, each as two members written in this order:
+
+- ``{key}.npy``  the token ids, ``numpy.save`` of a 1-D uint16 (or uint32) array, no pickle;
+  BOS/EOS are *not* stored: the training loader adds them (ids in the manifest).
+- ``{key}.json`` ``{"source", "domain", "doc_hash", "tokens", ...}`` (sorted keys).
+
+``key`` is the first 24 hex digits of the document's sha256. Members have mtime 0, uid/gid 0,
+uname/gname ``rmat``, mode 0644, so the same documents give the same bytes.
+
+``manifest.json`` is written last, after every shard is in place. Schema (version 1)::
+
+    {
+      "format": "rmat-shards", "version": 1,
+      "config_hash": str,             # the key of this stage folder
+      "dtype": "uint16" | "uint32",
+      "vocab_size": int,
+      "special_ids": {"pad": int, "unk": int, "bos": int, "eos": int, "turn": int},
+      "loader_adds": ["bos", "eos"],  # what a reader puts around each document's ids
+      "tokenizer": {"sha256": str, "model": str (path relative to this folder), "model_type": str},
+      "shards": [{"path": str (relative), "split": str, "sha256": str, "bytes": int,
+                  "documents": int, "tokens": int}, ...],   # sorted by split then index
+      "splits": {split: {"shards": int, "documents": int, "tokens": int}}
+    }
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
+import posixpath
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+import fsspec
 import numpy as np
 
 MANIFEST = "manifest.json"
+FORMAT = "rmat-shards"
+VERSION = 1
+_SHARD_KEYS = {"path": str, "split": str, "sha256": str, "bytes": int, "documents": int, "tokens": int}
+_TOP_KEYS = {
+    "format": str,
+    "version": int,
+    "config_hash": str,
+    "dtype": str,
+    "vocab_size": int,
+    "special_ids": dict,
+    "tokenizer": dict,
+    "shards": list,
+    "splits": dict,
+}
 
 
-def read_manifest(folder: str | os.PathLike) -> dict:
-    """The parsed ``manifest.json`` of a shard folder."""
-    path = os.path.join(folder, MANIFEST)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist; is {folder} a finished shard folder?")
-    with open(path) as f:
-        return json.load(f)
+class ShardError(ValueError):
+    """A shard or manifest that is missing, truncated, unsafe or malformed."""
 
 
-def iter_shard(path: str | os.PathLike, expected_docs: int) -> Iterator[tuple[str, np.ndarray, dict]]:
-    """Yield (key, token ids, metadata) for each document of one tar, in stored order.
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
 
-    Raises ValueError when the tar does not hold ``expected_docs`` complete documents.
+
+def dtype_for(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits, else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def sample_key(doc_hash: str) -> str:
+    return doc_hash[:24]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = "rmat"
+    info.type = tarfile.REGTYPE
+    return info, io.BytesIO(data)
+
+
+def encode_sample(ids: np.ndarray, meta: dict) -> tuple[bytes, bytes]:
+    """The two member payloads of a sample: npy bytes and canonical json bytes."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(ids), allow_pickle=False)
+    return buf.getvalue(), json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_shard(fileobj, samples: Iterable[tuple[str, np.ndarray, dict]]) -> tuple[int, int]:
+    """Write (key, ids, meta) samples as a deterministic ustar tar to ``fileobj``.
+
+    Returns (documents, tokens). The caller provides atomicity (see atomic.atomic_open).
+    """
+    docs = tokens = 0
+    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for key, ids, meta in samples:
+            if "." in key or "/" in key:
+                raise ShardError(f"sample key {key!r} must not contain '.' or '/'")
+            npy, js = encode_sample(ids, meta)
+            for name, data in ((f"{key}.npy", npy), (f"{key}.json", js)):
+                info, payload = _member(name, data)
+                tar.addfile(info, payload)
+            docs += 1
+            tokens += int(ids.size)
+    return docs, tokens
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _check_member(shard: str, member: tarfile.TarInfo) -> tuple[str, str]:
+    name = member.name
+    if not member.isreg():
+        raise ShardError(f"shard {shard}: member {name!r} is not a regular file; refusing to read it")
+    norm = posixpath.normpath(name)
+    if name.startswith("/") or norm != name or "/" in norm or norm.startswith(".."):
+        raise ShardError(f"shard {shard}: member name {name!r} escapes the shard's folder; refusing to read it")
+    key, dot, ext = name.partition(".")
+    if not dot or ext not in ("npy", "json"):
+        raise ShardError(f"shard {shard}: unexpected member {name!r} (expected KEY.npy and KEY.json)")
+    return key, ext
+
+
+def _decode(shard: str, key: str, parts: dict[str, bytes]) -> tuple[str, np.ndarray, dict]:
+    missing = {"npy", "json"} - parts.keys()
+    if missing:
+        raise ShardError(f"shard {shard}: sample {key!r} lacks .{'/.'.join(sorted(missing))} (truncated or corrupt)")
+    try:
+        ids = np.load(io.BytesIO(parts["npy"]), allow_pickle=False)
+        meta = json.loads(parts["json"])
+    except (ValueError, OSError) as e:
+        raise ShardError(f"shard {shard}: sample {key!r} is corrupt: {e}") from e
+    if ids.ndim != 1 or ids.dtype not in (np.uint16, np.uint32):
+        raise ShardError(f"shard {shard}: sample {key!r} ids are {ids.dtype}{list(ids.shape)}, expected 1-D uint16/32")
+    return key, ids, meta
+
+
+def iter_shard(path: str, expected_docs: int | None = None) -> Iterator[tuple[str, np.ndarray, dict]]:
+    """Yield (key, ids, meta) for each sample of the shard at ``path`` (any fsspec URL).
+
+    Never unpickles, rejects members that are not regular files or whose names leave the
+    folder, checks that every sample has both .npy and .json, and, when ``expected_docs`` is
+    given, raises naming the shard if it holds a different number of samples (a shard cut
+    at a sample boundary reads without error in tar itself).
     """
     count = 0
-    pending: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            parts = pending.setdefault(key, {})
-            parts[ext] = tar.extractfile(member).read()
-            if "npy" in parts and "json" in parts:
-                del pending[key]
+    try:
+        with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            key, parts = None, {}
+            for member in tar:
+                mkey, ext = _check_member(path, member)
+                if mkey != key:
+                    if key is not None:
+                        yield _decode(path, key, parts)
+                        count += 1
+                    key, parts = mkey, {}
+                if ext in parts:
+                    raise ShardError(f"shard {path}: sample {mkey!r} has two .{ext} members")
+                parts[ext] = tar.extractfile(member).read()
+            if key is not None:
+                yield _decode(path, key, parts)
                 count += 1
-                yield key, np.load(io.BytesIO(parts["npy"]), allow_pickle=False), json.loads(parts["json"])
-    if pending or count != expected_docs:
-        raise ValueError(f"{path}: {count} complete documents ({len(pending)} incomplete); "
-                         f"the manifest says {expected_docs}")
+    except (tarfile.TarError, EOFError) as e:
+        raise ShardError(f"shard {path} is truncated or not a tar ({e}); rerun `rmat prep` to rebuild it") from e
+    except FileNotFoundError as e:
+        raise ShardError(f"shard {path} does not exist; rerun `rmat prep` to rebuild it") from e
+    if expected_docs is not None and count != expected_docs:
+        raise ShardError(
+            f"shard {path} holds {count} samples but the manifest says {expected_docs}: "
+            "it is truncated or stale; rerun `rmat prep` to rebuild it"
+        )
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def validate_manifest(manifest: object, where: str) -> dict:
+    """Check the manifest's schema (see module docstring); raise ShardError naming ``where``."""
+
+    def bad(msg: str) -> ShardError:
+        return ShardError(f"manifest of {where} is invalid: {msg}; rerun `rmat prep` to rebuild it")
+
+    if not isinstance(manifest, dict):
+        raise bad("not a JSON object")
+    for key, typ in _TOP_KEYS.items():
+        if not isinstance(manifest.get(key), typ):
+            raise bad(f"key {key!r} missing or not a {typ.__name__}")
+    if manifest["format"] != FORMAT or manifest["version"] != VERSION:
+        raise bad(f"format {manifest['format']!r} v{manifest['version']}, expected {FORMAT!r} v{VERSION}")
+    if manifest["dtype"] not in ("uint16", "uint32"):
+        raise bad(f"dtype {manifest['dtype']!r}")
+    for name in ("bos", "eos", "pad", "unk"):
+        if not isinstance(manifest["special_ids"].get(name), int):
+            raise bad(f"special_ids.{name} missing")
+    for i, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict):
+            raise bad(f"shards[{i}] is not an object")
+        for key, typ in _SHARD_KEYS.items():
+            if not isinstance(shard.get(key), typ):
+                raise bad(f"shards[{i}].{key} missing or not a {typ.__name__}")
+        if posixpath.isabs(shard["path"]) or ".." in shard["path"].split("/"):
+            raise bad(f"shards[{i}].path {shard['path']!r} leaves the folder")
+    return manifest
+
+
+def read_manifest(folder: str) -> dict:
+    """Read and validate ``folder/manifest.json`` (folder: a path or fsspec URL)."""
+    url = folder.rstrip("/") + "/" + MANIFEST
+    try:
+        with fsspec.open(url, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError as e:
+        raise ShardError(
+            f"no manifest.json in {folder}: the shard stage has not finished there; run `rmat prep CONFIG`"
+        ) from e
+    try:
+        manifest = json.loads(raw)
+    except ValueError as e:
+        raise ShardError(f"manifest of {folder} is not valid JSON ({e}); rerun `rmat prep` to rebuild it") from e
+    return validate_manifest(manifest, folder)

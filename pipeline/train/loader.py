@@ -10,13 +10,15 @@ shard, sample, token offset): that is all a checkpoint needs to continue the str
 from __future__ import annotations
 
 import hashlib
-import os
+import json
+import posixpath
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import fsspec
 import numpy as np
 
-from data_prep.shards import iter_shard, read_manifest
+from data_prep.shards import ShardError, iter_shard, read_manifest
 from pipeline.config import ConfigError
 from pipeline.streams import BatchStream, RowStream, Segment
 
@@ -26,34 +28,38 @@ class SplitInfo:
     """What the loader needs from a manifest for one split."""
 
     folder: str
-    shards: list[dict]  # name, sha256, documents, tokens
+    shards: list[dict]  # path, split, sha256, bytes, documents, tokens
     bos_id: int
     eos_id: int
     vocab_size: int
     tokenizer_hash: str
     manifest_hash: str
 
+    def url(self, shard: dict) -> str:
+        return self.folder.rstrip("/") + "/" + shard["path"]
+
 
 def open_split(folder: str, split: str) -> SplitInfo:
-    """Read the manifest and check that every shard of ``split`` is on disk."""
-    manifest_path = os.path.join(folder, "manifest.json")
-    if not os.path.isfile(manifest_path):
-        raise ConfigError(f"data.shards={folder!r}: no manifest.json there; run data prep first "
-                          "or point data.shards at a finished shard folder")
-    manifest = read_manifest(folder)
-    splits = manifest.get("splits", {})
-    if not splits.get(split):
+    """Read the manifest (data_prep.shards contract) and check that every shard of ``split`` exists."""
+    try:
+        manifest = read_manifest(folder)
+    except ShardError as e:
+        raise ConfigError(f"data.shards={folder!r}: {e}") from e
+    shards = [s for s in manifest["shards"] if s["split"] == split]
+    if not shards:
         raise ConfigError(f"data.shards={folder!r}: the manifest has no shards for split {split!r} "
-                          f"(it has {sorted(splits)})")
-    missing = [s["name"] for s in splits[split] if not os.path.isfile(os.path.join(folder, s["name"]))]
+                          f"(it has {sorted(manifest['splits'])})")
+    fs, root = fsspec.core.url_to_fs(folder)
+    missing = [s["path"] for s in shards if not fs.exists(posixpath.join(root, s["path"]))]
     if missing:
         raise ConfigError(f"data.shards={folder!r}: {len(missing)} shard(s) listed in manifest.json are "
-                          f"missing, e.g. {missing[0]}; rerun data prep to complete the folder")
-    with open(manifest_path, "rb") as f:
-        manifest_hash = hashlib.sha256(f.read()).hexdigest()
-    return SplitInfo(folder=folder, shards=list(splits[split]), bos_id=int(manifest["bos_id"]),
-                     eos_id=int(manifest["eos_id"]), vocab_size=int(manifest["vocab_size"]),
-                     tokenizer_hash=str(manifest.get("tokenizer_hash", "")), manifest_hash=manifest_hash)
+                          f"missing, e.g. {missing[0]}; rerun `rmat prep` to complete the folder")
+    special = manifest["special_ids"]
+    # The manifest's own hash identifies the data: it lists every shard's sha256.
+    manifest_hash = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return SplitInfo(folder=folder, shards=shards, bos_id=int(special["bos"]), eos_id=int(special["eos"]),
+                     vocab_size=int(manifest["vocab_size"]),
+                     tokenizer_hash=str(manifest["tokenizer"].get("sha256", "")), manifest_hash=manifest_hash)
 
 
 def check_train_data(info: SplitInfo, world_size: int, batch_size: int, model_vocab: int) -> None:
@@ -76,15 +82,15 @@ def check_train_data(info: SplitInfo, world_size: int, batch_size: int, model_vo
 class ShardCache:
     """The documents of the last few shards read, so rows sharing a shard read it once."""
 
-    def __init__(self, folder: str, capacity: int = 4) -> None:
-        self.folder, self.capacity = folder, capacity
+    def __init__(self, info: SplitInfo, capacity: int = 4) -> None:
+        self.info, self.capacity = info, capacity
         self._docs: OrderedDict[str, list[np.ndarray]] = OrderedDict()
 
     def documents(self, shard: dict) -> list[np.ndarray]:
-        name = shard["name"]
+        name = shard["path"]
         if name not in self._docs:
-            path = os.path.join(self.folder, name)
-            self._docs[name] = [ids.astype(np.int64) for _, ids, _ in iter_shard(path, shard["documents"])]
+            docs = iter_shard(self.info.url(shard), shard["documents"])
+            self._docs[name] = [ids.astype(np.int64) for _, ids, _ in docs]
             if len(self._docs) > self.capacity:
                 self._docs.popitem(last=False)
         self._docs.move_to_end(name)
@@ -134,7 +140,7 @@ class ShardRow:
 
     def state_dict(self) -> dict:
         inner = self._stream.state_dict() if self._stream is not None else self._pending
-        shard = self.info.shards[self._order()[self.shard_pos]]["name"]
+        shard = self.info.shards[self._order()[self.shard_pos]]["path"]
         return {"epoch": self.epoch, "shard_pos": self.shard_pos, "shard": shard,
                 "sample": inner["doc_index"], "offset": inner["offset"]}
 
@@ -150,7 +156,7 @@ class TrainLoader:
                  segment_len: int, seed: int) -> None:
         rows = batch_size // world_size
         owned = list(range(rank, len(info.shards), world_size))
-        cache = ShardCache(info.folder)
+        cache = ShardCache(info)
         all_rows = [ShardRow(info, cache, owned, r, rows, segment_len, seed) for r in range(rows)]
         per_group = rows // groups
         self.groups = [BatchStream(all_rows[g * per_group:(g + 1) * per_group]) for g in range(groups)]
@@ -173,7 +179,7 @@ def read_documents(info: SplitInfo, max_docs: int) -> list[tuple[np.ndarray, str
     """The first ``max_docs`` documents of a split with their domain, in manifest order."""
     docs: list[tuple[np.ndarray, str]] = []
     for shard in info.shards:
-        for _, ids, meta in iter_shard(os.path.join(info.folder, shard["name"]), shard["documents"]):
+        for _, ids, meta in iter_shard(info.url(shard), shard["documents"]):
             docs.append((ids.astype(np.int64), str(meta.get("domain", "documents"))))
             if len(docs) == max_docs:
                 return docs

@@ -1,7 +1,7 @@
 """Real token shards for tests and benchmarks: Python stdlib text as byte tokens.
 
-Written per the data-prep contract (manifest.json + WebDataset tars of .npy/.json
-samples), with Python's tarfile and numpy, from real text: source files are the
+Written with data_prep.shards' own writer and manifest schema (manifest.json +
+WebDataset tars of .npy/.json samples), from real text: source files are the
 ``code`` domain, paragraphs of the license texts the ``documents`` domain.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import io
 import json
 import os
 import sysconfig
-import tarfile
 
 import numpy as np
+
+from data_prep.shards import FORMAT, MANIFEST, VERSION, sample_key, shard_name, validate_manifest, write_shard
 
 BOS_ID, EOS_ID, VOCAB = 256, 257, 258
 
@@ -51,40 +51,32 @@ def write_byte_shards(folder: str, splits: dict[str, tuple[int, int]], max_bytes
     if len(available) < need:
         raise ValueError(f"asked for {need} documents; the standard library here gives {len(available)}")
     docs = iter(available)
-    manifest = {"splits": {}, "tokenizer_hash": "bytes-v1", "vocab_size": VOCAB, "bos_id": BOS_ID,
-                "eos_id": EOS_ID, "dtype": "uint16"}
+    shards, totals = [], {}
     for split, (n_shards, per_shard) in splits.items():
-        entries = []
         for index in range(n_shards):
-            name = f"{split}-{index:06d}.tar"
-            path = os.path.join(folder, name)
-            tokens = _write_tar(path, [next(docs) for _ in range(per_shard)])
-            with open(path, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
-            entries.append({"name": name, "sha256": digest, "documents": per_shard, "tokens": tokens})
-        manifest["splits"][split] = entries
-    with open(os.path.join(folder, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=1)
+            name = shard_name(split, index)
+            with open(os.path.join(folder, name), "wb") as f:
+                n_docs, tokens = write_shard(f, (_sample(*next(docs)) for _ in range(per_shard)))
+            with open(os.path.join(folder, name), "rb") as f:
+                data = f.read()
+            shards.append({"path": name, "split": split, "sha256": hashlib.sha256(data).hexdigest(),
+                           "bytes": len(data), "documents": n_docs, "tokens": tokens})
+        mine = [s for s in shards if s["split"] == split]
+        totals[split] = {"shards": len(mine), "documents": sum(s["documents"] for s in mine),
+                         "tokens": sum(s["tokens"] for s in mine)}
+    # Bytes need no pad/unk/turn tokens; they share eos's id so that the vocabulary stays 258.
+    manifest = {"format": FORMAT, "version": VERSION, "config_hash": "bytes-fixture", "dtype": "uint16",
+                "vocab_size": VOCAB, "special_ids": {"pad": EOS_ID, "unk": EOS_ID, "bos": BOS_ID, "eos": EOS_ID,
+                                                     "turn": EOS_ID},
+                "loader_adds": ["bos", "eos"], "tokenizer": {"sha256": "bytes-v1", "model": "", "model_type": "bytes"},
+                "shards": shards, "splits": totals}
+    validate_manifest(manifest, folder)
+    with open(os.path.join(folder, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
     return folder
 
 
-def _write_tar(path: str, docs: list[tuple[bytes, str, str]]) -> int:
-    tokens = 0
-    with tarfile.open(path, "w") as tar:
-        for i, (text, domain, source) in enumerate(docs):
-            ids = np.frombuffer(text, dtype=np.uint8).astype(np.uint16)
-            npy = io.BytesIO()
-            np.save(npy, ids)
-            meta = {"source": source, "domain": domain, "doc_hash": hashlib.sha256(text).hexdigest(),
-                    "tokens": len(ids)}
-            key = f"{i:08d}"
-            _add(tar, f"{key}.npy", npy.getvalue())
-            _add(tar, f"{key}.json", json.dumps(meta).encode())
-            tokens += len(ids)
-    return tokens
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
+def _sample(text: bytes, domain: str, source: str) -> tuple[str, np.ndarray, dict]:
+    doc_hash = hashlib.sha256(text).hexdigest()
+    ids = np.frombuffer(text, dtype=np.uint8).astype(np.uint16)
+    return sample_key(doc_hash), ids, {"source": source, "domain": domain, "doc_hash": doc_hash, "tokens": len(ids)}
