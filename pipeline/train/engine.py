@@ -103,7 +103,9 @@ def state_dtype(cfg: TrainConfig) -> torch.dtype:
 def measure_peak_tflops(device: torch.device, seconds: float = 0.3) -> float:
     """This process's fp32 matmul throughput (TFLOP/s) on ``device``: the denominator of MFU."""
     n = 1024 if device.type == "cuda" else 512
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    # Its own generator: drawing from the global one would shift the RNG stream a resume restores.
+    gen = torch.Generator(device).manual_seed(0)
+    a, b = (torch.randn(n, n, device=device, generator=gen) for _ in range(2))
     a @ b
     reps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:

@@ -1,8 +1,9 @@
 """Streaming rows of documents from token shards, with a small exact position.
 
-Each data-parallel rank owns the shards ``i % world == rank``. Every row of the rank
-reads its own slice of samples (``row::rows``) of each of those shards, shard after
-shard, in an order shuffled by (seed, epoch); inside a shard it cuts documents into
+Each data-parallel rank owns the shards ``i % world == rank`` and reads them in an
+order shuffled by (seed, epoch). Their documents, counted in that order, are dealt to
+the rank's rows in turn (row r takes documents r, r + rows, ...), so every row reads
+its own contiguous stream of whole documents; inside a shard it cuts documents into
 segments exactly as ``pipeline.streams.RowStream`` does. A row's position is (epoch,
 shard, sample, token offset): that is all a checkpoint needs to continue the stream.
 """
@@ -98,7 +99,7 @@ class ShardCache:
 
 
 class ShardRow:
-    """One row: samples ``row::rows`` of each owned shard, shard order reshuffled per epoch."""
+    """One row: every ``rows``-th document of the rank's shards, shard order reshuffled per epoch."""
 
     def __init__(self, info: SplitInfo, cache: ShardCache, owned: list[int], row: int, rows: int,
                  segment_len: int, seed: int) -> None:
@@ -114,8 +115,12 @@ class ShardRow:
 
     def _open(self) -> RowStream:
         while True:
-            shard = self.info.shards[self._order()[self.shard_pos]]
-            slots = list(range(self.row, shard["documents"], self.rows))
+            order = self._order()
+            shard = self.info.shards[order[self.shard_pos]]
+            # Deal the epoch's documents, counted across shards, to the rows in turn, so that every
+            # row gets documents whenever the rank has at least as many documents as rows.
+            before = sum(self.info.shards[i]["documents"] for i in order[:self.shard_pos])
+            slots = list(range((self.row - before) % self.rows, shard["documents"], self.rows))
             if slots:
                 stream = RowStream(self.cache.documents(shard), slots, self.segment_len,
                                    self.info.bos_id, self.info.eos_id)

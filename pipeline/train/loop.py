@@ -62,6 +62,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, local_procs: int) -> None:
         self.cfg = cfg
+        self.stop = StopRequest()  # before the slow start-up, so that an early SIGTERM is not fatal
         set_threads(cfg.engine.threads_per_proc, local_procs)
         init_distributed()
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
@@ -79,11 +80,10 @@ class Trainer:
         self.rows = cfg.data.batch_size // (self.world * groups)
         self.states = [self._empty_state(self.rows) for _ in range(groups)]
         self.val_docs = read_documents(self.val_info, cfg.eval.max_docs)
+        self.peak_tflops = cfg.engine.peak_tflops or measure_peak_tflops(self.device)
         self.step, self.run_id = 0, None
         self._restore()
         self.tracker = self._start_tracker() if self.rank == 0 else None
-        self.peak_tflops = cfg.engine.peak_tflops or measure_peak_tflops(self.device)
-        self.stop = StopRequest()
         self.peak_rss = 0
 
     def _empty_state(self, rows: int) -> MemoryState:

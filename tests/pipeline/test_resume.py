@@ -91,3 +91,11 @@ def test_sigterm_checkpoints_the_current_step_then_the_run_continues(shards, tmp
     out = run_train(run_dir, shards, f"steps={stopped_at + 3}", "checkpoint.every=0")
     assert out.returncode == 0, out.stderr[-3000:]
     assert [r["step"] for r in read_jsonl(log)] == list(range(1, stopped_at + 4))
+
+
+def test_only_the_last_k_checkpoints_are_kept(runs):
+    root = os.path.join(runs["reference"], "checkpoints")
+    steps = sorted(name for name in os.listdir(root) if name.startswith("step_"))
+    assert steps == ["step_00000020", "step_00000024"]  # checkpoint.keep=2 of 5, 10, 15, 20, 24
+    with open(os.path.join(root, "latest")) as f:
+        assert f.read() == "step_00000024"
