@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from model import RMATConfig
 from pipeline.config import ConfigError
@@ -51,12 +50,16 @@ class EngineConfig:
 
 @dataclass
 class CheckpointConfig:
+    """How often to checkpoint, and how many complete checkpoints to keep."""
+
     every: int = 100  # steps; 0: only at the end (and on SIGTERM/SIGUSR2)
     keep: int = 2
 
 
 @dataclass
 class EvalConfig:
+    """Validation inside training: every document of the val split read from an empty memory."""
+
     every: int = 100  # steps; 0: only at the end
     max_docs: int = 64  # val documents, each from an empty memory
     batch_size: int = 8  # rows per rank
@@ -65,6 +68,8 @@ class EvalConfig:
 
 @dataclass
 class TrackingConfig:
+    """MLflow: where, and how the background writer batches and times out."""
+
     experiment: str = "rmat"
     tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///<run_dir>/mlflow.db
     flush_seconds: float = 2.0
@@ -88,7 +93,6 @@ class TrainConfig:
     seed: int = 0
     run_dir: str = "runs/train"
     resume: bool = True  # continue from <run_dir>/checkpoints/latest when it exists
-    stop_after: Optional[int] = None  # end this invocation after that step (checkpointed), for staged runs
 
     def __post_init__(self) -> None:
         e = self.engine
@@ -104,6 +108,13 @@ class TrainConfig:
         _require(self.steps >= 1, "steps", self.steps, "must be >= 1")
         _require(self.checkpoint.keep >= 1, "checkpoint.keep", self.checkpoint.keep, "must be >= 1")
         _require(self.optim.grad_clip >= 0, "optim.grad_clip", self.optim.grad_clip, "must be >= 0")
+        _require(self.checkpoint.every >= 0, "checkpoint.every", self.checkpoint.every, "must be >= 0")
+        _require(self.eval.every >= 0, "eval.every", self.eval.every, "must be >= 0")
+        _require(self.eval.max_docs >= 1, "eval.max_docs", self.eval.max_docs, "must be >= 1")
+        _require(self.eval.batch_size >= 1, "eval.batch_size", self.eval.batch_size, "must be >= 1")
+        _require(self.tracking.log_every >= 1, "tracking.log_every", self.tracking.log_every, "must be >= 1")
+        _require(self.tracking.flush_seconds > 0, "tracking.flush_seconds", self.tracking.flush_seconds,
+                 "must be > 0")
 
 
 def check_for_world(cfg: TrainConfig, world_size: int) -> None:

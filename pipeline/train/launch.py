@@ -50,9 +50,12 @@ def launch(cfg: TrainConfig, nproc: int = 1) -> None:
     # Children inherit these before they import torch, so OpenMP starts with the right pool.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(nproc),
                       LOCAL_WORLD_SIZE=str(nproc), OMP_NUM_THREADS=str(threads))
-    context = mp.start_processes(_child, args=(cfg, nproc), nprocs=nproc, join=False, start_method="spawn")
-    previous = {sig: signal.signal(sig, _forward(context)) for sig in (signal.SIGTERM, signal.SIGUSR2)}
+    children: list = []
+    # Installed before the children exist so that no signal can kill this parent and orphan them.
+    previous = {sig: signal.signal(sig, _forward(children)) for sig in (signal.SIGTERM, signal.SIGUSR2)}
     try:
+        context = mp.start_processes(_child, args=(cfg, nproc), nprocs=nproc, join=False, start_method="spawn")
+        children.extend(context.processes)
         while not context.join():
             pass
     finally:
@@ -69,9 +72,9 @@ def _child(local_rank: int, cfg: TrainConfig, nproc: int) -> None:
     train_process(cfg, nproc)
 
 
-def _forward(context):
+def _forward(children: list):
     def handler(signum: int, frame: Optional[object]) -> None:
-        for process in context.processes:
+        for process in children:
             if process.is_alive():
                 os.kill(process.pid, signum)
     return handler
