@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from model import MemoryState, RMATConfig
-from pipeline.streams import IGNORE_INDEX
+from pipeline.streams import IGNORE_INDEX, segment_window
 
 DOMAINS = ("documents", "code", "dialogue")
 
@@ -24,15 +24,11 @@ DOMAINS = ("documents", "code", "dialogue")
 def segment_batch(docs: list[np.ndarray], index: int, segment_len: int, bos_id: int, eos_id: int,
                   rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets [rows, S] of segment ``index`` of each document; missing rows are padding."""
-    s = segment_len
-    inputs = np.full((rows, s), eos_id, dtype=np.int64)
-    targets = np.full((rows, s), IGNORE_INDEX, dtype=np.int64)
+    inputs = np.full((rows, segment_len), eos_id, dtype=np.int64)
+    targets = np.full((rows, segment_len), IGNORE_INDEX, dtype=np.int64)
     for r, doc in enumerate(docs):
-        seq = np.concatenate([[bos_id], doc, [eos_id]])
-        piece = seq[index * s:index * s + s + 1]
-        if len(piece) > 1:
-            inputs[r, :len(piece) - 1] = piece[:-1]
-            targets[r, :len(piece) - 1] = piece[1:]
+        if index * segment_len < len(doc) + 1:  # the document still has targets here
+            inputs[r], targets[r], _ = segment_window(doc, index * segment_len, segment_len, bos_id, eos_id)
     return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 
