@@ -8,6 +8,7 @@ a bit-exact continuation needs; rank 0 alone talks to the tracker, through a que
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from pipeline.train.config import TrainConfig
 from pipeline.train.engine import build_engine, init_distributed, measure_peak_tflops, set_threads, state_dtype
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loader import TrainLoader, open_split, read_documents
-from pipeline.train.tracking import Tracker, forget_unfinished_attempt, saved_run_id, tracking_uri
+from pipeline.train.tracking import RunSpec, Tracker, forget_unfinished_attempt, saved_run_id, tracking_uri
 
 LOSS_LOG = "losses.jsonl"
 EVAL_LOG = "evals.jsonl"
@@ -125,9 +126,11 @@ class Trainer:
                 "tokenizer_hash": self.train_info.tokenizer_hash, "world_size": str(self.world),
                 "deepspeed_version": deepspeed.__version__, "torch_version": torch.__version__,
                 "zero_stage": str(cfg.engine.zero_stage), "n_params": str(self.n_params)}
-        return Tracker(tracking_uri(cfg.tracking.tracking_uri, cfg.run_dir), cfg.tracking.experiment, cfg.run_dir,
-                       self.run_id, os.path.basename(os.path.abspath(cfg.run_dir)), flatten(to_dict(cfg)), tags,
-                       cfg.tracking.flush_seconds, cfg.tracking.request_timeout_s)
+        return Tracker(RunSpec(
+            uri=tracking_uri(cfg.tracking.tracking_uri, cfg.run_dir), experiment=cfg.tracking.experiment,
+            run_dir=cfg.run_dir, run_id=self.run_id, run_name=os.path.basename(os.path.abspath(cfg.run_dir)),
+            params=flatten(to_dict(cfg)), tags=tags, flush_seconds=cfg.tracking.flush_seconds,
+            request_timeout_s=cfg.tracking.request_timeout_s))
 
     def _step_metrics(self, result: StepResult, seconds: float) -> dict[str, float]:
         self.peak_rss = max(self.peak_rss, psutil.Process().memory_info().rss)
@@ -166,6 +169,9 @@ class Trainer:
         saved_at, last = self.step, {}
         if self.step == 0 and cfg.eval.every:
             self._evaluate()  # the untrained baseline that later evaluations improve on
+        # torch, DeepSpeed and the model leave ~3*10^5 long-lived objects; a full garbage collection
+        # walks them all (0.2-0.3 s, holding the GIL) whenever any thread allocates enough.
+        gc.freeze()
         # A step's time runs from the end of one train_step to the end of the next, so that it holds
         # everything the loop does per step (logging, tracker, progress bar) but no checkpoint or eval.
         last_end = time.perf_counter()

@@ -1,17 +1,20 @@
 """MLflow tracking that can never slow or stop training.
 
-The training loop only puts points on a queue. A background writer thread moves
-them to an outbox of small JSONL files in the run folder, then sends the outbox,
-oldest file first, with ``MlflowClient.log_batch`` and deletes each file once
-MLflow has it. When the tracking server is down or hangs, short timeouts make the
-send fail fast and the files wait for the next try, or for the next start. At a
-checkpoint the loop moves the queue to the outbox itself, so every point of every
-step a checkpoint covers survives a kill.
+The training loop only puts points on a queue. A thread moves them, every few seconds,
+to an outbox of small JSONL files in the run folder (milliseconds, no network). A
+separate, niced sender process creates or resumes the MLflow run and sends the
+outbox, oldest file first, with ``MlflowClient.log_batch``, deleting each file once
+MLflow has it. Being a process, the MLflow client never competes with training for
+the GIL or stops it for a garbage collection. When the tracking server is down or
+hangs, short timeouts make a send fail fast and the files wait for the next try, or
+for the next start. At a checkpoint the loop moves the queue to the outbox itself,
+so every point of every step a checkpoint covers survives a kill.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import queue
 import re
@@ -19,12 +22,15 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Optional
 
 OUTBOX = "mlflow_outbox"
 RUN_ID_FILE = "mlflow_run_id"
+CLOSE_FILE = "close.json"  # in the outbox: the training is over, finish the run
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 MAX_PARAMS_PER_BATCH = 100
+MAX_FILES_PER_FLUSH = 3  # while training: a backlog goes out a few files per flush, not in one burst
 OUTBOX_FILE = re.compile(r"^(\d{10})\.jsonl$")
 
 
@@ -49,35 +55,51 @@ def forget_unfinished_attempt(run_dir: str) -> None:
         os.remove(os.path.join(run_dir, RUN_ID_FILE))
 
 
-class Tracker:
-    """One MLflow run fed from a background writer thread (use from rank 0 only)."""
+def pending_files(outbox: str) -> list[str]:
+    """The outbox's point files, oldest first."""
+    return sorted(name for name in os.listdir(outbox) if OUTBOX_FILE.match(name))
 
-    def __init__(self, uri: str, experiment: str, run_dir: str, run_id: Optional[str], run_name: str,
-                 params: dict[str, object], tags: dict[str, str], flush_seconds: float = 2.0,
-                 request_timeout_s: int = 5) -> None:
-        # Read by MLflow on every request: fail within seconds instead of retrying for minutes.
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(request_timeout_s)
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-        self.uri, self.experiment, self.run_dir, self.run_name = uri, experiment, run_dir, run_name
-        self.params, self.tags, self.flush_seconds = params, tags, flush_seconds
-        self.outbox = os.path.join(run_dir, OUTBOX)
+
+@dataclass
+class RunSpec:
+    """What the sender process needs to create (or resume) the run and reach the store."""
+
+    uri: str
+    experiment: str
+    run_dir: str
+    run_id: Optional[str]
+    run_name: str
+    params: dict[str, object] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    flush_seconds: float = 2.0
+    request_timeout_s: int = 5
+
+
+class Tracker:
+    """One MLflow run fed through an on-disk outbox by a sender process (use from rank 0 only)."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.outbox = os.path.join(spec.run_dir, OUTBOX)
         os.makedirs(self.outbox, exist_ok=True)
-        self._run_id, self._resumed = run_id, run_id is not None
+        stale = os.path.join(self.outbox, CLOSE_FILE)
+        if os.path.exists(stale):
+            os.remove(stale)
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
-        self._seq = max(self._pending_files(), default=-1) + 1
+        self._seq = max((int(OUTBOX_FILE.match(n).group(1)) for n in pending_files(self.outbox)), default=-1) + 1
         self._stop = threading.Event()
-        self._client = None
-        self._artifacts: list[str] = []
-        self._status = "FINISHED"
-        self.sent = 0
-        self._thread = threading.Thread(target=self._work, name="mlflow-writer", daemon=True)
-        self._thread.start()
+        self._mover = threading.Thread(target=self._move, name="mlflow-outbox", daemon=True)
+        self._mover.start()
+        # spawn: a fresh interpreter, so the sender shares no lock or thread state with training.
+        self._sender = multiprocessing.get_context("spawn").Process(
+            target=run_sender, args=(spec, os.getpid()), name="mlflow-sender", daemon=True)
+        self._sender.start()
 
     @property
     def run_id(self) -> Optional[str]:
-        """The MLflow run id, once the writer has reached the tracking store (None before)."""
-        return self._run_id
+        """The MLflow run id, once the sender has reached the tracking store (None before)."""
+        return self.spec.run_id or saved_run_id(self.spec.run_dir)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Queue one point per metric; never blocks, never raises for the tracker's sake."""
@@ -97,91 +119,132 @@ class Tracker:
         with self._lock:
             path = os.path.join(self.outbox, f"{self._seq:010d}.jsonl")
             self._seq += 1
-            with open(path + ".tmp", "w") as f:
-                f.writelines(json.dumps(p) + "\n" for p in points)
-            os.replace(path + ".tmp", path)
+            _atomic_text(path, "".join(json.dumps(p) + "\n" for p in points))
 
     def pending(self) -> int:
         """Outbox files not yet in MLflow."""
-        return len(self._pending_files())
+        return len(pending_files(self.outbox))
 
     def close(self, artifacts: Iterable[str] = (), status: str = "FINISHED", timeout_s: float = 30.0) -> bool:
         """Send what is left, upload ``artifacts``, set the run's ``status``; wait at most ``timeout_s``.
 
         Returns whether everything reached MLflow; what did not stays in the outbox for the next start.
         """
-        self._artifacts, self._status = list(artifacts), status
         self._stop.set()
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive() and self.pending() == 0
+        self._mover.join()
+        self.persist()
+        request = {"artifacts": [os.path.abspath(a) for a in artifacts], "status": status}
+        _atomic_text(os.path.join(self.outbox, CLOSE_FILE), json.dumps(request))
+        self._sender.join(timeout_s)
+        if self._sender.is_alive():
+            self._sender.terminate()
+            return False
+        return self._sender.exitcode == 0 and self.pending() == 0
 
-    # ---- the writer thread -----------------------------------------------------------
-
-    def _pending_files(self) -> list[int]:
-        return sorted(int(m.group(1)) for name in os.listdir(self.outbox) if (m := OUTBOX_FILE.match(name)))
-
-    def _work(self) -> None:
-        while True:
-            stopping = self._stop.wait(self.flush_seconds)
+    def _move(self) -> None:
+        while not self._stop.wait(self.spec.flush_seconds):
             self.persist()
-            try:
-                self._connect()
-                self._send_outbox()
-                if stopping:
-                    self._finish()
-            except Exception:  # any tracker failure (network, server, database): the outbox keeps the points
-                pass
-            if stopping:
-                return
 
-    def _connect(self) -> None:
-        if self._client is None:
+
+def _atomic_text(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+# ---- the sender process ------------------------------------------------------------------
+
+
+def run_sender(spec: RunSpec, parent_pid: int) -> None:
+    """Send the outbox until asked to close (or until the training process is gone).
+
+    Exits 0 when every point reached MLflow and the run got its final status, 1 otherwise.
+    """
+    os.nice(10)  # on a busy machine, training gets the CPU first
+    # Read by MLflow on every request: fail within seconds instead of retrying for minutes.
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(spec.request_timeout_s)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    sender = _Sender(spec)
+    while True:
+        close = _read_close(sender.outbox)
+        try:
+            sender.connect()
+            sender.send(None if close else MAX_FILES_PER_FLUSH)
+            if close is not None:
+                sender.finish(close["artifacts"], close["status"])
+                raise SystemExit(0)
+        except SystemExit:
+            raise
+        except Exception:  # any tracker failure (network, server, database): the outbox keeps the points
+            if close is not None:
+                raise SystemExit(1) from None
+        if os.getppid() != parent_pid:  # training was killed: the next start sends the rest
+            raise SystemExit(1)
+        time.sleep(spec.flush_seconds)
+
+
+def _read_close(outbox: str) -> Optional[dict]:
+    path = os.path.join(outbox, CLOSE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+class _Sender:
+    """The MLflow side: create or resume the run, send outbox files, finish the run."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec, self.outbox = spec, os.path.join(spec.run_dir, OUTBOX)
+        self.run_id = spec.run_id or saved_run_id(spec.run_dir)
+        self.resumed = self.run_id is not None
+        self.client = None
+
+    def connect(self) -> None:
+        if self.client is None:
             from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(self.uri)
-        if self._run_id is None:
-            self._run_id = self._create_run()
-            tmp = os.path.join(self.run_dir, RUN_ID_FILE + ".tmp")
-            with open(tmp, "w") as f:
-                f.write(self._run_id)
-            os.replace(tmp, os.path.join(self.run_dir, RUN_ID_FILE))
-        elif self._resumed:
-            self._client.update_run(self._run_id, status="RUNNING")
-            self._resumed = False
+            self.client = MlflowClient(self.spec.uri)
+        if self.run_id is None:
+            self.run_id = self._create_run()
+            _atomic_text(os.path.join(self.spec.run_dir, RUN_ID_FILE), self.run_id)
+        elif self.resumed:
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.resumed = False
 
     def _create_run(self) -> str:
         from mlflow.entities import Param
 
-        exp = self._client.get_experiment_by_name(self.experiment)
+        spec = self.spec
+        exp = self.client.get_experiment_by_name(spec.experiment)
         if exp is None:
             location = None
-            if self.uri.startswith("sqlite:"):
-                location = "file://" + os.path.abspath(os.path.join(self.run_dir, "mlartifacts"))
-            exp_id = self._client.create_experiment(self.experiment, artifact_location=location)
+            if spec.uri.startswith("sqlite:"):
+                location = "file://" + os.path.abspath(os.path.join(spec.run_dir, "mlartifacts"))
+            exp_id = self.client.create_experiment(spec.experiment, artifact_location=location)
         else:
             exp_id = exp.experiment_id
-        run = self._client.create_run(exp_id, run_name=self.run_name,
-                                      tags={k: str(v) for k, v in self.tags.items()})
-        params = [Param(k, str(v)[:6000]) for k, v in self.params.items()]
+        run = self.client.create_run(exp_id, run_name=spec.run_name, tags={k: str(v) for k, v in spec.tags.items()})
+        params = [Param(k, str(v)[:6000]) for k, v in spec.params.items()]
         for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
-            self._client.log_batch(run.info.run_id, params=params[i:i + MAX_PARAMS_PER_BATCH])
+            self.client.log_batch(run.info.run_id, params=params[i:i + MAX_PARAMS_PER_BATCH])
         return run.info.run_id
 
-    def _send_outbox(self) -> None:
+    def send(self, max_files: Optional[int]) -> None:
         from mlflow.entities import Metric
 
-        for seq in self._pending_files():
-            path = os.path.join(self.outbox, f"{seq:010d}.jsonl")
+        for name in pending_files(self.outbox)[:max_files]:
+            path = os.path.join(self.outbox, name)
             with open(path) as f:
                 metrics = [Metric(*json.loads(line)) for line in f if line.strip()]
             for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-                self._client.log_batch(self._run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
+                self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
             # A kill (or a timed-out request that the server still carries out) before this removal
             # sends the file again: a duplicate point, never a lost one.
             os.remove(path)
-            self.sent += len(metrics)
 
-    def _finish(self) -> None:
-        for path in self._artifacts:
-            self._client.log_artifact(self._run_id, path)
-        self._client.set_terminated(self._run_id, self._status)
+    def finish(self, artifacts: list[str], status: str) -> None:
+        for path in artifacts:
+            self.client.log_artifact(self.run_id, path)
+        self.client.set_terminated(self.run_id, status)
+        os.remove(os.path.join(self.outbox, CLOSE_FILE))

@@ -18,7 +18,7 @@ import pytest
 
 from tests.pipeline.conftest import REPO, read_jsonl, train_command
 
-STEPS, FREEZE_AT_STEP, OUTAGE_S = 2000, 200, 30.0
+FREEZE_AT_STEP, OUTAGE_S, WARMUP, JITTER_S = 200, 30.0, 50, 0.030
 
 
 def _free_port() -> int:
@@ -96,13 +96,25 @@ def _wait_for_steps(log: str, n: int, proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
+def _outbox_empty(run_dir: str) -> bool:
+    folder = os.path.join(run_dir, "mlflow_outbox")
+    return os.path.isdir(folder) and not [f for f in os.listdir(folder) if f.endswith(".jsonl")]
+
+
+def _summary(name: str, times: list[float]) -> str:
+    p99 = sorted(times)[int(0.99 * (len(times) - 1))]
+    return (f"{name}: {len(times)} steps, median {statistics.median(times) * 1e3:.1f} ms, "
+            f"p99 {p99 * 1e3:.1f} ms, max {max(times) * 1e3:.1f} ms")
+
+
 def test_frozen_tracking_server_neither_stalls_training_nor_loses_points(mlflow_server, shards, tmp_path):
     url, server = mlflow_server
     run_dir = str(tmp_path / "run")
     log = os.path.join(run_dir, "losses.jsonl")
+    # Far more steps than the test needs, so that any machine outlasts the outage; SIGTERM ends the run.
     with open(tmp_path / "train.err", "w") as err:
         train = subprocess.Popen(
-            train_command(run_dir, shards, f"steps={STEPS}", "checkpoint.every=0", "eval.every=0",
+            train_command(run_dir, shards, "steps=1000000", "checkpoint.every=0", "eval.every=0",
                           "tracking.flush_seconds=1", nproc=1),
             cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": url}, stdout=subprocess.DEVNULL, stderr=err,
             start_new_session=True)
@@ -112,30 +124,36 @@ def test_frozen_tracking_server_neither_stalls_training_nor_loses_points(mlflow_
         time.sleep(OUTAGE_S)
         frozen_to = len(read_jsonl(log))
         os.killpg(server.pid, signal.SIGCONT)
-        assert train.poll() is None and frozen_to < STEPS - 50, "training must outlast the outage"
+        deadline = time.monotonic() + 180
+        while not _outbox_empty(run_dir):  # the writer catches up while training goes on
+            assert train.poll() is None and time.monotonic() < deadline, "the backlog never drained"
+            time.sleep(0.2)
+        _wait_for_steps(log, len(read_jsonl(log)) + 100, train)
+        train.send_signal(signal.SIGTERM)
         assert train.wait(timeout=300) == 0, (tmp_path / "train.err").read_text()[-3000:]
 
-    times = [r["step_time_s"] for r in read_jsonl(log)][10:]  # past the first steps' warm-up
-    during = times[frozen_from - 10:frozen_to - 10]
-    outside = times[:frozen_from - 10] + times[frozen_to - 10:]
-    median = statistics.median(times)
-    report = (f"{len(during)} steps during the outage: median {statistics.median(during) * 1e3:.1f} ms, "
-              f"max {max(during) * 1e3:.1f} ms; outside: median {statistics.median(outside) * 1e3:.1f} ms, "
-              f"max {max(outside) * 1e3:.1f} ms; all steps: median {median * 1e3:.1f} ms")
+    records = read_jsonl(log)
+    last_step = records[-1]["step"]
+    times = [r["step_time_s"] for r in records]
+    median = statistics.median(times[WARMUP:])
+    before, during, after = times[WARMUP:frozen_from], times[frozen_from:frozen_to], times[frozen_to:]
+    report = "; ".join([_summary("before", before), _summary("outage", during), _summary("catch-up", after),
+                        f"median of all steps {median * 1e3:.1f} ms"])
     print(report)
     assert len(during) > 100, report
-    # The CPU is shared with other jobs, so single steps jitter on their own: the outage may not
-    # slow the typical step, and may not cause a step slower than twice the median or than the
-    # slowest step seen without it.
-    assert statistics.median(during) < 1.25 * statistics.median(outside), report
-    assert max(during) < max(2 * median, max(outside)), report
+    # Neither the outage nor the catch-up after it may slow the typical step or make a step take
+    # more than twice the median. The 2 cores are shared with other jobs (and with the server here),
+    # so a step may also lose one or two scheduler slices to them: JITTER_S of slack for that.
+    for window in (during, after):
+        assert statistics.median(window) < 1.25 * statistics.median(before), report
+        assert max(window) < 2 * median + JITTER_S, report
 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(url)
     (run,) = client.search_runs([client.get_experiment_by_name("rmat").experiment_id])
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "KILLED"  # stopped by SIGTERM before its last step
     for key in ("train/loss", "perf/step_time_s"):
         steps = {m.step for m in client.get_metric_history(run.info.run_id, key)}
-        assert steps == set(range(1, STEPS + 1)), f"{key}: {STEPS - len(steps)} points missing"
-    assert not os.listdir(os.path.join(run_dir, "mlflow_outbox"))
+        assert steps == set(range(1, last_step + 1)), f"{key}: {last_step - len(steps)} points missing"
+    assert _outbox_empty(run_dir)

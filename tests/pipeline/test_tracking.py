@@ -6,7 +6,7 @@ import os
 import socket
 import time
 
-from pipeline.train.tracking import Tracker
+from pipeline.train.tracking import RunSpec, Tracker
 
 
 def _dead_uri() -> str:
@@ -17,8 +17,8 @@ def _dead_uri() -> str:
 
 def test_points_kept_while_unreachable_are_sent_at_the_next_start(tmp_path):
     run_dir = str(tmp_path)
-    down = Tracker(_dead_uri(), "rmat", run_dir, None, "outage", {"a": 1}, {"t": "x"}, flush_seconds=0.1,
-                   request_timeout_s=2)
+    down = Tracker(RunSpec(_dead_uri(), "rmat", run_dir, None, "outage", {"a": 1}, {"t": "x"}, flush_seconds=0.1,
+                           request_timeout_s=2))
     start = time.perf_counter()
     for step in range(1, 101):
         down.log(step, {"train/loss": 1.0 / step})
@@ -27,7 +27,7 @@ def test_points_kept_while_unreachable_are_sent_at_the_next_start(tmp_path):
     assert down.run_id is None and down.pending() > 0
 
     store = f"sqlite:///{run_dir}/mlflow.db"
-    up = Tracker(store, "rmat", run_dir, None, "outage", {"a": 1}, {"t": "x"}, flush_seconds=0.1)
+    up = Tracker(RunSpec(store, "rmat", run_dir, None, "outage", {"a": 1}, {"t": "x"}, flush_seconds=0.1))
     up.log(101, {"train/loss": 0.5})
     assert up.close(timeout_s=120) is True
     assert not os.listdir(up.outbox)
