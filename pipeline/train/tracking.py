@@ -30,7 +30,7 @@ RUN_ID_FILE = "mlflow_run_id"
 CLOSE_FILE = "close.json"  # in the outbox: the training is over, finish the run
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 MAX_PARAMS_PER_BATCH = 100
-MAX_FILES_PER_FLUSH = 3  # while training: a backlog goes out a few files per flush, not in one burst
+MAX_FILES_PER_FLUSH = 5  # while training: a backlog goes out a few files per flush, not in one burst
 OUTBOX_FILE = re.compile(r"^(\d{10})\.jsonl$")
 
 
