@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--force", action="store_true", help="redo finished units too")
     prep.add_argument("--status", action="store_true", help="say per stage what is done, what is missing, where")
     _add_run_commands(sub)
+    train = sub.add_parser("train", help="train RMAT with DeepSpeed ZeRO and TBPTT; resumes from the last checkpoint")
+    train.add_argument("config", help="YAML config, e.g. configs/train/small.yaml")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. engine.zero_stage=3")
+    train.add_argument("--nproc", type=int, default=1, help="local processes (ignored under SLURM/torchrun)")
     args = parser.parse_args(argv)
     try:
         if args.command == "quickstart":
@@ -29,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
             return _prep(args)
         if args.command in ("submit", "status", "cancel"):
             return _run_command(args)
+        if args.command == "train":
+            return _train(args)
     except ConfigError as e:
         print(f"rmat: config error: {e}", file=sys.stderr)
         return 2
@@ -97,6 +103,14 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"rmat {args.command}: error: {e}", file=sys.stderr)
         return 1
     return 1 if any(j.state not in ("", "COMPLETED") for j in jobs) else 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.launch import launch
+
+    launch(load_config(TrainConfig, args.config, list(args.overrides)), args.nproc)
+    return 0
 
 
 if __name__ == "__main__":

@@ -45,25 +45,41 @@ class RowStream:
     def next_segment(self) -> tuple[np.ndarray, np.ndarray, bool]:
         """(inputs [S], targets [S], reset) for the next segment of this row."""
         doc = self.docs[self.order[self.doc_index % len(self.order)]]
-        seq = np.concatenate([[self.bos_id], np.asarray(doc, dtype=np.int64), [self.eos_id]])
-        start, s = self.offset, self.segment_len
-        inputs = np.full(s, self.eos_id, dtype=np.int64)
-        targets = np.full(s, IGNORE_INDEX, dtype=np.int64)
-        piece = seq[start:start + s + 1]
-        inputs[:len(piece) - 1] = piece[:-1]
-        targets[:len(piece) - 1] = piece[1:]
-        reset = start == 0
-        if start + s + 1 >= len(seq):
+        start = self.offset
+        inputs, targets, last = segment_window(doc, start, self.segment_len, self.bos_id, self.eos_id)
+        if last:
             self.doc_index, self.offset = self.doc_index + 1, 0
         else:
-            self.offset = start + s
-        return inputs, targets, reset
+            self.offset = start + self.segment_len
+        return inputs, targets, start == 0
 
     def state_dict(self) -> dict[str, int]:
         return {"doc_index": self.doc_index, "offset": self.offset}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.doc_index, self.offset = int(state["doc_index"]), int(state["offset"])
+
+
+def segment_window(doc: np.ndarray, start: int, segment_len: int, bos_id: int, eos_id: int
+                   ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Inputs and targets [S] of the segment of [bos] + doc + [eos] that begins at token ``start``.
+
+    Past the document's end, inputs are eos and targets IGNORE_INDEX. The third value says
+    whether this is the document's last segment. Only the window is copied: copying the
+    whole document per segment would make a long document cost O(N^2 / S).
+    """
+    n = len(doc) + 2
+    end = min(start + segment_len + 1, n)
+    piece = np.asarray(doc[max(start - 1, 0):end - 1], dtype=np.int64)
+    if start == 0:
+        piece = np.concatenate([[bos_id], piece])
+    if end == n:
+        piece = np.concatenate([piece, [eos_id]])
+    inputs = np.full(segment_len, eos_id, dtype=np.int64)
+    targets = np.full(segment_len, IGNORE_INDEX, dtype=np.int64)
+    inputs[:len(piece) - 1] = piece[:-1]
+    targets[:len(piece) - 1] = piece[1:]
+    return inputs, targets, end == n
 
 
 class BatchStream:

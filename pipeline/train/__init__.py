@@ -1,0 +1,1 @@
+"""Training: DeepSpeed ZeRO engines, segment-recurrent TBPTT, exact resume, MLflow tracking."""

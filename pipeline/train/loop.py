@@ -1,0 +1,260 @@
+"""The training loop of one process: TBPTT windows under a DeepSpeed engine.
+
+A step feeds k consecutive segments of every row of each micro-batch, takes one
+backward through all k (the only form ZeRO-3 accepts), lets the engine step, then
+detaches the memory and carries it into the next step. Checkpoints hold everything
+a bit-exact continuation needs; rank 0 alone talks to the tracker, through a queue.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import psutil
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from model import RMAT, MemoryState
+from pipeline.config import flatten, to_dict, to_yaml
+from pipeline.tbptt import window_loss
+from pipeline.train import checkpoint
+from pipeline.train.config import TrainConfig
+from pipeline.train.engine import build_engine, init_distributed, measure_peak_tflops, set_threads, state_dtype
+from pipeline.train.evaluate import evaluate
+from pipeline.train.loader import TrainLoader, open_split, read_documents
+from pipeline.train.tracking import RunSpec, Tracker, forget_unfinished_attempt, saved_run_id, tracking_uri
+
+LOSS_LOG = "losses.jsonl"
+EVAL_LOG = "evals.jsonl"
+FINAL_METRICS = "final_metrics.json"
+
+
+class StopRequest:
+    """SIGTERM/SIGUSR2 (SLURM's warning before the end): checkpoint at the next step and exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR2):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+
+@dataclass
+class StepResult:
+    loss: float
+    tokens: int
+    stop: bool
+
+
+class Trainer:
+    """Everything one process holds while training."""
+
+    def __init__(self, cfg: TrainConfig, local_procs: int) -> None:
+        self.cfg = cfg
+        self.stop = StopRequest()  # before the slow start-up, so that an early SIGTERM is not fatal
+        set_threads(cfg.engine.threads_per_proc, local_procs)
+        init_distributed()
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        model = RMAT(cfg.model)
+        self.flops_per_token = model.flops_per_token()
+        self.n_params = model.num_params()
+        self.engine, _, self.scheduler = build_engine(cfg, model, self.world)
+        self.device, self.dtype = self.engine.device, state_dtype(cfg)
+        self.train_info = open_split(cfg.data.shards, cfg.data.train_split)
+        self.val_info = open_split(cfg.data.shards, cfg.data.val_split)
+        groups = cfg.engine.grad_accum
+        self.loader = TrainLoader(self.train_info, self.rank, self.world, cfg.data.batch_size, groups,
+                                  cfg.model.segment_len, cfg.seed)
+        self.rows = cfg.data.batch_size // (self.world * groups)
+        self.states = [self._empty_state(self.rows) for _ in range(groups)]
+        self.val_docs = read_documents(self.val_info, cfg.eval.max_docs)
+        self.peak_tflops = cfg.engine.peak_tflops or measure_peak_tflops(self.device)
+        self.step, self.run_id = 0, None
+        self._restore()
+        self.tracker = self._start_tracker() if self.rank == 0 else None
+        self.peak_rss = 0
+
+    def _empty_state(self, rows: int) -> MemoryState:
+        m = self.cfg.model
+        return MemoryState.empty(m.n_layers, rows, m.mem_slots, m.d_model, device=self.device, dtype=self.dtype)
+
+    # ---- resume ----------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        saved = checkpoint.load(self.engine, self.cfg.run_dir, self.rank, self.world) if self.cfg.resume else None
+        if saved is None:
+            if self.rank == 0:
+                forget_unfinished_attempt(self.cfg.run_dir)
+            return
+        # The run may have been created after this checkpoint was written.
+        self.step, self.run_id = saved["step"], saved["mlflow_run_id"] or saved_run_id(self.cfg.run_dir)
+        self.loader.load_state_dict(saved["loader"])
+        self.states = [MemoryState.from_state_dict(sd).to(self.device) for sd in saved["memory"]]
+        checkpoint.set_rng_states(saved["rng"])
+
+    def save_checkpoint(self) -> None:
+        """Save a checkpoint of this step on every rank (collective)."""
+        if self.tracker is not None:
+            self.tracker.persist()  # the points of every step this checkpoint covers survive a kill
+        run_id = self.tracker.run_id if self.tracker is not None else None
+        rank_state = {"step": self.step, "loader": self.loader.state_dict(),
+                      "memory": [s.state_dict() for s in self.states], "rng": checkpoint.rng_states(),
+                      "mlflow_run_id": run_id, "world_size": self.world}
+        checkpoint.save(self.engine, self.cfg.run_dir, self.step, self.rank, self.world, rank_state,
+                        self.cfg.checkpoint.keep)
+
+    # ---- tracking --------------------------------------------------------------------
+
+    def _start_tracker(self) -> Tracker:
+        import deepspeed
+
+        cfg = self.cfg
+        tags = {"git_commit": _git_commit(), "data_manifest_sha256": self.train_info.manifest_hash,
+                "tokenizer_hash": self.train_info.tokenizer_hash, "world_size": str(self.world),
+                "deepspeed_version": deepspeed.__version__, "torch_version": torch.__version__,
+                "zero_stage": str(cfg.engine.zero_stage), "n_params": str(self.n_params)}
+        return Tracker(RunSpec(
+            uri=tracking_uri(cfg.tracking.tracking_uri, cfg.run_dir), experiment=cfg.tracking.experiment,
+            run_dir=cfg.run_dir, run_id=self.run_id, run_name=os.path.basename(os.path.abspath(cfg.run_dir)),
+            params=flatten(to_dict(cfg)), tags=tags, flush_seconds=cfg.tracking.flush_seconds,
+            request_timeout_s=cfg.tracking.request_timeout_s))
+
+    def _step_metrics(self, result: StepResult, seconds: float) -> dict[str, float]:
+        self.peak_rss = max(self.peak_rss, psutil.Process().memory_info().rss)
+        tokens_s = result.tokens / seconds
+        metrics = {"train/loss": result.loss, "train/ppl": math.exp(min(result.loss, 50.0)),
+                   "train/lr": self.scheduler.get_last_lr()[0], "perf/tokens_per_s": tokens_s,
+                   "perf/step_time_s": seconds, "perf/peak_rss_mb": self.peak_rss / 2**20,
+                   "perf/mfu": tokens_s * self.flops_per_token / (self.peak_tflops * 1e12 * self.world)}
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = float(grad_norm)
+        return metrics
+
+    # ---- the loop --------------------------------------------------------------------
+
+    def train_step(self) -> StepResult:
+        """One optimizer step: every micro-batch's TBPTT window, then the engine's step."""
+        loss_sum, tokens = 0.0, 0
+        for g in range(len(self.states)):
+            segments = [_to(s, self.device) for s in self.loader.window(g, self.cfg.data.tbptt_segments)]
+            loss, state, n = window_loss(self.engine, segments, self.states[g])
+            self.engine.backward(loss)
+            self.engine.step()
+            self.states[g] = state.detach()
+            loss_sum, tokens = loss_sum + loss.item() * n, tokens + n
+        # One collective for the global loss and for whether any rank was asked to stop.
+        totals = torch.tensor([loss_sum, tokens, float(self.stop.requested)], dtype=torch.float64)
+        dist.all_reduce(totals)
+        return StepResult(loss=float(totals[0] / max(totals[1], 1)), tokens=int(totals[1]), stop=totals[2] > 0)
+
+    def run(self) -> Optional[dict[str, float]]:
+        """Train to ``cfg.steps`` (or a stop request); returns rank 0's final metrics."""
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0)
+        log_path = os.path.join(cfg.run_dir, LOSS_LOG)
+        saved_at, last = self.step, {}
+        if self.step == 0 and cfg.eval.every:
+            self._evaluate()  # the untrained baseline that later evaluations improve on
+        # torch, DeepSpeed and the model leave ~3*10^5 long-lived objects; a full garbage collection
+        # walks them all (0.2-0.3 s, holding the GIL) whenever any thread allocates enough.
+        gc.freeze()
+        # A step's time runs from the end of one train_step to the end of the next, so that it holds
+        # everything the loop does per step (logging, tracker, progress bar) but no checkpoint or eval.
+        last_end = time.perf_counter()
+        while self.step < cfg.steps:
+            result = self.train_step()
+            seconds, last_end = time.perf_counter() - last_end, time.perf_counter()
+            self.step += 1
+            if self.rank == 0:
+                _append_line(log_path, {"step": self.step, "loss": result.loss, "loss_hex": result.loss.hex(),
+                                        "step_time_s": seconds})
+                last = self._step_metrics(result, seconds)
+                if self.step % cfg.tracking.log_every == 0:
+                    self.tracker.log(self.step, last)
+                bar.set_postfix(loss=f"{result.loss:.3f}", tok_s=f"{last['perf/tokens_per_s']:.0f}")
+            bar.update(1)
+            if result.stop or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
+                self.save_checkpoint()
+                saved_at, last_end = self.step, time.perf_counter()
+            if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
+                self._evaluate()
+                last_end = time.perf_counter()
+            if result.stop:
+                break
+        bar.close()
+        if saved_at != self.step:
+            self.save_checkpoint()
+        final = {**last, **self._evaluate()} if self.step >= cfg.steps else last
+        return self._finish(final) if self.rank == 0 else None
+
+    def _evaluate(self) -> dict[str, float]:
+        cfg = self.cfg
+        metrics = evaluate(self.engine, self.val_docs, cfg.model, cfg.eval.batch_size, cfg.eval.bucket_tokens,
+                           self.val_info.bos_id, self.val_info.eos_id, self.dtype, self.device)
+        if self.rank == 0:
+            self.tracker.log(self.step, metrics)
+            _append_line(os.path.join(cfg.run_dir, EVAL_LOG), {"step": self.step, **metrics})
+        return metrics
+
+    def _finish(self, final: dict[str, float]) -> dict[str, float]:
+        cfg = self.cfg
+        config_path = os.path.join(cfg.run_dir, "config.yaml")
+        checkpoint.atomic_write(config_path, to_yaml(cfg).encode())
+        final_path = os.path.join(cfg.run_dir, FINAL_METRICS)
+        checkpoint.atomic_write(final_path, json.dumps({"step": self.step, **final}, indent=1).encode())
+        done = self.step >= cfg.steps
+        if not done:
+            print(f"rmat train: stopped by a signal at step {self.step}; checkpointed, run the same command to "
+                  "continue")
+        # KILLED until the run is complete: a resumed run sets it RUNNING again.
+        if not self.tracker.close(artifacts=[config_path, final_path], status="FINISHED" if done else "KILLED"):
+            print(f"rmat train: the tracker was unreachable; unsent points wait in {self.tracker.outbox} "
+                  "and go out at the next start")
+        return final
+
+
+def _append_line(path: str, record: dict) -> None:
+    # Reopened per step so that a kill loses at most the line being written.
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _to(segment, device: torch.device):
+    if device.type == "cpu":
+        return segment
+    return type(segment)(segment.inputs.to(device), segment.targets.to(device), segment.reset.to(device))
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def train_process(cfg: TrainConfig, local_procs: int) -> Optional[dict[str, float]]:
+    """Entry point of one training process (RANK/WORLD_SIZE/MASTER_* already in the environment)."""
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    # DeepSpeed calls these renamed collectives on every step; the warning says nothing to a user.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    trainer = Trainer(cfg, local_procs)
+    try:
+        return trainer.run()
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,250 @@
+"""MLflow tracking that can never slow or stop training.
+
+The training loop only puts points on a queue. A thread moves them, every few seconds,
+to an outbox of small JSONL files in the run folder (milliseconds, no network). A
+separate, niced sender process creates or resumes the MLflow run and sends the
+outbox, oldest file first, with ``MlflowClient.log_batch``, deleting each file once
+MLflow has it. Being a process, the MLflow client never competes with training for
+the GIL or stops it for a garbage collection. When the tracking server is down or
+hangs, short timeouts make a send fail fast and the files wait for the next try, or
+for the next start. At a checkpoint the loop moves the queue to the outbox itself,
+so every point of every step a checkpoint covers survives a kill.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Optional
+
+OUTBOX = "mlflow_outbox"
+RUN_ID_FILE = "mlflow_run_id"
+CLOSE_FILE = "close.json"  # in the outbox: the training is over, finish the run
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
+MAX_PARAMS_PER_BATCH = 100
+MAX_FILES_PER_FLUSH = 5  # while training: a backlog goes out a few files per flush, not in one burst
+OUTBOX_FILE = re.compile(r"^(\d{10})\.jsonl$")
+
+
+def tracking_uri(configured: str, run_dir: str) -> str:
+    """The config's URI, else $MLFLOW_TRACKING_URI, else an embedded sqlite store in the run folder."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath(run_dir)}/mlflow.db"
+
+
+def saved_run_id(run_dir: str) -> Optional[str]:
+    """The MLflow run this run folder already created, if any."""
+    path = os.path.join(run_dir, RUN_ID_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return f.read().strip() or None
+
+
+def forget_unfinished_attempt(run_dir: str) -> None:
+    """A fresh start: drop the unsent points and the run id of an attempt that left no checkpoint."""
+    shutil.rmtree(os.path.join(run_dir, OUTBOX), ignore_errors=True)
+    if os.path.exists(os.path.join(run_dir, RUN_ID_FILE)):
+        os.remove(os.path.join(run_dir, RUN_ID_FILE))
+
+
+def pending_files(outbox: str) -> list[str]:
+    """The outbox's point files, oldest first."""
+    return sorted(name for name in os.listdir(outbox) if OUTBOX_FILE.match(name))
+
+
+@dataclass
+class RunSpec:
+    """What the sender process needs to create (or resume) the run and reach the store."""
+
+    uri: str
+    experiment: str
+    run_dir: str
+    run_id: Optional[str]
+    run_name: str
+    params: dict[str, object] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    flush_seconds: float = 2.0
+    request_timeout_s: int = 5
+
+
+class Tracker:
+    """One MLflow run fed through an on-disk outbox by a sender process (use from rank 0 only)."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.outbox = os.path.join(spec.run_dir, OUTBOX)
+        os.makedirs(self.outbox, exist_ok=True)
+        stale = os.path.join(self.outbox, CLOSE_FILE)
+        if os.path.exists(stale):
+            os.remove(stale)
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._seq = max((int(OUTBOX_FILE.match(n).group(1)) for n in pending_files(self.outbox)), default=-1) + 1
+        self._stop = threading.Event()
+        self._mover = threading.Thread(target=self._move, name="mlflow-outbox", daemon=True)
+        self._mover.start()
+        # spawn: a fresh interpreter, so the sender shares no lock or thread state with training.
+        self._sender = multiprocessing.get_context("spawn").Process(
+            target=run_sender, args=(spec, os.getpid()), name="mlflow-sender", daemon=True)
+        self._sender.start()
+
+    @property
+    def run_id(self) -> Optional[str]:
+        """The MLflow run id, once the sender has reached the tracking store (None before)."""
+        return self.spec.run_id or saved_run_id(self.spec.run_dir)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Queue one point per metric; never blocks, never raises for the tracker's sake."""
+        now = int(time.time() * 1000)
+        self._queue.put([(k, float(v), now, step) for k, v in metrics.items()])
+
+    def persist(self) -> None:
+        """Move every queued point to the outbox on disk (milliseconds; no network)."""
+        points: list[tuple] = []
+        while True:
+            try:
+                points.extend(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if not points:
+            return
+        with self._lock:
+            path = os.path.join(self.outbox, f"{self._seq:010d}.jsonl")
+            self._seq += 1
+            _atomic_text(path, "".join(json.dumps(p) + "\n" for p in points))
+
+    def pending(self) -> int:
+        """Outbox files not yet in MLflow."""
+        return len(pending_files(self.outbox))
+
+    def close(self, artifacts: Iterable[str] = (), status: str = "FINISHED", timeout_s: float = 30.0) -> bool:
+        """Send what is left, upload ``artifacts``, set the run's ``status``; wait at most ``timeout_s``.
+
+        Returns whether everything reached MLflow; what did not stays in the outbox for the next start.
+        """
+        self._stop.set()
+        self._mover.join()
+        self.persist()
+        request = {"artifacts": [os.path.abspath(a) for a in artifacts], "status": status}
+        _atomic_text(os.path.join(self.outbox, CLOSE_FILE), json.dumps(request))
+        self._sender.join(timeout_s)
+        if self._sender.is_alive():
+            self._sender.terminate()
+            return False
+        return self._sender.exitcode == 0 and self.pending() == 0
+
+    def _move(self) -> None:
+        while not self._stop.wait(self.spec.flush_seconds):
+            self.persist()
+
+
+def _atomic_text(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+# ---- the sender process ------------------------------------------------------------------
+
+
+def run_sender(spec: RunSpec, parent_pid: int) -> None:
+    """Send the outbox until asked to close (or until the training process is gone).
+
+    Exits 0 when every point reached MLflow and the run got its final status, 1 otherwise.
+    """
+    os.nice(10)  # on a busy machine, training gets the CPU first
+    # Read by MLflow on every request: fail within seconds instead of retrying for minutes.
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(spec.request_timeout_s)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    sender = _Sender(spec)
+    while True:
+        close = _read_close(sender.outbox)
+        try:
+            sender.connect()
+            sender.send(None if close else MAX_FILES_PER_FLUSH)
+            if close is not None:
+                sender.finish(close["artifacts"], close["status"])
+                raise SystemExit(0)
+        except SystemExit:
+            raise
+        except Exception:  # any tracker failure (network, server, database): the outbox keeps the points
+            if close is not None:
+                raise SystemExit(1) from None
+        if os.getppid() != parent_pid:  # training was killed: the next start sends the rest
+            raise SystemExit(1)
+        time.sleep(spec.flush_seconds)
+
+
+def _read_close(outbox: str) -> Optional[dict]:
+    path = os.path.join(outbox, CLOSE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+class _Sender:
+    """The MLflow side: create or resume the run, send outbox files, finish the run."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec, self.outbox = spec, os.path.join(spec.run_dir, OUTBOX)
+        self.run_id = spec.run_id or saved_run_id(spec.run_dir)
+        self.resumed = self.run_id is not None
+        self.client = None
+
+    def connect(self) -> None:
+        if self.client is None:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(self.spec.uri)
+        if self.run_id is None:
+            self.run_id = self._create_run()
+            _atomic_text(os.path.join(self.spec.run_dir, RUN_ID_FILE), self.run_id)
+        elif self.resumed:
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.resumed = False
+
+    def _create_run(self) -> str:
+        from mlflow.entities import Param
+
+        spec = self.spec
+        exp = self.client.get_experiment_by_name(spec.experiment)
+        if exp is None:
+            location = None
+            if spec.uri.startswith("sqlite:"):
+                location = "file://" + os.path.abspath(os.path.join(spec.run_dir, "mlartifacts"))
+            exp_id = self.client.create_experiment(spec.experiment, artifact_location=location)
+        else:
+            exp_id = exp.experiment_id
+        run = self.client.create_run(exp_id, run_name=spec.run_name, tags={k: str(v) for k, v in spec.tags.items()})
+        params = [Param(k, str(v)[:6000]) for k, v in spec.params.items()]
+        for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run.info.run_id, params=params[i:i + MAX_PARAMS_PER_BATCH])
+        return run.info.run_id
+
+    def send(self, max_files: Optional[int]) -> None:
+        from mlflow.entities import Metric
+
+        for name in pending_files(self.outbox)[:max_files]:
+            path = os.path.join(self.outbox, name)
+            with open(path) as f:
+                metrics = [Metric(*json.loads(line)) for line in f if line.strip()]
+            for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
+            # A kill (or a timed-out request that the server still carries out) before this removal
+            # sends the file again: a duplicate point, never a lost one.
+            os.remove(path)
+
+    def finish(self, artifacts: list[str], status: str) -> None:
+        for path in artifacts:
+            self.client.log_artifact(self.run_id, path)
+        self.client.set_terminated(self.run_id, status)
+        os.remove(os.path.join(self.outbox, CLOSE_FILE))

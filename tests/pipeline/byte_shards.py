@@ -1,0 +1,82 @@
+"""Real token shards for tests and benchmarks: Python stdlib text as byte tokens.
+
+Written with data_prep.shards' own writer and manifest schema (manifest.json +
+WebDataset tars of .npy/.json samples), from real text: source files are the
+``code`` domain, paragraphs of the license texts the ``documents`` domain.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import sysconfig
+
+import numpy as np
+
+from data_prep.shards import FORMAT, MANIFEST, VERSION, sample_key, shard_name, validate_manifest, write_shard
+
+BOS_ID, EOS_ID, VOCAB = 256, 257, 258
+
+
+def stdlib_documents(n_docs: int, max_bytes: int) -> list[tuple[bytes, str, str]]:
+    """(text, domain, source) of real files: license paragraphs, then stdlib modules, sorted."""
+    lib = sysconfig.get_paths()["stdlib"]
+    prose, code = [], []
+    for path in sorted(glob.glob(os.path.join(lib, "**", "*.txt"), recursive=True)):
+        with open(path, "rb") as f:
+            for i, para in enumerate(f.read().split(b"\n\n")):
+                if len(para) > 200:
+                    prose.append((para[:max_bytes], "documents", f"{path}#{i}"))
+    for path in sorted(glob.glob(os.path.join(lib, "*.py"))):
+        with open(path, "rb") as f:
+            data = f.read(max_bytes)
+        if len(data) > 200:
+            code.append((data, "code", path))
+    # Prose is scarce: one prose document in four, so that every shard holds both domains.
+    docs = []
+    for i, doc in enumerate(code):
+        if i % 3 == 0 and prose:
+            docs.append(prose.pop(0))
+        docs.append(doc)
+    return docs[:n_docs]
+
+
+def write_byte_shards(folder: str, splits: dict[str, tuple[int, int]], max_bytes: int = 1500) -> str:
+    """Write ``{split: (shards, docs_per_shard)}`` of real text; returns the folder."""
+    os.makedirs(folder, exist_ok=True)
+    need = sum(n * per for n, per in splits.values())
+    available = stdlib_documents(need, max_bytes)
+    if len(available) < need:
+        raise ValueError(f"asked for {need} documents; the standard library here gives {len(available)}")
+    docs = iter(available)
+    shards, totals = [], {}
+    for split, (n_shards, per_shard) in splits.items():
+        for index in range(n_shards):
+            name = shard_name(split, index)
+            with open(os.path.join(folder, name), "wb") as f:
+                n_docs, tokens = write_shard(f, (_sample(*next(docs)) for _ in range(per_shard)))
+            with open(os.path.join(folder, name), "rb") as f:
+                data = f.read()
+            shards.append({"path": name, "split": split, "sha256": hashlib.sha256(data).hexdigest(),
+                           "bytes": len(data), "documents": n_docs, "tokens": tokens})
+        mine = [s for s in shards if s["split"] == split]
+        totals[split] = {"shards": len(mine), "documents": sum(s["documents"] for s in mine),
+                         "tokens": sum(s["tokens"] for s in mine)}
+    # Bytes need no pad/unk/turn tokens; they share eos's id so that the vocabulary stays 258.
+    manifest = {"format": FORMAT, "version": VERSION, "config_hash": "bytes-fixture", "dtype": "uint16",
+                "vocab_size": VOCAB, "special_ids": {"pad": EOS_ID, "unk": EOS_ID, "bos": BOS_ID, "eos": EOS_ID,
+                                                     "turn": EOS_ID},
+                "loader_adds": ["bos", "eos"], "tokenizer": {"sha256": "bytes-v1", "model": "", "model_type": "bytes"},
+                "shards": shards, "splits": totals}
+    validate_manifest(manifest, folder)
+    with open(os.path.join(folder, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+    return folder
+
+
+def _sample(text: bytes, domain: str, source: str) -> tuple[str, np.ndarray, dict]:
+    doc_hash = hashlib.sha256(text).hexdigest()
+    ids = np.frombuffer(text, dtype=np.uint8).astype(np.uint16)
+    return sample_key(doc_hash), ids, {"source": source, "domain": domain, "doc_hash": doc_hash, "tokens": len(ids)}
