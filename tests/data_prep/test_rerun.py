@@ -120,7 +120,10 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 60, may_finish: b
         if time.monotonic() > deadline:
             break
         time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)  # the process group: pool workers die too
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the process group: pool workers die too
+    except ProcessLookupError:  # it finished, workers and all, before the kill point
+        assert may_finish
     proc.wait()
     proc.stderr.close()
 
