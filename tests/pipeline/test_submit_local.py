@@ -86,4 +86,13 @@ def test_local_cluster_runs_the_whole_pipeline_then_resubmit_skips_it(tmp_path):
     assert len((train_dir / "losses.jsonl").read_text().splitlines()) == 20
     report = json.loads((train_dir / "final_eval.json").read_text())
     assert report["step"] == 20 and {"val/loss", "test/loss"} <= set(report["metrics"])
+    for shard in (tmp_path / "data").glob("shards-*/*.tar"):
+        os.utime(shard, (1, 1))  # file times are not what training was complete for
     assert rmat("submit", config, "--cluster", "local")[1].endswith("nothing to submit: every stage is complete\n")
+    (manifest,) = (tmp_path / "data").glob("shards-*/manifest.json")
+    data = json.loads(manifest.read_text())
+    data["shards"] = data["shards"][::-1]  # other data in the same folder: its hash no longer matches
+    manifest.write_text(json.dumps(data))
+    _, dry = rmat("submit", config, "--cluster", "local", "--dry-run")
+    assert [line.split()[0] for line in dry.splitlines() if " complete, skipped" not in line
+            and not line.startswith(" ")] == ["train", "evaluate"], dry  # fmt: skip
