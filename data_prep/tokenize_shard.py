@@ -55,11 +55,16 @@ def shard_key(cfg: PrepConfig, ingest_key: str, tok_key: str) -> str:
                    "tokenizer": tok_key})  # fmt: skip
 
 
+def shards_folder(cfg: PrepConfig, ingest_key: str, tok_key: str) -> str:
+    """Where the shards of this config go: known before the tokenizer is trained."""
+    return os.path.join(cfg.out_dir, f"shards-{shard_key(cfg, ingest_key, tok_key)}")
+
+
 def plan_shards(cfg: PrepConfig, ingest_folder: str, ingest_key: str, tok_folder: str, tok_key: str,
                 vocab_size: int) -> ShardPlan:  # fmt: skip
     """Cut each split into shards by cumulative input bytes."""
     key = shard_key(cfg, ingest_key, tok_key)
-    folder = os.path.join(cfg.out_dir, f"shards-{key}")
+    folder = shards_folder(cfg, ingest_key, tok_key)
     dtype = dtype_for(vocab_size).name
     model = os.path.join(tok_folder, "spm.model")
     units = []

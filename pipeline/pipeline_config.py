@@ -2,7 +2,11 @@
 
 A pipeline YAML may name other config files instead of repeating them: ``data:
 configs/data/quickstart.yaml`` reads that file as the ``data`` section (and the same for
-``train``); keys given under the section's name in overrides still apply on top.
+``train``); keys given in the YAML's own section or in overrides still apply on top.
+
+The pipeline owns three training keys: ``train.data.shards`` (the shard folder data prep
+computes), ``train.model.vocab_size`` (the tokenizer's ``data.tokenizer.vocab_size``) and
+``train.run_dir`` (``<run_dir>/train-<key>``); see ``pipeline/train_stage.py``.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from data_prep.config import PrepConfig
 from orchestration.array import ArraySettings
 from orchestration.resources import Resources
 from pipeline.config import ConfigError, _merge, _message, _read_yaml
+from pipeline.train.config import TrainConfig
 
-INCLUDED = ("data",)  # sections that may be given as the path of their own YAML file
+INCLUDED = ("data", "train")  # sections that may be given as the path of their own YAML file
 
 
 @dataclass
@@ -29,6 +34,28 @@ class SlurmConfig:
     prep: Resources = field(default_factory=lambda: Resources(time_min=60))  # a data-prep stage's driver job
     units: Resources = field(default_factory=lambda: Resources(time_min=60))  # one array task of prep units
     array: ArraySettings = field(default_factory=ArraySettings)
+    # nodes x tasks_per_node training processes; max_requeues: preemptions/time limits it survives
+    train: Resources = field(default_factory=lambda: Resources(time_min=120))
+    evaluate: Resources = field(default_factory=lambda: Resources(time_min=30))
+
+
+@dataclass
+class EvaluateConfig:
+    """The final evaluation of the trained model: each document of each split from an empty memory."""
+
+    splits: list[str] = field(default_factory=lambda: ["val", "test"])
+    max_docs: int = 256  # per split, in manifest order
+    batch_size: int = 8  # documents read side by side per process
+    bucket_tokens: int = 0  # loss by position in buckets of this many tokens; 0: the model's segment_len
+
+    def __post_init__(self) -> None:
+        if not self.splits:
+            raise ValueError("splits=[]: name at least one split to evaluate")
+        for key in ("max_docs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)!r}: must be >= 1")
+        if self.bucket_tokens < 0:
+            raise ValueError(f"bucket_tokens={self.bucket_tokens!r}: must be >= 0")
 
 
 @dataclass
@@ -38,6 +65,8 @@ class PipelineConfig:
     name: str = "pipeline"
     work_dir: str = "runs/pipelines"  # <work_dir>/<name>: the run's config, job records and logs
     data: PrepConfig = field(default_factory=PrepConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self) -> None:

@@ -1,6 +1,7 @@
 """The pipeline as a graph of stages, each with its job, resources, dependencies and completeness.
 
-Completeness is read from the stages' outputs (manifests and unit sidecars), never from
+Completeness is read from the stages' outputs (manifests and unit sidecars, training's
+final metrics and the manifest hash it trained on, the evaluation report), never from
 job history, so a stage whose output was damaged or deleted is submitted again, and one
 whose output is whole is skipped however it was made.
 """
@@ -14,11 +15,14 @@ from typing import Any
 
 from data_prep.atomic import read_done
 from data_prep.ingest import ingest_done, plan_ingest
-from data_prep.tokenize_shard import plan_shards, shards_status
+from data_prep.tokenize_shard import plan_shards, shards_folder, shards_status
 from data_prep.tokenizer import tokenizer_done, tokenizer_folder, tokenizer_key
+from orchestration.distributed import DistributedCall
 from orchestration.resources import Resources
+from pipeline.final_eval import evaluation_complete, report_path, run_evaluation
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stage_jobs import prep_stage
+from pipeline.train_stage import run_training, train_config, training_complete
 
 
 @dataclass
@@ -46,7 +50,21 @@ def build_graph(cfg: PipelineConfig, cluster: str) -> list[Stage]:
 
     ingest, tokenizer, shards = prep("ingest", []), prep("tokenizer", ["ingest"]), prep("shards", ["tokenizer"])
     _read_prep_outputs(cfg, ingest, tokenizer, shards)
-    return [ingest, tokenizer, shards]
+    return [ingest, tokenizer, shards, *_model_stages(cfg, shards.output)]
+
+
+def _model_stages(cfg: PipelineConfig, shards: str) -> list[Stage]:
+    """Training on ``shards`` (nodes x tasks ranks, requeued after a preemption), then its evaluation."""
+    t = train_config(cfg, shards)
+    train = Stage("train", DistributedCall(run_training, (t,), training_complete, (t,)), (), cfg.slurm.train,
+                  ["shards"], complete=training_complete(t), output=t.run_dir)
+    train.detail = "done" if train.complete else f"{t.steps} steps into {t.run_dir}"
+    e = cfg.evaluate
+    evaluate = Stage("evaluate", DistributedCall(run_evaluation, (t, e), evaluation_complete, (t, e)), (),
+                     cfg.slurm.evaluate, ["train"], output=report_path(t))
+    evaluate.complete = train.complete and evaluation_complete(t, e)
+    evaluate.detail = "done" if evaluate.complete else f"splits {', '.join(e.splits)} into {report_path(t)}"
+    return [train, evaluate]
 
 
 def _read_prep_outputs(cfg: PipelineConfig, ingest: Stage, tokenizer: Stage, shards: Stage) -> None:
@@ -59,12 +77,12 @@ def _read_prep_outputs(cfg: PipelineConfig, ingest: Stage, tokenizer: Stage, sha
     tok = tokenizer_done(tokenizer.output)
     tokenizer.complete = tok is not None
     tokenizer.detail = "done" if tok else "to train"
+    shards.output = shards_folder(cfg.data, plan.key, tokenizer_key(cfg.data, plan.key))
     if not (ingest.complete and tok):
         shards.detail = "units planned once ingest and tokenizer are done"
         return
     splan = plan_shards(cfg.data, plan.folder, plan.key, tokenizer.output, tokenizer_key(cfg.data, plan.key),
                         tok["vocab_size"])  # fmt: skip
-    shards.output = splan.folder
     done, manifest = shards_status(splan)
     shards.complete = done == len(splan.units) and manifest
     missing = len(splan.units) - done

@@ -85,7 +85,7 @@ def submit(cfg: PipelineConfig, cluster: str, log=print) -> list[Submitted]:
 
 def _wait(job: submitit.Job, log) -> str:
     try:
-        summary = job.result()
+        summary = job.results()[0]  # rank 0's, for a job of several tasks
     except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError):
         return "FAILED"
     if summary:

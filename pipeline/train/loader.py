@@ -56,11 +56,14 @@ def open_split(folder: str, split: str) -> SplitInfo:
         raise ConfigError(f"data.shards={folder!r}: {len(missing)} shard(s) listed in manifest.json are "
                           f"missing, e.g. {missing[0]}; rerun `rmat prep` to complete the folder")
     special = manifest["special_ids"]
-    # The manifest's own hash identifies the data: it lists every shard's sha256.
-    manifest_hash = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     return SplitInfo(folder=folder, shards=shards, bos_id=int(special["bos"]), eos_id=int(special["eos"]),
                      vocab_size=int(manifest["vocab_size"]),
-                     tokenizer_hash=str(manifest["tokenizer"].get("sha256", "")), manifest_hash=manifest_hash)
+                     tokenizer_hash=str(manifest["tokenizer"].get("sha256", "")), manifest_hash=manifest_hash(manifest))
+
+
+def manifest_hash(manifest: dict) -> str:
+    """The manifest's own hash identifies the data: it lists every shard's sha256."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
 def check_train_data(info: SplitInfo, world_size: int, batch_size: int, model_vocab: int) -> None:

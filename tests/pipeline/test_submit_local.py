@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import sysconfig
@@ -14,6 +15,12 @@ from orchestration.records import RecordBook
 from pipeline.cli import main
 
 STDLIB = sysconfig.get_path("stdlib")
+STAGES = ["ingest", "tokenizer", "shards", "train", "evaluate"]
+# Seconds of training on 2 shared cores: 2 processes, one thread each.
+TINY_TRAIN = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "segment_len": 32, "chunk_len": 16,
+                        "mem_slots": 4},
+              "data": {"batch_size": 2}, "optim": {"warmup_steps": 2}, "engine": {"threads_per_proc": 1},
+              "checkpoint": {"every": 0}, "eval": {"every": 0, "max_docs": 8, "batch_size": 2}, "steps": 20}
 
 
 def rmat(*args: str) -> tuple[int, str]:
@@ -36,7 +43,9 @@ def pipeline_yaml(tmp_path, **slurm) -> str:
                                     "files_per_unit": 2}],
                        "ingest": {"val_fraction": 0.2, "test_fraction": 0.2},
                        "tokenizer": {"vocab_size": 400, "num_threads": 1}, "shard": {"target_shard_bytes": 8000}},
-              "slurm": {"array": {"max_tasks": 2, "retries": 0, "poll_s": 0.2}, **slurm}}  # fmt: skip
+              "train": TINY_TRAIN, "evaluate": {"max_docs": 8, "batch_size": 2},
+              "slurm": {"array": {"max_tasks": 2, "retries": 0, "poll_s": 0.2},
+                        "train": {"tasks_per_node": 2, "max_requeues": 1}, **slurm}}  # fmt: skip
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -49,24 +58,41 @@ def test_dry_run_shows_stages_resources_and_sbatch_parameters_and_submits_nothin
     code, out = rmat("submit", config, "slurm.prep.cpus_per_task=2", "--dry-run")
     assert code == 0
     lines = out.splitlines()
-    assert [line.split()[0] for line in lines if not line.startswith(" ")] == ["ingest", "tokenizer", "shards"]
+    assert [line.split()[0] for line in lines if not line.startswith(" ")] == STAGES
     assert "3 of 3 units to run; after nothing" in lines[0]
     assert "after ingest" in lines[2] and "after tokenizer" in lines[4]
     assert lines[1].split() == ["sbatch", "--job-name=ingest", "--time=30", "--nodes=1", "--ntasks-per-node=1",
                                     "--cpus-per-task=2", "--partition=cpu", "--account=lm", "--qos=high",
                                     "--constraint=avx2", "--mem=2560M", "--exclusive=user", "--signal=USR2@90"]
     assert "--dependency=afterok:<ingest>" in lines[3]
+    assert lines[6].startswith("train      20 steps into ") and lines[6].endswith("; after shards")
+    assert lines[7].split() == ["sbatch", "--job-name=train", "--time=120", "--nodes=1", "--ntasks-per-node=2",
+                                "--cpus-per-task=1", "--dependency=afterok:<shards>", "--signal=USR2@90"]
+    assert lines[8].startswith("evaluate   splits val, test into ") and lines[8].endswith("; after train")
+    assert "--dependency=afterok:<train>" in lines[9]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
-def test_local_cluster_runs_every_stage_then_resubmit_skips_them(tmp_path):
+def test_local_cluster_runs_the_whole_pipeline_then_resubmit_skips_it(tmp_path):
     config = pipeline_yaml(tmp_path)
     code, out = rmat("submit", config, "--cluster", "local")
     assert code == 0, out
     records = RecordBook(tmp_path / "runs" / "t" / "jobs").all()
-    assert [(r.stage, r.state) for r in records if r.what.startswith("stage")] == [
-        ("ingest", "COMPLETED"), ("tokenizer", "COMPLETED"), ("shards", "COMPLETED")]
+    assert [(r.stage, r.state) for r in records if r.what.startswith("stage")] == [(s, "COMPLETED") for s in STAGES]
     assert any(r.what.startswith("units") for r in records)  # units ran as their own local processes
     code, status = rmat("status", str(tmp_path / "runs" / "t"))
-    assert code == 0 and status.count("output complete") == 3
+    assert code == 0 and status.count("output complete") == 5
+    (train_dir,) = (tmp_path / "runs" / "t").glob("train-*")
+    assert len((train_dir / "losses.jsonl").read_text().splitlines()) == 20
+    report = json.loads((train_dir / "final_eval.json").read_text())
+    assert report["step"] == 20 and {"val/loss", "test/loss"} <= set(report["metrics"])
+    for shard in (tmp_path / "data").glob("shards-*/*.tar"):
+        os.utime(shard, (1, 1))  # file times are not what training was complete for
     assert rmat("submit", config, "--cluster", "local")[1].endswith("nothing to submit: every stage is complete\n")
+    (manifest,) = (tmp_path / "data").glob("shards-*/manifest.json")
+    data = json.loads(manifest.read_text())
+    data["shards"] = data["shards"][::-1]  # other data in the same folder: its hash no longer matches
+    manifest.write_text(json.dumps(data))
+    _, dry = rmat("submit", config, "--cluster", "local", "--dry-run")
+    assert [line.split()[0] for line in dry.splitlines() if " complete, skipped" not in line
+            and not line.startswith(" ")] == ["train", "evaluate"], dry  # fmt: skip

@@ -1,0 +1,92 @@
+"""The pipeline's evaluate stage: the trained model on each split, per domain and position bucket.
+
+Every document is read from an empty memory (``pipeline.train.evaluate``), with the
+fp32 weights of the final checkpoint. The metrics go to the training's MLflow run
+first, then the report is written atomically: a report on disk means both are done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from model import RMAT
+from pipeline.pipeline_config import EvaluateConfig
+from pipeline.train import checkpoint
+from pipeline.train.config import TrainConfig
+from pipeline.train.evaluate import evaluate
+from pipeline.train.loader import open_split, read_documents
+from pipeline.train.tracking import saved_run_id, tracking_uri
+from pipeline.train_stage import read_json
+
+REPORT = "final_eval.json"
+
+
+def report_path(t: TrainConfig) -> str:
+    return os.path.join(t.run_dir, REPORT)
+
+
+def evaluation_complete(t: TrainConfig, e: EvaluateConfig) -> bool:
+    """A report of this evaluation config on the training's final checkpoint exists."""
+    report = read_json(report_path(t))
+    meta = checkpoint.latest_meta(t.run_dir) if report else None
+    return bool(report and meta and report["config"] == asdict(e) and report["checkpoint"] == meta["tag"])
+
+
+def load_weights(t: TrainConfig, tag: str) -> dict[str, torch.Tensor]:
+    """The fp32 weights of checkpoint ``tag``, whatever ZeRO stage wrote it."""
+    root = checkpoint.checkpoint_root(t.run_dir)
+    if t.engine.zero_stage == 0 and t.engine.precision == "fp32":
+        path = os.path.join(root, tag, "mp_rank_00_model_states.pt")
+        return torch.load(path, map_location="cpu", weights_only=False)["module"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+
+
+def split_metrics(model: RMAT, t: TrainConfig, e: EvaluateConfig, split: str) -> dict[str, float]:
+    """``{split}/loss``, ``{split}/ppl``, per domain and per position bucket (a collective)."""
+    info = open_split(t.data.shards, split)
+    docs = read_documents(info, e.max_docs)
+    metrics = evaluate(model, docs, t.model, e.batch_size, e.bucket_tokens, info.bos_id, info.eos_id,
+                       torch.float32, torch.device("cpu"))
+    return {f"{split}/{k.removeprefix('val/')}": v for k, v in metrics.items()}
+
+
+def run_evaluation(t: TrainConfig, e: EvaluateConfig) -> Optional[str]:
+    """One process of the evaluate job (RANK etc. exported); rank 0 logs, writes the report, returns a summary."""
+    dist.init_process_group("gloo")
+    try:
+        meta = checkpoint.latest_meta(t.run_dir)
+        if meta is None:
+            raise FileNotFoundError(f"{t.run_dir}: no checkpoint to evaluate; run the train stage first")
+        model = RMAT(t.model)
+        model.load_state_dict(load_weights(t, meta["tag"]))
+        metrics = {k: v for split in e.splits for k, v in split_metrics(model, t, e, split).items()}
+        if dist.get_rank() != 0:
+            return None
+        _log_to_mlflow(t, meta["step"], metrics)
+        report = {"checkpoint": meta["tag"], "step": meta["step"], "config": asdict(e), "metrics": metrics}
+        checkpoint.atomic_write(report_path(t), json.dumps(report, indent=1).encode())
+        losses = ", ".join(f"{s} loss {metrics[f'{s}/loss']:.4f}" for s in e.splits)
+        return f"{losses} ({report_path(t)})"
+    finally:
+        dist.destroy_process_group()
+
+
+def _log_to_mlflow(t: TrainConfig, step: int, metrics: dict[str, float]) -> None:
+    """The final metrics (``final/<split>/...``) in the training's own MLflow run."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    run_id = saved_run_id(t.run_dir)
+    if run_id is None:
+        raise FileNotFoundError(f"{t.run_dir}: the training never reached MLflow (no run id); rerun it")
+    client, now = MlflowClient(tracking_uri(t.tracking.tracking_uri, t.run_dir)), int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"final/{k}", float(v), now, step) for k, v in metrics.items()])

@@ -1,0 +1,82 @@
+"""The pipeline's training stage: its resolved config, its job, and when it is complete.
+
+The run folder is ``<pipeline run_dir>/train-<key>``, the key a hash of the resolved
+training config, which names the shard folder (itself keyed by everything that
+determines the data). Completeness reads only the training's own outputs: final
+metrics at ``steps``, and ``trained_on.json``, which the job writes last with the hash
+of the manifest it trained on. A deleted shard (a tar) therefore does not make training
+incomplete, however its rerun changes file times; a manifest whose hash differs from
+the one recorded (data rewritten in place) does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Optional
+
+from data_prep.atomic import key_of
+from data_prep.shards import ShardError, read_manifest
+from pipeline.config import to_dict
+from pipeline.pipeline_config import PipelineConfig
+from pipeline.train.checkpoint import atomic_write
+from pipeline.train.config import TrainConfig
+from pipeline.train.launch import launch
+from pipeline.train.loader import manifest_hash
+from pipeline.train.loop import FINAL_METRICS
+
+TRAINED_ON = "trained_on.json"
+
+
+def train_config(cfg: PipelineConfig, shards: str) -> TrainConfig:
+    """``cfg.train`` with the keys the pipeline owns: shard folder, vocabulary, keyed run folder."""
+    t = copy.deepcopy(cfg.train)
+    t.data.shards = shards
+    t.model.vocab_size = cfg.data.tokenizer.vocab_size
+    t.run_dir = ""  # not part of its own key
+    t.run_dir = os.path.join(cfg.run_dir, f"train-{key_of(to_dict(t))}")
+    return t
+
+
+def read_json(path: str) -> Optional[dict]:
+    """A JSON file's content, or None when it is absent or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def current_manifest_hash(shards: str) -> Optional[str]:
+    try:
+        return manifest_hash(read_manifest(shards))
+    except ShardError:
+        return None
+
+
+def training_complete(t: TrainConfig) -> bool:
+    """Trained to ``t.steps`` on the data whose manifest is in the shard folder now."""
+    final = read_json(os.path.join(t.run_dir, FINAL_METRICS))
+    trained_on = read_json(os.path.join(t.run_dir, TRAINED_ON))
+    if not final or not trained_on or final.get("step", 0) < t.steps:
+        return False
+    return trained_on.get("manifest_sha256") == current_manifest_hash(t.data.shards)
+
+
+def run_training(t: TrainConfig) -> Optional[str]:
+    """One rank of the training job (RANK etc. exported); rank 0 returns a summary once complete.
+
+    Training checkpoints and returns on SIGUSR2/SIGTERM; the caller (DistributedCall) then
+    sees it incomplete and requeues the job, which resumes from ``checkpoints/latest``.
+    """
+    launch(t)
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    final = read_json(os.path.join(t.run_dir, FINAL_METRICS)) or {}
+    if final.get("step", 0) < t.steps:
+        return None
+    record = {"manifest_sha256": current_manifest_hash(t.data.shards), "shards": t.data.shards,
+              "step": final["step"]}
+    atomic_write(os.path.join(t.run_dir, TRAINED_ON), json.dumps(record, indent=1).encode())
+    return f"trained {final['step']} steps, val loss {final.get('val/loss', float('nan')):.4f} ({t.run_dir})"
