@@ -255,6 +255,10 @@ def train_process(cfg: TrainConfig, local_procs: int) -> Optional[dict[str, floa
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     trainer = Trainer(cfg, local_procs)
     try:
-        return trainer.run()
+        result = trainer.run()
+        # No rank may tear down gloo while another still has a collective in flight: its worker
+        # threads would be destroyed mid-operation ("terminate called without an active exception").
+        dist.barrier()
+        return result
     finally:
         dist.destroy_process_group()
