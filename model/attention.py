@@ -4,6 +4,9 @@
     local:   causal attention inside each chunk of C tokens    O(S*C)
     memory:  attention over the valid slots of the FIFO        O(S*M)
 
+The memory is read by content: its queries are not rotated, since a slot has no
+position relative to the reading token that a rotation could express.
+
 Each path has a segment form (all tokens at once, through SDPA) and a step form (one
 new query against the cached keys of the segment) that give the same numbers.
 """
@@ -75,7 +78,7 @@ class MixedAttention(nn.Module):
 
     def forward(self, u: Tensor, mem: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Attend a whole segment u [B, T, D]; returns (output, rotated keys, values)."""
-        q, k, v = self._qkv(u, start=0)
+        q_mem, q, k, v = self._qkv(u, start=0)
         outs = []
         for path in self.cfg.paths:
             if path == "global":
@@ -83,7 +86,7 @@ class MixedAttention(nn.Module):
             elif path == "local":
                 outs.append(local_attention(q, k, v, self.cfg.chunk_len))
             else:
-                outs.append(self._read_memory(q, mem, valid))
+                outs.append(self._read_memory(q_mem, mem, valid))
         return self._mix(outs), k, v
 
     def step(self, u: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int,
@@ -92,7 +95,7 @@ class MixedAttention(nn.Module):
 
         Writes its key and value into k_cache, v_cache [B, H, S, d] in place.
         """
-        q, k, v = self._qkv(u, start=pos)
+        q_mem, q, k, v = self._qkv(u, start=pos)
         k_cache[:, :, pos:pos + 1] = k
         v_cache[:, :, pos:pos + 1] = v
         chunk_start = pos - pos % self.cfg.chunk_len
@@ -104,12 +107,13 @@ class MixedAttention(nn.Module):
                 outs.append(F.scaled_dot_product_attention(
                     q, k_cache[:, :, chunk_start:pos + 1], v_cache[:, :, chunk_start:pos + 1]))
             else:
-                outs.append(self._read_memory(q, mem, valid))
+                outs.append(self._read_memory(q_mem, mem, valid))
         return self._mix(outs)
 
-    def _qkv(self, u: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _qkv(self, u: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The memory's query, then the rotated query and key and the value of the segment."""
         q, k, v = (self._heads(x) for x in self.wqkv(u).chunk(3, dim=-1))
-        return self.rotary(q, start), self.rotary(k, start), v
+        return q, self.rotary(q, start), self.rotary(k, start), v
 
     def _heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape

@@ -71,10 +71,6 @@ class RMATConfig:
     def has_memory(self) -> bool:
         return "memory" in self.paths
 
-    @property
-    def chunks_per_segment(self) -> int:
-        return self.segment_len // self.chunk_len
-
 
 def _check(ok: bool, key: str, value: object, what: str) -> None:
     if not ok:

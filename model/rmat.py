@@ -196,12 +196,9 @@ class RMAT(nn.Module):
 
     # ---- accounting ------------------------------------------------------------------
 
-    def num_params(self, exclude_embeddings: bool = False) -> int:
+    def num_params(self) -> int:
         """Distinct parameters (tied weights counted once)."""
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings:
-            n -= self.tok_emb.weight.numel()
-        return n
+        return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token (forward + backward = 3x forward), matmuls and attention.

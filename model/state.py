@@ -47,6 +47,10 @@ class MemoryState:
             carry=self.carry * keep.view(1, -1, 1).to(self.carry.dtype),
         )
 
+    def select_rows(self, rows: Tensor) -> MemoryState:
+        """The state whose row r is this state's row ``rows[r]``."""
+        return MemoryState(self.mem[:, rows], self.valid[:, rows], self.carry[:, rows])
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> MemoryState:
         return MemoryState(self.mem.to(device, dtype), self.valid.to(device), self.carry.to(device, dtype))
 

@@ -1,4 +1,5 @@
-"""Validation inside training: loss and perplexity per domain and per position bucket.
+"""Validation inside training: loss and perplexity per domain and per position bucket, and
+what the memory is worth (the same documents read with the memory reset, and with another's).
 
 Every document is read from an empty memory, segment by segment with the memory
 carried, as a deployed model would read it. Documents are dealt to ranks in a plan
@@ -32,56 +33,100 @@ def segment_batch(docs: list[np.ndarray], index: int, segment_len: int, bos_id: 
     return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 
+MODES = ("carried", "reset", "foreign")
+
+
 @torch.no_grad()
 def evaluate(engine, docs: list[tuple[np.ndarray, str]], model_cfg: RMATConfig, rows: int, bucket_tokens: int,
              bos_id: int, eos_id: int, dtype: torch.dtype, device: torch.device) -> dict[str, float]:
-    """Val metrics summed over all ranks: ``val/loss``, ``val/ppl``, per domain, per position bucket."""
+    """Val metrics summed over all ranks: ``val/loss``, ``val/ppl``, per domain, per position bucket.
+
+    With a memory, every segment is also read with the memory emptied before it
+    (``reset``) and with another document's memory (``foreign``), so that
+    ``val/<domain>/memory_benefit`` = loss(reset) - loss(carried) past the first segment
+    says how much the memory carries, and loss(foreign) whether it carries this document.
+    """
     rank, world = dist.get_rank(), dist.get_world_size()
     s = model_cfg.segment_len
     bucket = bucket_tokens or s
     n_buckets = max(math.ceil((len(d) + 1) / bucket) for d, _ in docs)
-    # [domain sums, domain counts, bucket sums, bucket counts]
-    totals = torch.zeros(2 * len(DOMAINS) + 2 * n_buckets, dtype=torch.float64)
+    modes = MODES if model_cfg.has_memory else MODES[:1]
+    acc = _Totals(len(modes), n_buckets)
     engine.eval()
     group_size = rows * world
     for start in range(0, len(docs), group_size):
         group = docs[start:start + group_size]
         mine = group[rank::world]
         n_segments = max(math.ceil((len(d) + 1) / s) for d, _ in group)
-        state = MemoryState.empty(model_cfg.n_layers, rows, model_cfg.mem_slots, model_cfg.d_model,
+        empty = MemoryState.empty(model_cfg.n_layers, rows, model_cfg.mem_slots, model_cfg.d_model,
                                   device=device, dtype=dtype)
+        state = empty
+        others = _other_rows(len(mine), rows)
         for i in range(n_segments):
             inputs, targets = segment_batch([d for d, _ in mine], i, s, bos_id, eos_id, rows)
-            logits, state = engine(inputs.to(device), state)
-            nll = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(),
-                                  ignore_index=IGNORE_INDEX, reduction="none").view(rows, s).double().cpu()
-            counted = targets != IGNORE_INDEX
-            position = torch.arange(i * s, (i + 1) * s) // bucket
-            for r, (_, domain) in enumerate(mine):
-                d = DOMAINS.index(domain)
-                loss_r, mask = nll[r][counted[r]], counted[r]
-                totals[d] += loss_r.sum()
-                totals[len(DOMAINS) + d] += mask.sum()
-                b = position[mask]
-                base = 2 * len(DOMAINS)
-                totals[base:base + n_buckets].index_add_(0, b, loss_r)
-                totals[base + n_buckets:].index_add_(0, b, torch.ones_like(loss_r))
+            inputs, counted = inputs.to(device), targets != IGNORE_INDEX
+            starts = {"carried": state, "reset": empty, "foreign": state.select_rows(others)}
+            for m, mode in enumerate(modes):
+                logits, next_state = engine(inputs, starts[mode])
+                if mode == "carried":
+                    state = next_state
+                nll = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(),
+                                      ignore_index=IGNORE_INDEX, reduction="none").view(rows, s).double().cpu()
+                acc.add(m, nll, counted, [DOMAINS.index(domain) for _, domain in mine],
+                        torch.arange(i * s, (i + 1) * s) // bucket, past_first=i > 0)
     engine.train()
-    dist.all_reduce(totals)
-    return _metrics(totals, n_buckets, bucket)
+    dist.all_reduce(acc.flat)
+    return acc.metrics(modes, bucket)
 
 
-def _metrics(totals: torch.Tensor, n_buckets: int, bucket: int) -> dict[str, float]:
-    nd = len(DOMAINS)
-    sums, counts = totals[:nd], totals[nd:2 * nd]
-    loss = float(sums.sum() / counts.sum().clamp(min=1))
-    out = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
-    for d, name in enumerate(DOMAINS):
-        if counts[d] > 0:
-            dl = float(sums[d] / counts[d])
-            out[f"val/{name}/loss"], out[f"val/{name}/ppl"] = dl, math.exp(min(dl, 50.0))
-    b_sums, b_counts = totals[2 * nd:2 * nd + n_buckets], totals[2 * nd + n_buckets:]
-    for b in range(n_buckets):
-        if b_counts[b] > 0:
-            out[f"val/pos_{b * bucket}-{(b + 1) * bucket}/loss"] = float(b_sums[b] / b_counts[b])
-    return out
+def _other_rows(n_docs: int, rows: int) -> torch.Tensor:
+    """Row r reads the memory of row r + 1 among the rows holding a document (padding rows keep theirs)."""
+    order = torch.arange(rows)
+    order[:n_docs] = torch.roll(order[:n_docs], -1)
+    return order
+
+
+class _Totals:
+    """Loss sums and token counts per mode, per domain (all positions and past the first
+    segment) and per position bucket, in one flat tensor for a single all-reduce."""
+
+    def __init__(self, n_modes: int, n_buckets: int) -> None:
+        nd = len(DOMAINS)
+        self.flat = torch.zeros(n_modes * (4 * nd + 2 * n_buckets), dtype=torch.float64)
+        per_mode = self.flat.view(n_modes, -1)
+        self.domain_sum, self.domain_count = per_mode[:, :nd], per_mode[:, nd:2 * nd]
+        self.past_sum, self.past_count = per_mode[:, 2 * nd:3 * nd], per_mode[:, 3 * nd:4 * nd]
+        self.bucket_sum = per_mode[:, 4 * nd:4 * nd + n_buckets]
+        self.bucket_count = per_mode[:, 4 * nd + n_buckets:]
+
+    def add(self, mode: int, nll: torch.Tensor, counted: torch.Tensor, domains: list[int],
+            buckets: torch.Tensor, past_first: bool) -> None:
+        for r, d in enumerate(domains):
+            loss_r, mask = nll[r][counted[r]], counted[r]
+            self.domain_sum[mode, d] += loss_r.sum()
+            self.domain_count[mode, d] += mask.sum()
+            if past_first:
+                self.past_sum[mode, d] += loss_r.sum()
+                self.past_count[mode, d] += mask.sum()
+            self.bucket_sum[mode].index_add_(0, buckets[mask], loss_r)
+            self.bucket_count[mode].index_add_(0, buckets[mask], torch.ones_like(loss_r))
+
+    def metrics(self, modes: tuple[str, ...], bucket: int) -> dict[str, float]:
+        loss = float(self.domain_sum[0].sum() / self.domain_count[0].sum().clamp(min=1))
+        out = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
+        for d, name in enumerate(DOMAINS):
+            if self.domain_count[0, d] > 0:
+                dl = float(self.domain_sum[0, d] / self.domain_count[0, d])
+                out[f"val/{name}/loss"], out[f"val/{name}/ppl"] = dl, math.exp(min(dl, 50.0))
+            if len(modes) > 1 and self.past_count[0, d] > 0:
+                past = self.past_sum[:, d] / self.past_count[:, d]
+                for m, mode in enumerate(modes):
+                    out[f"val/{name}/loss_past_first_segment_{mode}"] = float(past[m])
+                out[f"val/{name}/memory_benefit"] = float(past[modes.index("reset")] - past[0])
+        for m, mode in enumerate(modes):
+            suffix = "" if mode == "carried" else f"_{mode}"
+            for b in range(self.bucket_sum.shape[1]):
+                if self.bucket_count[m, b] > 0:
+                    out[f"val/pos_{b * bucket}-{(b + 1) * bucket}/loss{suffix}"] = \
+                        float(self.bucket_sum[m, b] / self.bucket_count[m, b])
+        return out

@@ -1,0 +1,70 @@
+"""The long-context recall benchmark: its task, its Transformer-XL baseline, and a smoke run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from long_context import IGNORE, N_FILLER, N_KEYS, TINY, Task, TransformerXL, value_set_ceiling  # noqa: E402
+
+from model import RMATConfig  # noqa: E402
+
+
+def test_every_asked_key_was_paired_with_its_answer_in_the_first_segment():
+    task = Task(n_pairs=4, distance=2, segment_len=32)
+    tokens, targets = task.sample(8, torch.Generator().manual_seed(0))
+    assert tokens.shape == targets.shape == (8, 4 * 32)
+    for row, target in zip(tokens, targets, strict=True):
+        pairs = dict(zip(row[0:8:2].tolist(), row[1:8:2].tolist(), strict=True))
+        asked = (target != IGNORE).nonzero()[:, 0]
+        assert len(asked) == 4 and (asked >= 3 * 32).all()
+        assert {int(row[i]): int(target[i]) for i in asked} == pairs
+        assert (row[32:3 * 32] < N_FILLER).all()  # the filler segments hold no key or value
+
+
+def test_value_set_ceiling_is_one_for_a_single_pair_and_lower_for_many():
+    gen = torch.Generator().manual_seed(0)
+    assert value_set_ceiling(*Task(1, 1, 32).sample(64, gen)) == 1.0
+    assert value_set_ceiling(*Task(16, 1, 32).sample(64, gen)) < 0.2
+
+
+def test_transformer_xl_reads_the_previous_segment_only_and_without_gradient():
+    torch.manual_seed(0)
+    model = TransformerXL(RMATConfig(**{**TINY, "n_layers": 1}, paths=["global"], mem_slots=0), d_ff=128)
+    tokens = torch.randint(N_FILLER, N_FILLER + N_KEYS, (1, 3 * 32))
+
+    def last_segment_logits(t):
+        caches = model.init_state(1)
+        for i in range(3):
+            logits, caches = model(t[:, 32 * i:32 * (i + 1)], caches)
+        return logits
+
+    base = last_segment_logits(tokens)
+    two_back, one_back = tokens.clone(), tokens.clone()
+    two_back[0, 5] += 1
+    one_back[0, 40] += 1
+    assert torch.equal(last_segment_logits(two_back), base)
+    assert not torch.allclose(last_segment_logits(one_back), base)
+    emb = model.tok_emb(tokens[:, :32]).detach().requires_grad_()
+    _, caches = model.blocks[0](emb, None)
+    out, _ = model.blocks[0](model.tok_emb(tokens[:, 32:64]), caches)
+    out.sum().backward()
+    assert emb.grad is None
+
+
+@pytest.mark.slow
+def test_smoke_run_prints_the_table_and_writes_the_heat_map_and_a_rerun_skips_done_points(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "long_context.py"), "--smoke", "--jobs", "1",
+           "--out", str(tmp_path)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert first.returncode == 0, first.stderr
+    assert "value-set ceiling" in first.stdout and "nomem" in first.stdout
+    png = tmp_path / "smoke" / "long_context.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert "2 points, 2 already in" in again.stdout
