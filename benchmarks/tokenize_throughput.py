@@ -70,7 +70,7 @@ def main(argv: list[str]) -> None:
     overrides = [a for a in argv if "=" in a]
     with tempfile.TemporaryDirectory() as tmp:
         cfg: PrepConfig = load_config(PrepConfig, config, [f"out_dir={tmp}",
-                                                           *overrides])  # fmt: skip
+                                                           *overrides])
         res = run_prep(cfg, stage=None, log=lambda *_: None)
         ingest_folder, tok_folder = res.folders["ingest"], res.folders["tokenizer"]
         tok = tokenizer_done(tok_folder)
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> None:
 
     mb = sum(len(t.encode()) for t in texts) / 1e6
     print(f"{len(texts)} documents, {mb:.1f} MB, {tokens:,} tokens, {len(plan.units)} shards, "
-          f"{tok['model_type']} vocab {tok['vocab_size']}, {os.cpu_count()} CPUs")  # fmt: skip
+          f"{tok['model_type']} vocab {tok['vocab_size']}, {os.cpu_count()} CPUs")
     print(f"{'run':<12}{'wall s':>8}{'cpu s':>8}{'M tok/s':>9}{'tok/cpu-s':>11}")
     for name, wall, cpu in rows:
         print(f"{name:<12}{wall:>8.2f}{cpu:>8.2f}{tokens / wall / 1e6:>9.3f}{tokens / cpu / 1e6:>10.3f}M")

@@ -34,7 +34,7 @@ def _mb(n: int) -> str:
 
 
 def run_prep(cfg: PrepConfig, stage: str | None = None, force: bool = False, executor: Executor | None = None,
-             log=print) -> PrepResult:  # fmt: skip
+             log=print) -> PrepResult:
     """Run every stage (or only ``stage``), skipping finished work; prints a summary per stage."""
     if stage is not None and stage not in STAGES:
         raise PrepError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
@@ -51,7 +51,7 @@ def run_prep(cfg: PrepConfig, stage: str | None = None, force: bool = False, exe
         _summary(result, log, "ingest", plan.folder, ing["ran"], time.perf_counter() - t0,
                  f"{ing['documents']} documents, {_mb(ing['bytes'])}, {ing['duplicates_dropped']} duplicates "
                  f"dropped, " + ", ".join(f"{s} {ing['splits'][s]['documents']}" for s in SPLITS),
-                 ing["bytes"] / 1e6, "MB/s")  # fmt: skip
+                 ing["bytes"] / 1e6, "MB/s")
     elif ingest_done(plan.folder) is None:
         raise PrepError(f"ingest has not finished in {plan.folder}; run `rmat prep CONFIG --stage ingest` first")
 
@@ -64,7 +64,7 @@ def run_prep(cfg: PrepConfig, stage: str | None = None, force: bool = False, exe
         tok_dir, tok = run_tokenizer(cfg, plan.folder, plan.key, force)
         _summary(result, log, "tokenizer", tok_dir, tok["ran"], time.perf_counter() - t0,
                  f"{tok['model_type']} vocab {tok['vocab_size']}, trained on {tok['sample_lines']} lines, "
-                 f"sha256 {tok['sha256'][:12]}", None, "")  # fmt: skip
+                 f"sha256 {tok['sha256'][:12]}", None, "")
     if stage == "tokenizer":
         return result
     tok = tokenizer_done(tok_dir)
@@ -79,12 +79,12 @@ def run_prep(cfg: PrepConfig, stage: str | None = None, force: bool = False, exe
         tokens = sum(s["tokens"] for s in man["splits"].values())
         _summary(result, log, "shards", splan.folder, man["ran"], time.perf_counter() - t0,
                  f"{len(man['shards'])} shards, {sum(s['documents'] for s in man['splits'].values())} documents, "
-                 f"{tokens} tokens ({man['dtype']})", tokens, "tokens/s")  # fmt: skip
+                 f"{tokens} tokens ({man['dtype']})", tokens, "tokens/s")
     return result
 
 
 def _summary(result: PrepResult, log, name: str, folder: str, ran: int, seconds: float, what: str,
-             amount: float | None, unit: str) -> None:  # fmt: skip
+             amount: float | None, unit: str) -> None:
     result.folders[name] = folder
     if ran == 0:
         line = f"{name}: done already ({what}) -> {folder}"

@@ -65,7 +65,7 @@ def run_range(fn: Callable[[Any], dict], specs: list[Any], indices: list[int], r
     os.replace(tmp, results_path)
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(specs)} units failed: "
-                           + "; ".join(f"unit {k}: {msg}" for k, msg in errors))  # fmt: skip
+                           + "; ".join(f"unit {k}: {msg}" for k, msg in errors))
     return len(done)
 
 
@@ -73,7 +73,7 @@ class ArrayExecutor:
     """Runs units as array tasks of ``launcher``'s cluster; records every task in ``book``."""
 
     def __init__(self, launcher: Launcher, resources: Resources, stage: str, settings: ArraySettings,
-                 book: RecordBook | None = None) -> None:  # fmt: skip
+                 book: RecordBook | None = None) -> None:
         self.launcher, self.resources, self.stage = launcher, resources, stage
         self.settings, self.book = settings, book
         self.workers = settings.max_tasks
@@ -100,11 +100,11 @@ class ArrayExecutor:
                 if missing:
                     failed += [indices[k] for k in missing]
                     failures.append(f"units {[indices[k] for k in missing]} in job {job.job_id}: "
-                                    f"{_error(job, record)} (log: {job.paths.stderr})")  # fmt: skip
+                                    f"{_error(job, record)} (log: {job.paths.stderr})")
             todo = failed
         if todo:
             raise UnitsFailed(f"{self.stage}: {len(todo)} of {len(specs)} units failed after "
-                              f"{self.settings.retries} retries: " + " | ".join(failures))  # fmt: skip
+                              f"{self.settings.retries} retries: " + " | ".join(failures))
 
     def _submit(self, fn, specs, todo: list[int], attempt: int):
         """Submit one array over ``todo`` and yield (job, its unit indices, record, results path) as tasks end."""
@@ -114,7 +114,7 @@ class ArrayExecutor:
         paths = [str(folder / f"{uuid.uuid4().hex}.records.pkl") for _ in parts]
         args = [(fn, [specs[i] for i in part], part, path) for part, path in zip(parts, paths, strict=True)]
         jobs = self.launcher.submit_array(run_range, args, self.resources, f"{self.stage}-units",
-                                          parallelism=self.settings.max_tasks)  # fmt: skip
+                                          parallelism=self.settings.max_tasks)
         by_job = {}
         for job, part, path in zip(jobs, parts, paths, strict=True):
             what = f"units {part[0]}-{part[-1]} of {len(specs)}, attempt {attempt + 1}"

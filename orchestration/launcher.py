@@ -34,7 +34,7 @@ class Launcher:
         self.folder = Path(folder)
 
     def executor(self, resources: Resources, name: str, after: Sequence[str] = (),
-                 array_parallelism: int = 0) -> submitit.Executor:  # fmt: skip
+                 array_parallelism: int = 0) -> submitit.Executor:
         """A submitit executor for jobs with these resources that start after ``after`` succeeded."""
         folder = self.folder / name
         if self.cluster == "slurm":
@@ -48,26 +48,22 @@ class Launcher:
         ex = submitit.AutoExecutor(folder, cluster=self.cluster, local_max_num_timeout=resources.max_requeues)
         if self.cluster == "local":
             ex.update_parameters(name=name, timeout_min=resources.time_min, cpus_per_task=resources.cpus_per_task,
-                                 tasks_per_node=resources.nodes * resources.tasks_per_node)  # fmt: skip
+                                 tasks_per_node=resources.nodes * resources.tasks_per_node)
         return ex
 
     def submit(self, fn: Callable[..., Any], *args: Any, resources: Resources, name: str,
-               after: Sequence[str] = ()) -> submitit.Job:  # fmt: skip
+               after: Sequence[str] = ()) -> submitit.Job:
         """Submit ``fn(*args)`` as one job (of ``resources.nodes`` x ``tasks_per_node`` tasks)."""
         with submission_env():
             return self.executor(resources, name, after).submit(fn, *args)
 
     def submit_array(self, fn: Callable[..., Any], args: Sequence[tuple], resources: Resources, name: str,
-                     parallelism: int = 0) -> list[submitit.Job]:  # fmt: skip
+                     parallelism: int = 0) -> list[submitit.Job]:
         """Submit ``fn(*a)`` for each ``a`` in ``args`` as one job array (one task each)."""
         ex = self.executor(resources, name, array_parallelism=parallelism)
         with submission_env(), ex.batch():
             jobs = [ex.submit(fn, *a) for a in args]
         return jobs
-
-    def job(self, job_id: str, name: str) -> submitit.Job:
-        """A handle on a job submitted earlier (by any process), for its state and logs."""
-        return submitit.SlurmJob(folder=self.folder / name, job_id=job_id)
 
 
 @contextlib.contextmanager

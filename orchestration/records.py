@@ -53,7 +53,7 @@ class RecordBook:
     def add(self, stage: str, job: submitit.Job, cluster: str, what: str = "") -> JobRecord:
         """Record a job just submitted."""
         record = JobRecord(stage=stage, job_id=str(job.job_id), cluster=cluster, folder=str(job.paths.folder),
-                           what=what, submitted=time.time())  # fmt: skip
+                           what=what, submitted=time.time())
         self.write(record)
         return record
 

@@ -74,10 +74,10 @@ def _add_run_commands(sub) -> None:
     submit.add_argument("overrides", nargs="*", help="dotted overrides, e.g. slurm.units.partition=cpu")
     submit.add_argument("--cluster", choices=["slurm", "local", "debug"], default="slurm",
                         help="slurm: queue every job with afterok dependencies; local: run them as local processes "
-                             "one after another; debug: in this process")  # fmt: skip
+                             "one after another; debug: in this process")
     submit.add_argument("--dry-run", action="store_true", help="print what would be submitted, submit nothing")
     for name, what in (("status", "each stage's job state, logs and output completeness"),
-                       ("cancel", "cancel a run's queued and running jobs")):  # fmt: skip
+                       ("cancel", "cancel a run's queued and running jobs")):
         cmd = sub.add_parser(name, help=what)
         cmd.add_argument("run", nargs="?", help="run folder or name under runs/pipelines (default: the latest)")
 

@@ -56,7 +56,7 @@ def status(run_dir: Path) -> str:
         for i, r in enumerate(jobs):
             label = stage.name if i == 0 else f"  {r.what}"
             lines.append(f"{label:<10} {state[r.job_id]:<12} job {r.job_id}  log {r.logs()[0]}"
-                         + (f"  {output}" if i == 0 else ""))  # fmt: skip
+                         + (f"  {output}" if i == 0 else ""))
             if state[r.job_id].startswith(("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")):
                 lines.append(f"{'':<12}error: {last_error(r)}  (stderr {r.logs()[1]})")
     return "\n".join(lines)

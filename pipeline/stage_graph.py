@@ -82,7 +82,7 @@ def _read_prep_outputs(cfg: PipelineConfig, ingest: Stage, tokenizer: Stage, sha
         shards.detail = "units planned once ingest and tokenizer are done"
         return
     splan = plan_shards(cfg.data, plan.folder, plan.key, tokenizer.output, tokenizer_key(cfg.data, plan.key),
-                        tok["vocab_size"])  # fmt: skip
+                        tok["vocab_size"])
     done, manifest = shards_status(splan)
     shards.complete = done == len(splan.units) and manifest
     missing = len(splan.units) - done

@@ -11,7 +11,7 @@ from orchestration.resources import Resources
 
 
 def prep_stage(cfg: PrepConfig, stage: str, cluster: str, logs: str, records: str, units: Resources,
-               array: ArraySettings) -> str:  # fmt: skip
+               array: ArraySettings) -> str:
     """One data-prep stage; its units run as job arrays of the same cluster. Returns the stage's summary."""
     executor = ArrayExecutor(Launcher(cluster, logs), units, stage, array, RecordBook(records))
     return run_prep(cfg, stage=stage, executor=executor).summaries[stage]

@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_quickstart_prepares_all_three_kinds_of_real_text(tmp_path):
     out = tmp_path / "q"
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "prep", "configs/data/quickstart.yaml",
-                           f"out_dir={out}"], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+                           f"out_dir={out}"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["ingest", "tokenizer", "shards"]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.pipeline.byte_shards import write_byte_shards
+from data_prep.byte_shards import write_byte_shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "configs", "train", "tiny.yaml")

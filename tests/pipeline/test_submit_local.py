@@ -45,7 +45,7 @@ def pipeline_yaml(tmp_path, **slurm) -> str:
                        "tokenizer": {"vocab_size": 400, "num_threads": 1}, "shard": {"target_shard_bytes": 8000}},
               "train": TINY_TRAIN, "evaluate": {"max_docs": 8, "batch_size": 2},
               "slurm": {"array": {"max_tasks": 2, "retries": 0, "poll_s": 0.2},
-                        "train": {"tasks_per_node": 2, "max_requeues": 1}, **slurm}}  # fmt: skip
+                        "train": {"tasks_per_node": 2, "max_requeues": 1}, **slurm}}
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -53,7 +53,7 @@ def pipeline_yaml(tmp_path, **slurm) -> str:
 
 def test_dry_run_shows_stages_resources_and_sbatch_parameters_and_submits_nothing(tmp_path):
     units = {"partition": "cpu", "account": "lm", "qos": "high", "time_min": 30, "mem_gb": 2.5,
-             "constraint": "avx2", "extra": {"exclusive": "user"}}  # fmt: skip
+             "constraint": "avx2", "extra": {"exclusive": "user"}}
     config = pipeline_yaml(tmp_path, prep=units)
     code, out = rmat("submit", config, "slurm.prep.cpus_per_task=2", "--dry-run")
     assert code == 0
@@ -95,4 +95,4 @@ def test_local_cluster_runs_the_whole_pipeline_then_resubmit_skips_it(tmp_path):
     manifest.write_text(json.dumps(data))
     _, dry = rmat("submit", config, "--cluster", "local", "--dry-run")
     assert [line.split()[0] for line in dry.splitlines() if " complete, skipped" not in line
-            and not line.startswith(" ")] == ["train", "evaluate"], dry  # fmt: skip
+            and not line.startswith(" ")] == ["train", "evaluate"], dry
