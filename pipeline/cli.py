@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("config", help="YAML config, e.g. configs/train/small.yaml")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. engine.zero_stage=3")
     train.add_argument("--nproc", type=int, default=1, help="local processes (ignored under SLURM/torchrun)")
-    args = parser.parse_args(argv)
+    # Options may stand anywhere, so dotted overrides may come after them too: argparse leaves those over.
+    args, extras = parser.parse_known_args(argv)
+    args.overrides = _overrides(parser, args, extras)
     try:
         if args.command == "quickstart":
             return _quickstart(args)
@@ -39,6 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rmat: config error: {e}", file=sys.stderr)
         return 2
     return 1
+
+
+def _overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> list[str]:
+    """The command's dotted overrides, wherever they stood: before, between or after its options."""
+    takes = hasattr(args, "overrides")
+    bad = [a for a in extras if not takes or a.startswith("-") or "=" not in a]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    return [*args.overrides, *extras] if takes else []
 
 
 def _quickstart(args: argparse.Namespace) -> int:
