@@ -8,7 +8,6 @@ naming the units that did not; only those are submitted again, up to ``retries``
 
 from __future__ import annotations
 
-import os
 import pickle
 import traceback
 import uuid
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestration.launcher import Launcher, wait_each
-from orchestration.records import JobRecord, RecordBook, last_error
+from orchestration.records import JobRecord, RecordBook, last_error, write_atomic
 from orchestration.resources import Resources
 
 
@@ -59,10 +58,7 @@ def run_range(fn: Callable[[Any], dict], specs: list[Any], indices: list[int], r
         except Exception as e:  # keep going: the other units of the range are independent
             errors.append((index, f"{type(e).__name__}: {e}"))
             traceback.print_exc()
-    tmp = f"{results_path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        pickle.dump(done, f)
-    os.replace(tmp, results_path)
+    write_atomic(results_path, pickle.dumps(done))
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(specs)} units failed: "
                            + "; ".join(f"unit {k}: {msg}" for k, msg in errors))

@@ -60,10 +60,7 @@ class RecordBook:
     def write(self, record: JobRecord) -> None:
         """Write (or overwrite) a record atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{record.name}.json"
-        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(record), indent=1))
-        os.replace(tmp, path)
+        write_atomic(self.folder / f"{record.name}.json", json.dumps(asdict(record), indent=1).encode())
 
     def all(self) -> list[JobRecord]:
         """Every record, oldest first."""
@@ -71,6 +68,18 @@ class RecordBook:
             return []
         records = [JobRecord(**json.loads(p.read_text())) for p in self.folder.glob("*.json")]
         return sorted(records, key=lambda r: r.submitted)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` under a temporary name beside ``path``, then rename it into place.
+
+    The same scheme as data_prep.atomic (orchestration imports nothing of data_prep): a
+    reader, here ``RecordBook.all`` or an array driver, never sees half a file.
+    """
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 def states(records: list[JobRecord]) -> dict[str, str]:

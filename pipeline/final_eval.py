@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from data_prep.atomic import write_atomic
 from model import RMAT
 from pipeline.pipeline_config import EvaluateConfig
 from pipeline.train import checkpoint
@@ -73,7 +74,7 @@ def run_evaluation(t: TrainConfig, e: EvaluateConfig) -> Optional[str]:
             return None
         _log_to_mlflow(t, meta["step"], metrics)
         report = {"checkpoint": meta["tag"], "step": meta["step"], "config": asdict(e), "metrics": metrics}
-        checkpoint.atomic_write(report_path(t), json.dumps(report, indent=1).encode())
+        write_atomic(report_path(t), json.dumps(report, indent=1).encode())
         losses = ", ".join(f"{s} loss {metrics[f'{s}/loss']:.4f}" for s in e.splits)
         return f"{losses} ({report_path(t)})"
     finally:

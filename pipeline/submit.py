@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import submitit
 
+from data_prep.atomic import write_atomic
 from orchestration.launcher import Launcher
 from orchestration.records import RecordBook, last_error
 from pipeline.config import to_yaml
@@ -97,6 +98,4 @@ def _save_config(cfg: PipelineConfig) -> None:
     """The run's resolved config, beside its job records: ``rmat status`` reads it back."""
     os.makedirs(cfg.run_dir, exist_ok=True)
     path = os.path.join(cfg.run_dir, CONFIG_NAME)
-    with open(path + ".tmp", "w") as f:
-        f.write(to_yaml(cfg))
-    os.replace(path + ".tmp", path)
+    write_atomic(path, to_yaml(cfg).encode())

@@ -16,11 +16,10 @@ import json
 import os
 from typing import Optional
 
-from data_prep.atomic import key_of
+from data_prep.atomic import key_of, write_atomic
 from data_prep.shards import ShardError, read_manifest
 from pipeline.config import to_dict
 from pipeline.pipeline_config import PipelineConfig
-from pipeline.train.checkpoint import atomic_write
 from pipeline.train.config import TrainConfig
 from pipeline.train.launch import launch
 from pipeline.train.loader import manifest_hash
@@ -78,5 +77,5 @@ def run_training(t: TrainConfig) -> Optional[str]:
         return None
     record = {"manifest_sha256": current_manifest_hash(t.data.shards), "shards": t.data.shards,
               "step": final["step"]}
-    atomic_write(os.path.join(t.run_dir, TRAINED_ON), json.dumps(record, indent=1).encode())
+    write_atomic(os.path.join(t.run_dir, TRAINED_ON), json.dumps(record, indent=1).encode())
     return f"trained {final['step']} steps, val loss {final.get('val/loss', float('nan')):.4f} ({t.run_dir})"

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from data_prep.atomic import atomic_open, write_atomic
 from pipeline.config import ConfigError
 
 TAG = re.compile(r"^step_(\d{8})$")
@@ -27,16 +28,6 @@ TAG = re.compile(r"^step_(\d{8})$")
 
 def checkpoint_root(run_dir: str) -> str:
     return os.path.join(run_dir, "checkpoints")
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary name, fsync, rename into place."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_states() -> dict:
@@ -61,14 +52,12 @@ def save(engine, run_dir: str, step: int, rank: int, world_size: int, rank_state
     engine.save_checkpoint(root, tag=tag, save_latest=False)
     folder = os.path.join(root, tag)
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f"rank_{rank:05d}.pt.tmp")
-    torch.save(rank_state, tmp)
-    os.replace(tmp, os.path.join(folder, f"rank_{rank:05d}.pt"))
+    with atomic_open(os.path.join(folder, f"rank_{rank:05d}.pt")) as f:
+        torch.save(rank_state, f)
     dist.barrier()  # every rank's files are in place before the pointer may move
     if rank == 0:
-        atomic_write(os.path.join(folder, "meta.json"),
-                     json.dumps({"step": step, "world_size": world_size}).encode())
-        atomic_write(os.path.join(root, "latest"), tag.encode())
+        write_atomic(os.path.join(folder, "meta.json"), json.dumps({"step": step, "world_size": world_size}).encode())
+        write_atomic(os.path.join(root, "latest"), tag.encode())
         _prune(root, step, keep)
     return folder
 

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from data_prep.atomic import write_atomic
 from model import RMAT, MemoryState
 from pipeline.config import flatten, to_dict, to_yaml
 from pipeline.tbptt import window_loss
@@ -213,9 +214,9 @@ class Trainer:
     def _finish(self, final: dict[str, float]) -> dict[str, float]:
         cfg = self.cfg
         config_path = os.path.join(cfg.run_dir, "config.yaml")
-        checkpoint.atomic_write(config_path, to_yaml(cfg).encode())
+        write_atomic(config_path, to_yaml(cfg).encode())
         final_path = os.path.join(cfg.run_dir, FINAL_METRICS)
-        checkpoint.atomic_write(final_path, json.dumps({"step": self.step, **final}, indent=1).encode())
+        write_atomic(final_path, json.dumps({"step": self.step, **final}, indent=1).encode())
         done = self.step >= cfg.steps
         if not done:
             print(f"rmat train: stopped by a signal at step {self.step}; checkpointed, run the same command to "

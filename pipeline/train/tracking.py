@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
+from data_prep.atomic import write_atomic
+
 OUTBOX = "mlflow_outbox"
 RUN_ID_FILE = "mlflow_run_id"
 CLOSE_FILE = "close.json"  # in the outbox: the training is over, finish the run
@@ -147,9 +149,9 @@ class Tracker:
 
 
 def _atomic_text(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    # No fsync: outbox files are written every few seconds beside training; a file lost in a
+    # power cut costs its points, never a half-read file.
+    write_atomic(path, text.encode(), durable=False)
 
 
 # ---- the sender process ------------------------------------------------------------------
