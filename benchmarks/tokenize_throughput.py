@@ -28,9 +28,8 @@ import sentencepiece as spm  # noqa: E402
 from data_prep.config import PrepConfig  # noqa: E402
 from data_prep.executor import LocalExecutor  # noqa: E402
 from data_prep.ingest import SPLITS  # noqa: E402
-from data_prep.prep import run_prep  # noqa: E402
-from data_prep.tokenize_shard import plan_shards, run_shards  # noqa: E402
-from data_prep.tokenizer import tokenizer_done, tokenizer_key  # noqa: E402
+from data_prep.prep import layout, run_prep  # noqa: E402
+from data_prep.tokenize_shard import run_shards  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 
 LOOP = 90_000_000  # about 2 s: long enough that the ceiling is not noise
@@ -71,12 +70,9 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg: PrepConfig = load_config(PrepConfig, config, [f"out_dir={tmp}",
                                                            *overrides])
-        res = run_prep(cfg, stage=None, log=lambda *_: None)
-        ingest_folder, tok_folder = res.folders["ingest"], res.folders["tokenizer"]
-        tok = tokenizer_done(tok_folder)
-        ingest_key = os.path.basename(ingest_folder).removeprefix("ingest-")
-        tok_key = tokenizer_key(cfg, ingest_key)
-        plan = plan_shards(cfg, ingest_folder, ingest_key, tok_folder, tok_key, tok["vocab_size"])
+        run_prep(cfg, stage=None, log=lambda *_: None)
+        where = layout(cfg)
+        ingest_folder, tok_folder, tok, plan = where.ingest.folder, where.tokenizer, where.tokenizer_info, where.shards
         texts = []
         for split in SPLITS:
             with open(os.path.join(ingest_folder, f"{split}.jsonl"), "rb") as f:

@@ -85,6 +85,15 @@ def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
         f.write(data)
 
 
+def read_json(path: str) -> dict | None:
+    """A JSON file's content, or None when it is absent or unreadable (a reader of atomic writes)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def ensure_dir(path: str) -> None:
     """Create a folder (and parents), with an error that says what to do."""
     try:

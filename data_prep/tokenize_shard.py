@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import sentencepiece as spm
 
-from data_prep.atomic import PrepError, atomic_open, canonical_json, ensure_dir, key_of, mark_done, read_done
+from data_prep.atomic import PrepError, atomic_open, canonical_json, ensure_dir, key_of, mark_done
 from data_prep.config import PrepConfig
 from data_prep.executor import Executor
 from data_prep.ingest import SPLITS
@@ -157,9 +157,3 @@ def _read(path: str) -> bytes | None:
             return f.read()
     except OSError:
         return None
-
-
-def shards_status(plan: ShardPlan) -> tuple[int, bool]:
-    """(units done, manifest present)."""
-    done = sum(read_done(u.out) is not None for u in plan.units)
-    return done, os.path.exists(os.path.join(plan.folder, MANIFEST))

@@ -87,7 +87,7 @@ class ArrayExecutor:
                     yield indices[k], rec
                 missing = sorted(set(range(len(indices))) - {k for k, _ in got})
                 state = "COMPLETED" if not missing else "FAILED"
-                if record is not None and self.launcher.cluster != "slurm":
+                if record is not None and not self.launcher.scheduled:
                     record.state = state
                     self.book.write(record)
                 if missing and "CANCELLED" in job.state:
@@ -114,7 +114,7 @@ class ArrayExecutor:
         by_job = {}
         for job, part, path in zip(jobs, parts, paths, strict=True):
             what = f"units {part[0]}-{part[-1]} of {len(specs)}, attempt {attempt + 1}"
-            record = self.book.add(self.stage, job, self.launcher.cluster, what) if self.book else None
+            record = self.book.add(self.stage, job, self.launcher.cluster, "units", what) if self.book else None
             by_job[id(job)] = (part, record, path)
         try:
             for job in wait_each(jobs, self.settings.poll_s):

@@ -19,6 +19,10 @@ import submitit
 from orchestration.resources import Resources
 
 CLUSTERS = ("slurm", "local", "debug")
+# Clusters with a scheduler and accounting: every job is queued at once, starts when its dependencies
+# succeeded, and accounting knows how it ended. The others run a job as it is submitted, and the
+# submitter waits for it and records how it ended.
+SCHEDULED = {"slurm"}
 # States after which a job will not change any more (sacct's names; submitit adds its own for local jobs).
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
             "DEADLINE", "REVOKED", "DONE", "INTERRUPTED", "FINISHED"}  # not PREEMPTED: it may be requeued
@@ -32,12 +36,23 @@ class Launcher:
             raise ValueError(f"cluster {cluster!r}: choose one of {', '.join(CLUSTERS)}")
         self.cluster = cluster
         self.folder = Path(folder)
+        self.scheduled = cluster in SCHEDULED
+
+    def dependencies(self, job_ids: Sequence[str]) -> list[str]:
+        """What a job can wait for: earlier jobs where a scheduler queues them, none where jobs run as submitted."""
+        return list(job_ids) if self.scheduled else []
+
+    def describe(self, resources: Resources, name: str, after: Sequence[str] = ()) -> str:
+        """What a job of these resources would get here: sbatch flags, or local processes (``--dry-run``)."""
+        if self.scheduled:
+            return "sbatch " + " ".join(resources.sbatch_flags(name, list(after)))
+        return f"{self.cluster}: {resources.nodes * resources.tasks_per_node} process(es), {resources.time_min} min"
 
     def executor(self, resources: Resources, name: str, after: Sequence[str] = (),
                  array_parallelism: int = 0) -> submitit.Executor:
         """A submitit executor for jobs with these resources that start after ``after`` succeeded."""
         folder = self.folder / name
-        if self.cluster == "slurm":
+        if self.scheduled:
             ex = submitit.SlurmExecutor(folder, max_num_timeout=resources.max_requeues)
             params = resources.slurm_parameters(name, list(after))
             if array_parallelism:

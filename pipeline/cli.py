@@ -65,12 +65,12 @@ def _quickstart(args: argparse.Namespace) -> int:
 def _prep(args: argparse.Namespace) -> int:
     from data_prep.atomic import PrepError
     from data_prep.config import PrepConfig
-    from data_prep.prep import prep_status, run_prep
+    from data_prep.prep import format_status, prep_status, run_prep
 
     config = load_config(PrepConfig, args.config, list(args.overrides))
     try:
         if args.status:
-            print(prep_status(config))
+            print(format_status(prep_status(config)))
         else:
             run_prep(config, stage=args.stage, force=args.force)
     except PrepError as e:

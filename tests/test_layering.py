@@ -22,7 +22,7 @@ FORBIDDEN = {
 
 
 def imported_modules(path: Path) -> set[str]:
-    """Every absolute module name ``path`` imports (``a.b.c`` for ``from a.b.c import x``)."""
+    """Every absolute name ``path`` imports: ``a.b`` and ``a.b.x`` for ``from a.b import x``."""
     tree = ast.parse(path.read_text(), filename=str(path))
     names = set()
     for node in ast.walk(tree):
@@ -30,6 +30,7 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -43,4 +44,22 @@ def test_package_imports_nothing_above_it(package):
         str(path.relative_to(ROOT)): sorted(imported_packages(path) & FORBIDDEN[package])
         for path in sorted((ROOT / package).rglob("*.py"))
     }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+STAGES = sorted(p.stem for p in (ROOT / "pipeline" / "stages").glob("*.py") if p.stem != "__init__")
+WIRING = {"pipeline.stage_graph", "pipeline.submit", "pipeline.runs", "pipeline.cli"}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_imports_no_other_stage_and_nothing_that_wires_stages(stage):
+    others = {f"pipeline.stages.{s}" for s in STAGES if s != stage} | WIRING
+    assert imported_modules(ROOT / "pipeline" / "stages" / f"{stage}.py") & others == set()
+
+
+def test_training_knows_nothing_of_stages_jobs_or_the_command():
+    above = {f"pipeline.stages.{s}" for s in STAGES} | WIRING | {"pipeline.stages", "orchestration"}
+    offenders = {str(path.relative_to(ROOT)): sorted({m for m in imported_modules(path)
+                                                      if m in above or m.split(".")[0] in above})
+                 for path in sorted((ROOT / "pipeline" / "train").rglob("*.py"))}
     assert {k: v for k, v in offenders.items() if v} == {}

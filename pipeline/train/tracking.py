@@ -50,6 +50,21 @@ def saved_run_id(run_dir: str) -> Optional[str]:
         return f.read().strip() or None
 
 
+class TrackedRun:
+    """The MLflow run a training feeds, as checkpoint state: a resumed training continues its run."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir, self.run_id = run_dir, None
+
+    def state_dict(self) -> dict[str, Optional[str]]:
+        # The sender creates the run and saves its id in the run folder: the newest word on it.
+        return {"run_id": saved_run_id(self.run_dir) or self.run_id}
+
+    def load_state_dict(self, state: dict[str, Optional[str]]) -> None:
+        # The run may have been created after this checkpoint was written.
+        self.run_id = state["run_id"] or saved_run_id(self.run_dir)
+
+
 def forget_unfinished_attempt(run_dir: str) -> None:
     """A fresh start: drop the unsent points and the run id of an attempt that left no checkpoint."""
     shutil.rmtree(os.path.join(run_dir, OUTBOX), ignore_errors=True)

@@ -38,8 +38,8 @@ def test_local_cluster_runs_the_whole_pipeline_then_resubmit_skips_it(tmp_path):
     code, out = rmat("submit", config, "--cluster", "local")
     assert code == 0, out
     records = RecordBook(tmp_path / "runs" / "t" / "jobs").all()
-    assert [(r.stage, r.state) for r in records if r.what.startswith("stage")] == [(s, "COMPLETED") for s in STAGES]
-    assert any(r.what.startswith("units") for r in records)  # units ran as their own local processes
+    assert [(r.stage, r.state) for r in records if r.kind == "stage"] == [(s, "COMPLETED") for s in STAGES]
+    assert any(r.kind == "units" for r in records)  # units ran as their own local processes
     code, status = rmat("status", str(tmp_path / "runs" / "t"))
     assert code == 0 and status.count("output complete") == 5
     (train_dir,) = (tmp_path / "runs" / "t").glob("train-*")
