@@ -11,9 +11,9 @@ from pipeline.config import ConfigError, load_config
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rmat", description="Pretrain Recurrent Memory-Augmented Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
-    quick = sub.add_parser("quickstart", help="a short real training of RMAT on bytes of real text")
-    quick.add_argument("config", nargs="?", help="YAML config (default: built-in quickstart)")
-    quick.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100")
+    quick = sub.add_parser("quickstart", help="a short real training of RMAT on bytes of real text (one process)")
+    quick.add_argument("config", nargs="?", help="training YAML config (default: configs/quickstart.yaml)")
+    quick.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=100")
     prep = sub.add_parser("prep", help="prepare data: corpora -> tokenizer -> WebDataset shards (rerunnable)")
     prep.add_argument("config", help="YAML config, e.g. configs/data/quickstart.yaml")
     prep.add_argument("overrides", nargs="*", help="dotted overrides, e.g. workers=2 tokenizer.vocab_size=4000")
@@ -53,12 +53,13 @@ def _overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extras
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from pipeline.quickstart import QuickstartConfig, run_quickstart
+    from pipeline.quickstart import CONFIG, run_quickstart
+    from pipeline.train.config import TrainConfig
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # no file given, only overrides
         config, overrides = None, [config, *overrides]
-    run_quickstart(load_config(QuickstartConfig, config, overrides))
+    run_quickstart(load_config(TrainConfig, config or CONFIG, overrides))
     return 0
 
 
