@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from data_prep.atomic import atomic_open, write_atomic
 from model import RMAT
-from pipeline.config import ConfigError, load_config, to_yaml
+from pipeline.config import ConfigError, load_config, to_dict, to_yaml
 from pipeline.train.config import TrainConfig
 
 TAG = re.compile(r"^step_(\d{8})$")
@@ -106,6 +106,18 @@ def check_world_size(run_dir: str, world_size: int) -> None:
                           f"process(es) and this run has {world_size}: the per-rank data streams and memory "
                           f"states cannot be re-split. Resume with --nproc {meta['world_size']} or use a new "
                           "run_dir")
+
+
+def check_same_model(cfg: TrainConfig) -> None:
+    """Refuse to resume a checkpoint of another model: its weights would not fit, or mean something else."""
+    meta = latest_meta(cfg.run_dir)
+    if meta is None:
+        return
+    saved = load_config(TrainConfig, os.path.join(checkpoint_root(cfg.run_dir), meta["tag"], CONFIG))
+    if saved.model != cfg.model:
+        changed = sorted(k for k, v in to_dict(cfg.model).items() if to_dict(saved.model)[k] != v)
+        raise ConfigError(f"{checkpoint_root(cfg.run_dir)}/{meta['tag']} holds another model (model."
+                          f"{', model.'.join(changed)} differ); to train this one, give it its own run_dir")
 
 
 def load(engine, run_dir: str, rank: int, world_size: int, state: dict[str, Stateful]) -> bool:

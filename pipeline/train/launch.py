@@ -25,7 +25,7 @@ DIST_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def preflight(cfg: TrainConfig, world_size: int) -> None:
-    """Every check that can fail without a process group: batch split, shards, resumability.
+    """Every check that can fail without a process group: batch split, shards, resumability (world, model).
 
     Also removes the temporary files a killed run left in ``run_dir``: no rank writes any
     before every rank has joined the process group, which each does after this.
@@ -36,6 +36,7 @@ def preflight(cfg: TrainConfig, world_size: int) -> None:
     open_split(cfg.data.shards, cfg.data.val_split)
     if cfg.resume:
         checkpoint.check_world_size(cfg.run_dir, world_size)
+        checkpoint.check_same_model(cfg)
     remove_stale_temps(cfg.run_dir)
 
 

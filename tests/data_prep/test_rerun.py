@@ -1,4 +1,4 @@
-"""Rerun safety (DESIGN invariant 6): skip finished work, redo the rest, never expose partial files.
+"""Rerun safety (docs/design.md, invariant 6): skip finished work, redo the rest, never expose partial files.
 
 The kill tests run `rmat prep` in a subprocess, SIGKILL its whole process group at chosen
 moments, rerun it, and compare every byte of the output tree with a clean run.
