@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import sysconfig
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 
@@ -33,3 +37,18 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     print("-+-".join("-" * w for w in widths))
     for r in rows:
         print(" | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def stdlib_byte_documents(max_files: int, max_file_bytes: int) -> list[np.ndarray]:
+    """The first bytes of the standard library's own modules (tests left out), one document per file."""
+    root = sysconfig.get_path("stdlib")
+    skip = (os.sep + "site-packages" + os.sep, os.sep + "test" + os.sep, os.sep + "tests" + os.sep)
+    paths = sorted(p for p in glob.glob(os.path.join(root, "**", "*.py"), recursive=True)
+                   if not any(s in p for s in skip))
+    docs = []
+    for path in paths[:max_files]:
+        with open(path, "rb") as f:
+            data = f.read(max_file_bytes)
+        if data:
+            docs.append(np.frombuffer(data, dtype=np.uint8).astype(np.int64))
+    return docs

@@ -1,4 +1,4 @@
-"""Which memory pool should be the default? Measured, as DESIGN section 1 asks.
+"""Which memory pool should be the default? Measured, as docs/design.md (the memory) asks.
 
 Two measurements, `mean` against `attn` pooling, same seeds, in one run:
 
@@ -26,10 +26,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import print_table  # noqa: E402
+from common import print_table, stdlib_byte_documents  # noqa: E402
 
+from data_prep.byte_shards import BOS_ID, EOS_ID  # noqa: E402
 from model import RMAT, RMATConfig  # noqa: E402
-from pipeline.quickstart import BOS_ID, EOS_ID, QuickstartData, read_byte_documents  # noqa: E402
 from pipeline.streams import BatchStream, RowStream, split_rows  # noqa: E402
 from pipeline.tbptt import window_loss  # noqa: E402
 
@@ -90,7 +90,7 @@ def loss_by_position(pool: str, args: argparse.Namespace) -> list[float]:
     torch.manual_seed(args.seed)
     cfg = RMATConfig(vocab_size=258, d_model=64, n_layers=2, n_heads=4, segment_len=64, chunk_len=16,
                      mem_slots=8, pool=pool)
-    docs = read_byte_documents(QuickstartData(max_files=400, max_file_bytes=4096))
+    docs = stdlib_byte_documents(max_files=400, max_file_bytes=4096)
     val, train = docs[:32], docs[32:]
     rows = split_rows(len(train), 16, args.seed)
     stream = BatchStream([RowStream(train, r, cfg.segment_len, BOS_ID, EOS_ID) for r in rows])

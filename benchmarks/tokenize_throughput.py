@@ -28,9 +28,8 @@ import sentencepiece as spm  # noqa: E402
 from data_prep.config import PrepConfig  # noqa: E402
 from data_prep.executor import LocalExecutor  # noqa: E402
 from data_prep.ingest import SPLITS  # noqa: E402
-from data_prep.prep import run_prep  # noqa: E402
-from data_prep.tokenize_shard import plan_shards, run_shards  # noqa: E402
-from data_prep.tokenizer import tokenizer_done, tokenizer_key  # noqa: E402
+from data_prep.prep import layout, run_prep  # noqa: E402
+from data_prep.tokenize_shard import run_shards  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 
 LOOP = 90_000_000  # about 2 s: long enough that the ceiling is not noise
@@ -70,13 +69,10 @@ def main(argv: list[str]) -> None:
     overrides = [a for a in argv if "=" in a]
     with tempfile.TemporaryDirectory() as tmp:
         cfg: PrepConfig = load_config(PrepConfig, config, [f"out_dir={tmp}",
-                                                           *overrides])  # fmt: skip
-        res = run_prep(cfg, stage=None, log=lambda *_: None)
-        ingest_folder, tok_folder = res.folders["ingest"], res.folders["tokenizer"]
-        tok = tokenizer_done(tok_folder)
-        ingest_key = os.path.basename(ingest_folder).removeprefix("ingest-")
-        tok_key = tokenizer_key(cfg, ingest_key)
-        plan = plan_shards(cfg, ingest_folder, ingest_key, tok_folder, tok_key, tok["vocab_size"])
+                                                           *overrides])
+        run_prep(cfg, stage=None, log=lambda *_: None)
+        where = layout(cfg)
+        ingest_folder, tok_folder, tok, plan = where.ingest.folder, where.tokenizer, where.tokenizer_info, where.shards
         texts = []
         for split in SPLITS:
             with open(os.path.join(ingest_folder, f"{split}.jsonl"), "rb") as f:
@@ -92,7 +88,7 @@ def main(argv: list[str]) -> None:
 
     mb = sum(len(t.encode()) for t in texts) / 1e6
     print(f"{len(texts)} documents, {mb:.1f} MB, {tokens:,} tokens, {len(plan.units)} shards, "
-          f"{tok['model_type']} vocab {tok['vocab_size']}, {os.cpu_count()} CPUs")  # fmt: skip
+          f"{tok['model_type']} vocab {tok['vocab_size']}, {os.cpu_count()} CPUs")
     print(f"{'run':<12}{'wall s':>8}{'cpu s':>8}{'M tok/s':>9}{'tok/cpu-s':>11}")
     for name, wall, cpu in rows:
         print(f"{name:<12}{wall:>8.2f}{cpu:>8.2f}{tokens / wall / 1e6:>9.3f}{tokens / cpu / 1e6:>10.3f}M")

@@ -32,13 +32,13 @@ from torch import nn
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from data_prep.byte_shards import write_byte_shards  # noqa: E402
 from model import RMAT  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.tbptt import window_loss  # noqa: E402
 from pipeline.train.config import TrainConfig  # noqa: E402
 from pipeline.train.engine import lr_factor, measure_peak_tflops  # noqa: E402
 from pipeline.train.loader import TrainLoader, open_split  # noqa: E402
-from tests.pipeline.byte_shards import write_byte_shards  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs", "train", "small.yaml")
 WARMUP = 10

@@ -1,9 +1,12 @@
 """Atomic files and per-unit completion records.
 
-A unit's output is written to a temporary name in the same folder and renamed into place,
-so a reader sees either nothing or the whole file. After the rename a small sidecar
-``NAME.done.json`` (itself written atomically) records the output's sha256 and stats: a
-rerun trusts a unit only when the sidecar exists and the file still hashes to it.
+The one way the project writes a file that a reader may see (data prep's units and
+manifests, training's checkpoints, reports and tracker outbox): to a temporary name in
+the same folder (``NAME.tmp-PID``), then renamed into place, so a reader sees either
+nothing or the whole file, and ``remove_stale_temps`` knows every temporary a kill leaves.
+After the rename of a data-prep unit's output, a small sidecar ``NAME.done.json`` (itself
+written atomically) records the output's sha256 and stats: a rerun trusts a unit only
+when the sidecar exists and the file still hashes to it.
 """
 
 from __future__ import annotations
@@ -82,6 +85,15 @@ def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
         f.write(data)
 
 
+def read_json(path: str) -> dict | None:
+    """A JSON file's content, or None when it is absent or unreadable (a reader of atomic writes)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def ensure_dir(path: str) -> None:
     """Create a folder (and parents), with an error that says what to do."""
     try:
@@ -91,13 +103,15 @@ def ensure_dir(path: str) -> None:
 
 
 def _os_message(path: str, e: OSError) -> str:
+    # The folder is data prep's out_dir or training's run_dir: name both settings.
+    where = "set out_dir= (data prep) or run_dir= (training) to"
     if e.errno == errno.ENOSPC:
-        return f"no space left on the device while writing {path}; free space or set out_dir=<a larger disk>"
+        return f"no space left on the device while writing {path}; free space or {where} a larger disk"
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"cannot write {path} ({e.strerror}); set out_dir=<a writable folder>"
+        return f"cannot write {path} ({e.strerror}); {where} a writable folder"
     if e.errno in (errno.ENOTDIR, errno.EEXIST):
-        return f"cannot write {path}: a part of the path is a file, not a folder; set out_dir=<a folder>"
-    return f"cannot write {path}: {e.strerror or e}; set out_dir=<a writable folder>"
+        return f"cannot write {path}: a part of the path is a file, not a folder; {where} a folder"
+    return f"cannot write {path}: {e.strerror or e}; {where} a writable folder"
 
 
 def mark_done(path: str, info: dict) -> dict:

@@ -45,7 +45,3 @@ def render_play(text: str, marker: str) -> str:
             line = marker + line
         out.append(line)
     return "\n".join(out)
-
-
-def count_turns(text: str, marker: str) -> int:
-    return text.count(marker)

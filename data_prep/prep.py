@@ -1,5 +1,9 @@
 """The data-preparation pipeline: ingest -> tokenizer -> tokenize+shard, and its status.
 
+``layout`` says where each stage writes (and plans the shards); ``prep_status`` reads
+from those outputs alone whether each stage is complete: ``rmat prep --status`` prints it,
+and the pipeline's stage graph decides from it what to submit.
+
 Each stage is rerunnable: finished units are verified and skipped, ``force`` redoes them.
 Stages can run alone (``stage=``) once the stages before them have finished.
 """
@@ -8,13 +12,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from data_prep.atomic import PrepError, ensure_dir, remove_stale_temps
+from data_prep.atomic import PrepError, ensure_dir, read_done, remove_stale_temps
 from data_prep.config import PrepConfig
 from data_prep.executor import Executor, LocalExecutor
-from data_prep.ingest import SPLITS, ingest_done, plan_ingest, run_ingest
-from data_prep.tokenize_shard import plan_shards, run_shards, shards_status
+from data_prep.ingest import SPLITS, IngestPlan, ingest_done, plan_ingest, run_ingest
+from data_prep.shards import MANIFEST
+from data_prep.tokenize_shard import ShardPlan, plan_shards, run_shards, shards_folder
 from data_prep.tokenizer import run_tokenizer, tokenizer_done, tokenizer_folder, tokenizer_key
 from data_prep.units import count_done
 
@@ -34,7 +39,7 @@ def _mb(n: int) -> str:
 
 
 def run_prep(cfg: PrepConfig, stage: str | None = None, force: bool = False, executor: Executor | None = None,
-             log=print) -> PrepResult:  # fmt: skip
+             log=print) -> PrepResult:
     """Run every stage (or only ``stage``), skipping finished work; prints a summary per stage."""
     if stage is not None and stage not in STAGES:
         raise PrepError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
@@ -51,7 +56,7 @@ def run_prep(cfg: PrepConfig, stage: str | None = None, force: bool = False, exe
         _summary(result, log, "ingest", plan.folder, ing["ran"], time.perf_counter() - t0,
                  f"{ing['documents']} documents, {_mb(ing['bytes'])}, {ing['duplicates_dropped']} duplicates "
                  f"dropped, " + ", ".join(f"{s} {ing['splits'][s]['documents']}" for s in SPLITS),
-                 ing["bytes"] / 1e6, "MB/s")  # fmt: skip
+                 ing["bytes"] / 1e6, "MB/s")
     elif ingest_done(plan.folder) is None:
         raise PrepError(f"ingest has not finished in {plan.folder}; run `rmat prep CONFIG --stage ingest` first")
 
@@ -64,27 +69,26 @@ def run_prep(cfg: PrepConfig, stage: str | None = None, force: bool = False, exe
         tok_dir, tok = run_tokenizer(cfg, plan.folder, plan.key, force)
         _summary(result, log, "tokenizer", tok_dir, tok["ran"], time.perf_counter() - t0,
                  f"{tok['model_type']} vocab {tok['vocab_size']}, trained on {tok['sample_lines']} lines, "
-                 f"sha256 {tok['sha256'][:12]}", None, "")  # fmt: skip
+                 f"sha256 {tok['sha256'][:12]}", None, "")
     if stage == "tokenizer":
         return result
-    tok = tokenizer_done(tok_dir)
-    if tok is None:
+    where = layout(cfg)
+    if where.shards is None:
         raise PrepError(f"the tokenizer has not been trained in {tok_dir}; run `rmat prep CONFIG --stage tokenizer`")
 
     if wants("shards"):
         t0 = time.perf_counter()
-        splan = plan_shards(cfg, plan.folder, plan.key, tok_dir, tokenizer_key(cfg, plan.key), tok["vocab_size"])
-        remove_stale_temps(splan.folder)
-        man = run_shards(cfg, splan, executor, tok_dir, tok, force)
+        remove_stale_temps(where.shards.folder)
+        man = run_shards(cfg, where.shards, executor, where.tokenizer, where.tokenizer_info, force)
         tokens = sum(s["tokens"] for s in man["splits"].values())
-        _summary(result, log, "shards", splan.folder, man["ran"], time.perf_counter() - t0,
+        _summary(result, log, "shards", where.shards.folder, man["ran"], time.perf_counter() - t0,
                  f"{len(man['shards'])} shards, {sum(s['documents'] for s in man['splits'].values())} documents, "
-                 f"{tokens} tokens ({man['dtype']})", tokens, "tokens/s")  # fmt: skip
+                 f"{tokens} tokens ({man['dtype']})", tokens, "tokens/s")
     return result
 
 
 def _summary(result: PrepResult, log, name: str, folder: str, ran: int, seconds: float, what: str,
-             amount: float | None, unit: str) -> None:  # fmt: skip
+             amount: float | None, unit: str) -> None:
     result.folders[name] = folder
     if ran == 0:
         line = f"{name}: done already ({what}) -> {folder}"
@@ -95,26 +99,67 @@ def _summary(result: PrepResult, log, name: str, folder: str, ran: int, seconds:
     log(line)
 
 
-def prep_status(cfg: PrepConfig) -> str:
-    """Per stage: where its folder is, how many units are done, what is missing."""
-    lines = []
-    plan = plan_ingest(cfg)
-    ing = ingest_done(plan.folder)
-    units = count_done(plan.units)
-    state = "done" if ing else f"{units}/{len(plan.units)} units done, merged splits missing"
-    lines.append(f"ingest     {state:<40} {plan.folder}")
-    tok_dir = tokenizer_folder(cfg, plan.key)
+@dataclass
+class Layout:
+    """Where each stage of one config writes; the shard plan once ingest and tokenizer are done."""
+
+    ingest: IngestPlan
+    tokenizer: str  # the tokenizer's folder
+    tokenizer_info: dict | None  # its tokenizer.json, once trained
+    shards_folder: str  # known before the tokenizer is trained
+    shards: ShardPlan | None
+
+
+def layout(cfg: PrepConfig) -> Layout:
+    """Every stage's folder, read from the config and the inputs (and the shard plan when it can be made)."""
+    ingest = plan_ingest(cfg)
+    tok_dir, tok_key = tokenizer_folder(cfg, ingest.key), tokenizer_key(cfg, ingest.key)
     tok = tokenizer_done(tok_dir)
-    lines.append(f"tokenizer  {'done' if tok else 'missing (spm.model, tokenizer.json)':<40} {tok_dir}")
-    if not (ing and tok):
-        lines.append("shards     waiting for ingest and tokenizer")
-        return "\n".join(lines)
-    splan = plan_shards(cfg, plan.folder, plan.key, tok_dir, tokenizer_key(cfg, plan.key), tok["vocab_size"])
-    done, has_manifest = shards_status(splan)
-    missing = [os.path.basename(u.out) for u in splan.units if not os.path.exists(u.out + ".done.json")]
-    state = "done" if done == len(splan.units) and has_manifest else (
-        f"{done}/{len(splan.units)} shards done" + ("" if has_manifest else ", manifest missing"))
-    lines.append(f"shards     {state:<40} {splan.folder}")
+    shards = None
+    if tok is not None and ingest_done(ingest.folder) is not None:  # the plan reads ingest's offsets
+        shards = plan_shards(cfg, ingest.folder, ingest.key, tok_dir, tok_key, tok["vocab_size"])
+    return Layout(ingest, tok_dir, tok, shards_folder(cfg, ingest.key, tok_key), shards)
+
+
+@dataclass
+class StageStatus:
+    """One stage's output: its folder, whether it is complete, and what is missing (for people)."""
+
+    name: str
+    folder: str
+    complete: bool
+    detail: str  # "done", or what a run would still do
+    missing: list[str] = field(default_factory=list)  # unit outputs still to write
+
+
+def prep_status(cfg: PrepConfig) -> list[StageStatus]:
+    """Per stage, in order: where its output is and whether it is complete, read from the outputs alone."""
+    where = layout(cfg)
+    ingest = where.ingest
+    ingested = ingest_done(ingest.folder) is not None
+    todo = len(ingest.units) - count_done(ingest.units)
+    statuses = [StageStatus("ingest", ingest.folder, ingested, "done" if ingested else _units(todo, ingest.units)),
+                StageStatus("tokenizer", where.tokenizer, where.tokenizer_info is not None,
+                            "done" if where.tokenizer_info else "to train")]
+    if where.shards is None:
+        return [*statuses, StageStatus("shards", where.shards_folder, False,
+                                       "units planned once ingest and tokenizer are done")]
+    units = where.shards.units
+    missing = [os.path.basename(u.out) for u in units if read_done(u.out) is None]
+    manifest = os.path.exists(os.path.join(where.shards.folder, MANIFEST))
+    complete = not missing and manifest
+    detail = "done" if complete else _units(len(missing), units) + ("" if manifest else ", then the manifest")
+    return [*statuses, StageStatus("shards", where.shards.folder, complete, detail, missing)]
+
+
+def _units(todo: int, units: list) -> str:
+    return f"{todo} of {len(units)} units to run"
+
+
+def format_status(statuses: list[StageStatus]) -> str:
+    """What ``rmat prep --status`` prints: a line per stage, then the shards still missing."""
+    lines = [f"{s.name:<10} {s.detail:<48} {s.folder}" for s in statuses]
+    missing = statuses[-1].missing
     if missing:
         lines.append("  missing: " + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
     return "\n".join(lines)

@@ -31,7 +31,7 @@ LANGUAGES = {
     ".py": "python", ".pyi": "python", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp",
     ".rs": "rust", ".go": "go", ".js": "javascript", ".ts": "typescript", ".java": "java", ".sh": "shell",
     ".rb": "ruby", ".pl": "perl", ".lua": "lua", ".sql": "sql", ".toml": "toml", ".yaml": "yaml",
-}  # fmt: skip
+}
 _COMPRESSION = (".gz", ".zst", ".xz", ".bz2")
 _GLOB_CHARS = set("*?[")
 

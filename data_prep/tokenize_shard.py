@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import sentencepiece as spm
 
-from data_prep.atomic import PrepError, atomic_open, canonical_json, ensure_dir, key_of, mark_done, read_done
+from data_prep.atomic import PrepError, atomic_open, canonical_json, ensure_dir, key_of, mark_done
 from data_prep.config import PrepConfig
 from data_prep.executor import Executor
 from data_prep.ingest import SPLITS
@@ -52,7 +52,7 @@ class ShardPlan:
 
 def shard_key(cfg: PrepConfig, ingest_key: str, tok_key: str) -> str:
     return key_of({"stage": "shards", "version": VERSION, "shard": asdict(cfg.shard), "ingest": ingest_key,
-                   "tokenizer": tok_key})  # fmt: skip
+                   "tokenizer": tok_key})
 
 
 def shards_folder(cfg: PrepConfig, ingest_key: str, tok_key: str) -> str:
@@ -61,7 +61,7 @@ def shards_folder(cfg: PrepConfig, ingest_key: str, tok_key: str) -> str:
 
 
 def plan_shards(cfg: PrepConfig, ingest_folder: str, ingest_key: str, tok_folder: str, tok_key: str,
-                vocab_size: int) -> ShardPlan:  # fmt: skip
+                vocab_size: int) -> ShardPlan:
     """Cut each split into shards by cumulative input bytes."""
     key = shard_key(cfg, ingest_key, tok_key)
     folder = shards_folder(cfg, ingest_key, tok_key)
@@ -75,7 +75,7 @@ def plan_shards(cfg: PrepConfig, ingest_folder: str, ingest_key: str, tok_folder
             if offsets[doc] - offsets[first] >= cfg.shard.target_shard_bytes or doc == len(offsets) - 1:
                 units.append(ShardUnit(split=split, index=index, source=os.path.join(ingest_folder, f"{split}.jsonl"),
                                        start=offsets[first], end=offsets[doc], documents=doc - first, model=model,
-                                       dtype=dtype, out=os.path.join(folder, shard_name(split, index))))  # fmt: skip
+                                       dtype=dtype, out=os.path.join(folder, shard_name(split, index))))
                 first, index = doc, index + 1
     return ShardPlan(folder=folder, key=key, units=units)
 
@@ -100,7 +100,7 @@ def shard_unit(unit: ShardUnit) -> dict:
     def samples():
         for record, ids in zip(records, encoded, strict=True):
             meta = {"doc_hash": record["doc_hash"], "domain": record["domain"], "lang": record["lang"],
-                    "source": record["source"], "tokens": len(ids)}  # fmt: skip
+                    "source": record["source"], "tokens": len(ids)}
             yield sample_key(record["doc_hash"]), np.array(ids, dtype=dtype), meta
             if delay:
                 time.sleep(delay)
@@ -108,7 +108,7 @@ def shard_unit(unit: ShardUnit) -> dict:
     with atomic_open(unit.out, durable=False) as f:
         docs, tokens = write_shard(f, samples())
     info = {"split": unit.split, "index": unit.index, "documents": docs, "tokens": tokens,
-            "bytes": os.path.getsize(unit.out)}  # fmt: skip
+            "bytes": os.path.getsize(unit.out)}
     return mark_done(unit.out, info)
 
 
@@ -117,7 +117,7 @@ def build_manifest(plan: ShardPlan, records: list[dict], tok_folder: str, tok_in
     shards, splits = [], {s: {"shards": 0, "documents": 0, "tokens": 0} for s in SPLITS}
     for unit, rec in zip(plan.units, records, strict=True):
         shards.append({"path": shard_name(unit.split, unit.index), "split": unit.split, "sha256": rec["sha256"],
-                       "bytes": rec["bytes"], "documents": rec["documents"], "tokens": rec["tokens"]})  # fmt: skip
+                       "bytes": rec["bytes"], "documents": rec["documents"], "tokens": rec["tokens"]})
         total = splits[unit.split]
         total["shards"] += 1
         total["documents"] += rec["documents"]
@@ -131,14 +131,14 @@ def build_manifest(plan: ShardPlan, records: list[dict], tok_folder: str, tok_in
         "special_ids": tok_info["special_ids"],
         "loader_adds": ["bos", "eos"],
         "tokenizer": {"sha256": tok_info["sha256"], "model_type": tok_info["model_type"],
-                      "model": os.path.relpath(os.path.join(tok_folder, "spm.model"), plan.folder)},  # fmt: skip
+                      "model": os.path.relpath(os.path.join(tok_folder, "spm.model"), plan.folder)},
         "shards": shards,
         "splits": splits,
     }
 
 
 def run_shards(cfg: PrepConfig, plan: ShardPlan, executor: Executor, tok_folder: str, tok_info: dict,
-               force: bool = False) -> dict:  # fmt: skip
+               force: bool = False) -> dict:
     """Write every missing or invalid shard, then the manifest (only if its bytes change)."""
     ensure_dir(plan.folder)
     result = run_units("tokenize+shard", shard_unit, plan.units, executor, force)
@@ -157,9 +157,3 @@ def _read(path: str) -> bytes | None:
             return f.read()
     except OSError:
         return None
-
-
-def shards_status(plan: ShardPlan) -> tuple[int, bool]:
-    """(units done, manifest present)."""
-    done = sum(read_done(u.out) is not None for u in plan.units)
-    return done, os.path.exists(os.path.join(plan.folder, MANIFEST))

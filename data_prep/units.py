@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm import tqdm
@@ -19,9 +19,7 @@ class UnitRun:
 
     records: list[dict]
     ran: int
-    skipped: int
-    seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
+    seconds: float
 
 
 def run_units(name: str, fn: UnitFn, specs: Sequence[Any], executor: Executor, force: bool) -> UnitRun:
@@ -33,7 +31,7 @@ def run_units(name: str, fn: UnitFn, specs: Sequence[Any], executor: Executor, f
         for j, record in executor.run(fn, [specs[i] for i in todo]):
             records[todo[j]] = record
             bar.update(1)
-    return UnitRun(records=records, ran=len(todo), skipped=len(specs) - len(todo), seconds=time.perf_counter() - start)
+    return UnitRun(records=records, ran=len(todo), seconds=time.perf_counter() - start)
 
 
 def count_done(specs: Sequence[Any]) -> int:

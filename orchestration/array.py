@@ -8,7 +8,6 @@ naming the units that did not; only those are submitted again, up to ``retries``
 
 from __future__ import annotations
 
-import os
 import pickle
 import traceback
 import uuid
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestration.launcher import Launcher, wait_each
-from orchestration.records import JobRecord, RecordBook, last_error
+from orchestration.records import JobRecord, RecordBook, last_error, write_atomic
 from orchestration.resources import Resources
 
 
@@ -59,13 +58,10 @@ def run_range(fn: Callable[[Any], dict], specs: list[Any], indices: list[int], r
         except Exception as e:  # keep going: the other units of the range are independent
             errors.append((index, f"{type(e).__name__}: {e}"))
             traceback.print_exc()
-    tmp = f"{results_path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        pickle.dump(done, f)
-    os.replace(tmp, results_path)
+    write_atomic(results_path, pickle.dumps(done))
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(specs)} units failed: "
-                           + "; ".join(f"unit {k}: {msg}" for k, msg in errors))  # fmt: skip
+                           + "; ".join(f"unit {k}: {msg}" for k, msg in errors))
     return len(done)
 
 
@@ -73,7 +69,7 @@ class ArrayExecutor:
     """Runs units as array tasks of ``launcher``'s cluster; records every task in ``book``."""
 
     def __init__(self, launcher: Launcher, resources: Resources, stage: str, settings: ArraySettings,
-                 book: RecordBook | None = None) -> None:  # fmt: skip
+                 book: RecordBook | None = None) -> None:
         self.launcher, self.resources, self.stage = launcher, resources, stage
         self.settings, self.book = settings, book
         self.workers = settings.max_tasks
@@ -91,7 +87,7 @@ class ArrayExecutor:
                     yield indices[k], rec
                 missing = sorted(set(range(len(indices))) - {k for k, _ in got})
                 state = "COMPLETED" if not missing else "FAILED"
-                if record is not None and self.launcher.cluster != "slurm":
+                if record is not None and not self.launcher.scheduled:
                     record.state = state
                     self.book.write(record)
                 if missing and "CANCELLED" in job.state:
@@ -100,11 +96,11 @@ class ArrayExecutor:
                 if missing:
                     failed += [indices[k] for k in missing]
                     failures.append(f"units {[indices[k] for k in missing]} in job {job.job_id}: "
-                                    f"{_error(job, record)} (log: {job.paths.stderr})")  # fmt: skip
+                                    f"{_error(job, record)} (log: {job.paths.stderr})")
             todo = failed
         if todo:
             raise UnitsFailed(f"{self.stage}: {len(todo)} of {len(specs)} units failed after "
-                              f"{self.settings.retries} retries: " + " | ".join(failures))  # fmt: skip
+                              f"{self.settings.retries} retries: " + " | ".join(failures))
 
     def _submit(self, fn, specs, todo: list[int], attempt: int):
         """Submit one array over ``todo`` and yield (job, its unit indices, record, results path) as tasks end."""
@@ -114,11 +110,11 @@ class ArrayExecutor:
         paths = [str(folder / f"{uuid.uuid4().hex}.records.pkl") for _ in parts]
         args = [(fn, [specs[i] for i in part], part, path) for part, path in zip(parts, paths, strict=True)]
         jobs = self.launcher.submit_array(run_range, args, self.resources, f"{self.stage}-units",
-                                          parallelism=self.settings.max_tasks)  # fmt: skip
+                                          parallelism=self.settings.max_tasks)
         by_job = {}
         for job, part, path in zip(jobs, parts, paths, strict=True):
             what = f"units {part[0]}-{part[-1]} of {len(specs)}, attempt {attempt + 1}"
-            record = self.book.add(self.stage, job, self.launcher.cluster, what) if self.book else None
+            record = self.book.add(self.stage, job, self.launcher.cluster, "units", what) if self.book else None
             by_job[id(job)] = (part, record, path)
         try:
             for job in wait_each(jobs, self.settings.poll_s):

@@ -25,7 +25,7 @@ class DistributedCall(submitit.helpers.Checkpointable):
     """One task of a distributed job; requeued by submitit when stopped before it finished."""
 
     def __init__(self, fn: Callable[..., Any], args: tuple, finished: Callable[..., bool],
-                 finished_args: tuple) -> None:  # fmt: skip
+                 finished_args: tuple) -> None:
         self.fn, self.args = fn, args
         self.finished, self.finished_args = finished, finished_args
 

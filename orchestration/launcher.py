@@ -19,6 +19,10 @@ import submitit
 from orchestration.resources import Resources
 
 CLUSTERS = ("slurm", "local", "debug")
+# Clusters with a scheduler and accounting: every job is queued at once, starts when its dependencies
+# succeeded, and accounting knows how it ended. The others run a job as it is submitted, and the
+# submitter waits for it and records how it ended.
+SCHEDULED = {"slurm"}
 # States after which a job will not change any more (sacct's names; submitit adds its own for local jobs).
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
             "DEADLINE", "REVOKED", "DONE", "INTERRUPTED", "FINISHED"}  # not PREEMPTED: it may be requeued
@@ -32,12 +36,23 @@ class Launcher:
             raise ValueError(f"cluster {cluster!r}: choose one of {', '.join(CLUSTERS)}")
         self.cluster = cluster
         self.folder = Path(folder)
+        self.scheduled = cluster in SCHEDULED
+
+    def dependencies(self, job_ids: Sequence[str]) -> list[str]:
+        """What a job can wait for: earlier jobs where a scheduler queues them, none where jobs run as submitted."""
+        return list(job_ids) if self.scheduled else []
+
+    def describe(self, resources: Resources, name: str, after: Sequence[str] = ()) -> str:
+        """What a job of these resources would get here: sbatch flags, or local processes (``--dry-run``)."""
+        if self.scheduled:
+            return "sbatch " + " ".join(resources.sbatch_flags(name, list(after)))
+        return f"{self.cluster}: {resources.nodes * resources.tasks_per_node} process(es), {resources.time_min} min"
 
     def executor(self, resources: Resources, name: str, after: Sequence[str] = (),
-                 array_parallelism: int = 0) -> submitit.Executor:  # fmt: skip
+                 array_parallelism: int = 0) -> submitit.Executor:
         """A submitit executor for jobs with these resources that start after ``after`` succeeded."""
         folder = self.folder / name
-        if self.cluster == "slurm":
+        if self.scheduled:
             ex = submitit.SlurmExecutor(folder, max_num_timeout=resources.max_requeues)
             params = resources.slurm_parameters(name, list(after))
             if array_parallelism:
@@ -48,26 +63,22 @@ class Launcher:
         ex = submitit.AutoExecutor(folder, cluster=self.cluster, local_max_num_timeout=resources.max_requeues)
         if self.cluster == "local":
             ex.update_parameters(name=name, timeout_min=resources.time_min, cpus_per_task=resources.cpus_per_task,
-                                 tasks_per_node=resources.nodes * resources.tasks_per_node)  # fmt: skip
+                                 tasks_per_node=resources.nodes * resources.tasks_per_node)
         return ex
 
     def submit(self, fn: Callable[..., Any], *args: Any, resources: Resources, name: str,
-               after: Sequence[str] = ()) -> submitit.Job:  # fmt: skip
+               after: Sequence[str] = ()) -> submitit.Job:
         """Submit ``fn(*args)`` as one job (of ``resources.nodes`` x ``tasks_per_node`` tasks)."""
         with submission_env():
             return self.executor(resources, name, after).submit(fn, *args)
 
     def submit_array(self, fn: Callable[..., Any], args: Sequence[tuple], resources: Resources, name: str,
-                     parallelism: int = 0) -> list[submitit.Job]:  # fmt: skip
+                     parallelism: int = 0) -> list[submitit.Job]:
         """Submit ``fn(*a)`` for each ``a`` in ``args`` as one job array (one task each)."""
         ex = self.executor(resources, name, array_parallelism=parallelism)
         with submission_env(), ex.batch():
             jobs = [ex.submit(fn, *a) for a in args]
         return jobs
-
-    def job(self, job_id: str, name: str) -> submitit.Job:
-        """A handle on a job submitted earlier (by any process), for its state and logs."""
-        return submitit.SlurmJob(folder=self.folder / name, job_id=job_id)
 
 
 @contextlib.contextmanager

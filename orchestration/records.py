@@ -17,6 +17,10 @@ from pathlib import Path
 
 import submitit
 
+from orchestration.launcher import SCHEDULED
+
+KINDS = ("stage", "units")  # a stage's own job, or an array task of the units that stage's job submitted
+
 
 @dataclass
 class JobRecord:
@@ -26,9 +30,19 @@ class JobRecord:
     job_id: str
     cluster: str
     folder: str  # submitit's folder of the job: pickles and logs
-    what: str = ""  # e.g. "units 0-3 of 12, attempt 1"
+    kind: str  # one of KINDS
+    what: str = ""  # for people: "units 0-3 of 12, attempt 1", or what the stage does
     submitted: float = 0.0
     state: str = ""  # final state, for clusters without accounting
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"job kind {self.kind!r}: choose one of {', '.join(KINDS)}")
+
+    @property
+    def accounted(self) -> bool:
+        """Whether the cluster's accounting knows the job's state (else the record carries it)."""
+        return self.cluster in SCHEDULED
 
     @property
     def name(self) -> str:
@@ -50,20 +64,17 @@ class RecordBook:
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
 
-    def add(self, stage: str, job: submitit.Job, cluster: str, what: str = "") -> JobRecord:
+    def add(self, stage: str, job: submitit.Job, cluster: str, kind: str, what: str = "") -> JobRecord:
         """Record a job just submitted."""
         record = JobRecord(stage=stage, job_id=str(job.job_id), cluster=cluster, folder=str(job.paths.folder),
-                           what=what, submitted=time.time())  # fmt: skip
+                           kind=kind, what=what, submitted=time.time())
         self.write(record)
         return record
 
     def write(self, record: JobRecord) -> None:
         """Write (or overwrite) a record atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{record.name}.json"
-        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(record), indent=1))
-        os.replace(tmp, path)
+        write_atomic(self.folder / f"{record.name}.json", json.dumps(asdict(record), indent=1).encode())
 
     def all(self) -> list[JobRecord]:
         """Every record, oldest first."""
@@ -73,10 +84,22 @@ class RecordBook:
         return sorted(records, key=lambda r: r.submitted)
 
 
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` under a temporary name beside ``path``, then rename it into place.
+
+    The same scheme as data_prep.atomic (orchestration imports nothing of data_prep): a
+    reader, here ``RecordBook.all`` or an array driver, never sees half a file.
+    """
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def states(records: list[JobRecord]) -> dict[str, str]:
     """Job id -> state: recorded final states, else one accounting query (sacct) for all SLURM jobs."""
     out = {r.job_id: r.state for r in records if r.state}
-    live = [r for r in records if not r.state and r.cluster == "slurm"]
+    live = [r for r in records if not r.state and r.accounted]
     if live:
         jobs = [r.job() for r in live]
         # One sacct call answers for every job; the shared watcher's cache may predate array tasks' ends.

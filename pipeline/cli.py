@@ -11,9 +11,9 @@ from pipeline.config import ConfigError, load_config
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rmat", description="Pretrain Recurrent Memory-Augmented Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
-    quick = sub.add_parser("quickstart", help="a short real training of RMAT on bytes of real text")
-    quick.add_argument("config", nargs="?", help="YAML config (default: built-in quickstart)")
-    quick.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100")
+    quick = sub.add_parser("quickstart", help="a short real training of RMAT on bytes of real text (one process)")
+    quick.add_argument("config", nargs="?", help="training YAML config (default: configs/quickstart.yaml)")
+    quick.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=100")
     prep = sub.add_parser("prep", help="prepare data: corpora -> tokenizer -> WebDataset shards (rerunnable)")
     prep.add_argument("config", help="YAML config, e.g. configs/data/quickstart.yaml")
     prep.add_argument("overrides", nargs="*", help="dotted overrides, e.g. workers=2 tokenizer.vocab_size=4000")
@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("config", help="YAML config, e.g. configs/train/small.yaml")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. engine.zero_stage=3")
     train.add_argument("--nproc", type=int, default=1, help="local processes (ignored under SLURM/torchrun)")
-    args = parser.parse_args(argv)
+    # Options may stand anywhere, so dotted overrides may come after them too: argparse leaves those over.
+    args, extras = parser.parse_known_args(argv)
+    args.overrides = _overrides(parser, args, extras)
     try:
         if args.command == "quickstart":
             return _quickstart(args)
@@ -41,25 +43,35 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+def _overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> list[str]:
+    """The command's dotted overrides, wherever they stood: before, between or after its options."""
+    takes = hasattr(args, "overrides")
+    bad = [a for a in extras if not takes or a.startswith("-") or "=" not in a]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    return [*args.overrides, *extras] if takes else []
+
+
 def _quickstart(args: argparse.Namespace) -> int:
-    from pipeline.quickstart import QuickstartConfig, run_quickstart
+    from pipeline.quickstart import CONFIG, run_quickstart
+    from pipeline.train.config import TrainConfig
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # no file given, only overrides
         config, overrides = None, [config, *overrides]
-    run_quickstart(load_config(QuickstartConfig, config, overrides))
+    run_quickstart(load_config(TrainConfig, config or CONFIG, overrides))
     return 0
 
 
 def _prep(args: argparse.Namespace) -> int:
     from data_prep.atomic import PrepError
     from data_prep.config import PrepConfig
-    from data_prep.prep import prep_status, run_prep
+    from data_prep.prep import format_status, prep_status, run_prep
 
     config = load_config(PrepConfig, args.config, list(args.overrides))
     try:
         if args.status:
-            print(prep_status(config))
+            print(format_status(prep_status(config)))
         else:
             run_prep(config, stage=args.stage, force=args.force)
     except PrepError as e:
@@ -74,10 +86,10 @@ def _add_run_commands(sub) -> None:
     submit.add_argument("overrides", nargs="*", help="dotted overrides, e.g. slurm.units.partition=cpu")
     submit.add_argument("--cluster", choices=["slurm", "local", "debug"], default="slurm",
                         help="slurm: queue every job with afterok dependencies; local: run them as local processes "
-                             "one after another; debug: in this process")  # fmt: skip
+                             "one after another; debug: in this process")
     submit.add_argument("--dry-run", action="store_true", help="print what would be submitted, submit nothing")
     for name, what in (("status", "each stage's job state, logs and output completeness"),
-                       ("cancel", "cancel a run's queued and running jobs")):  # fmt: skip
+                       ("cancel", "cancel a run's queued and running jobs")):
         cmd = sub.add_parser(name, help=what)
         cmd.add_argument("run", nargs="?", help="run folder or name under runs/pipelines (default: the latest)")
 

@@ -6,7 +6,7 @@ configs/data/quickstart.yaml`` reads that file as the ``data`` section (and the 
 
 The pipeline owns three training keys: ``train.data.shards`` (the shard folder data prep
 computes), ``train.model.vocab_size`` (the tokenizer's ``data.tokenizer.vocab_size``) and
-``train.run_dir`` (``<run_dir>/train-<key>``); see ``pipeline/train_stage.py``.
+``train.run_dir`` (``<run_dir>/train-<key>``); see ``pipeline/stages/train.py``.
 """
 
 from __future__ import annotations

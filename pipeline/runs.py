@@ -32,7 +32,7 @@ def latest_per_stage(records: list[JobRecord]) -> dict[str, list[JobRecord]]:
     """Per stage, its last submission: the stage's job and the unit tasks that job submitted."""
     out: dict[str, list[JobRecord]] = {}
     for r in records:  # oldest first: a stage job starts a new list, its units join it
-        if not r.what.startswith("units ") or r.stage not in out:
+        if r.kind == "stage" or r.stage not in out:
             out[r.stage] = [r]
         else:
             out[r.stage].append(r)
@@ -56,7 +56,7 @@ def status(run_dir: Path) -> str:
         for i, r in enumerate(jobs):
             label = stage.name if i == 0 else f"  {r.what}"
             lines.append(f"{label:<10} {state[r.job_id]:<12} job {r.job_id}  log {r.logs()[0]}"
-                         + (f"  {output}" if i == 0 else ""))  # fmt: skip
+                         + (f"  {output}" if i == 0 else ""))
             if state[r.job_id].startswith(("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")):
                 lines.append(f"{'':<12}error: {last_error(r)}  (stderr {r.logs()[1]})")
     return "\n".join(lines)
@@ -71,10 +71,10 @@ def cancel(run_dir: Path, log=print) -> list[str]:
     book = RecordBook(run_dir / "jobs")
     cancelled: list[str] = []
     for _ in range(2):  # a second pass catches unit arrays submitted while the first ran
-        records = [r for r in book.all() if r.cluster == "slurm" and r.job_id not in cancelled]
+        records = [r for r in book.all() if r.accounted and r.job_id not in cancelled]
         state = states(records)
         live = [r for r in records if state[r.job_id].split()[0] not in FINISHED]
-        for r in sorted(live, key=lambda r: r.what.startswith("units ")):
+        for r in sorted(live, key=lambda r: r.kind == "units"):
             r.job().cancel(check=False)
             cancelled.append(r.job_id)
             log(f"cancelled {r.stage} job {r.job_id} ({state[r.job_id]})")

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 import submitit
 
+from data_prep.atomic import write_atomic
 from orchestration.launcher import Launcher
 from orchestration.records import RecordBook, last_error
 from pipeline.config import to_yaml
 from pipeline.pipeline_config import PipelineConfig
-from pipeline.stage_graph import Stage, build_graph
+from pipeline.stage_graph import build_graph
+from pipeline.stages import Stage
 
 CONFIG_NAME = "pipeline.yaml"
 
@@ -37,17 +39,13 @@ def plan(cfg: PipelineConfig, cluster: str) -> tuple[list[Stage], list[Stage]]:
 
 
 def describe(todo: list[Stage], done: list[Stage], cluster: str) -> str:
-    """What would be submitted: stage, what it does, resources, dependencies, sbatch parameters."""
+    """What would be submitted: stage, what it does, dependencies, and what each job would get."""
+    launcher = Launcher(cluster, ".")
     lines = [f"{s.name:<10} complete, skipped ({s.output})" for s in done]
     for s in todo:
         after = [a for a in s.after if a in {t.name for t in todo}]
         lines.append(f"{s.name:<10} {s.detail}; after {', '.join(after) or 'nothing'}")
-        if cluster == "slurm":
-            flags = s.resources.sbatch_flags(s.name, [f"<{a}>" for a in after])
-            lines.append(f"{'':<10} sbatch {' '.join(flags)}")
-        else:
-            r = s.resources
-            lines.append(f"{'':<10} {cluster}: {r.nodes * r.tasks_per_node} process(es), {r.time_min} min")
+        lines.append(f"{'':<10} {launcher.describe(s.resources, s.name, [f'<{a}>' for a in after])}")
     if not todo:
         lines.append("nothing to submit: every stage is complete")
     return "\n".join(lines)
@@ -67,14 +65,14 @@ def submit(cfg: PipelineConfig, cluster: str, log=print) -> list[Submitted]:
     ids: dict[str, str] = {}
     out = []
     for s in todo:
-        after = [ids[a] for a in s.after if a in ids] if cluster == "slurm" else []
+        after = launcher.dependencies([ids[a] for a in s.after if a in ids])
         job = launcher.submit(s.fn, *s.args, resources=s.resources, name=s.name, after=after)
-        record = book.add(s.name, job, cluster, f"stage: {s.detail}")
+        record = book.add(s.name, job, cluster, "stage", s.detail)
         ids[s.name] = str(job.job_id)
         sub = Submitted(s.name, str(job.job_id), *record.logs())
         out.append(sub)
         log(f"{s.name:<10} job {job.job_id}{' after ' + ','.join(after) if after else ''}  log {sub.stdout}")
-        if cluster != "slurm":
+        if not launcher.scheduled:
             sub.state = record.state = _wait(job, log)
             book.write(record)
             if sub.state != "COMPLETED":
@@ -97,6 +95,4 @@ def _save_config(cfg: PipelineConfig) -> None:
     """The run's resolved config, beside its job records: ``rmat status`` reads it back."""
     os.makedirs(cfg.run_dir, exist_ok=True)
     path = os.path.join(cfg.run_dir, CONFIG_NAME)
-    with open(path + ".tmp", "w") as f:
-        f.write(to_yaml(cfg))
-    os.replace(path + ".tmp", path)
+    write_atomic(path, to_yaml(cfg).encode())

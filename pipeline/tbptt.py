@@ -1,4 +1,4 @@
-"""One truncated-backprop-through-time window: k segments, one backward."""
+"""Truncated backprop through time: a window of k segments with one backward, and the memory carried on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model import MemoryState
+from model import MemoryState, RMATConfig
 from pipeline.streams import IGNORE_INDEX, Segment
 
 
@@ -28,3 +28,20 @@ def window_loss(model: nn.Module, segments: Sequence[Segment], state: MemoryStat
                                         ignore_index=IGNORE_INDEX, reduction="sum")
         count += int((seg.targets != IGNORE_INDEX).sum())
     return total / max(count, 1), state, count
+
+
+class CarriedMemory:
+    """The detached memory each micro-batch carries from one window into the next (checkpointed per rank)."""
+
+    def __init__(self, cfg: RMATConfig, groups: int, rows: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.device = device
+        self.states = [MemoryState.empty(cfg.n_layers, rows, cfg.mem_slots, cfg.d_model, device=device, dtype=dtype)
+                       for _ in range(groups)]
+
+    def state_dict(self) -> list[dict[str, Tensor]]:
+        return [s.state_dict() for s in self.states]
+
+    def load_state_dict(self, state: list[dict[str, Tensor]]) -> None:
+        if len(state) != len(self.states):
+            raise ValueError(f"saved memory has {len(state)} micro-batches; this run has {len(self.states)}")
+        self.states = [MemoryState.from_state_dict(sd).to(self.device) for sd in state]

@@ -1,10 +1,13 @@
-"""Checkpoints that a kill at any moment cannot corrupt.
+"""Checkpoints that a kill at any moment cannot corrupt, and the weights read back out of them.
 
 Layout under ``<run_dir>/checkpoints``: one folder per step (``step_00000100``) with
-DeepSpeed's files, one ``rank_NNNNN.pt`` per rank (loader position, memory state, RNG
-states, step, MLflow run id) and ``meta.json``; and the pointer ``latest``. The pointer
-moves only after every rank has finished writing (barrier), by an atomic rename, so a
-kill during a save leaves the previous checkpoint as ``latest``.
+DeepSpeed's files, one ``rank_NNNNN.pt`` per rank, and, from rank 0, ``config.yaml`` (the
+training config that wrote it) and ``meta.json``; and the pointer ``latest``. A rank's
+file holds the ``state_dict()`` of each object the trainer names (its step, the loader's
+position, the carried memory, the RNG states, the tracker's run id): DeepSpeed keeps
+rank 0's client state only, so per-rank state needs a file per rank. The pointer moves
+only after every rank has finished writing (barrier), by an atomic rename, so a kill
+during a save leaves the previous checkpoint as ``latest``.
 """
 
 from __future__ import annotations
@@ -14,62 +17,64 @@ import os
 import random
 import re
 import shutil
-from typing import Optional
+from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.config import ConfigError
+from data_prep.atomic import atomic_open, write_atomic
+from model import RMAT
+from pipeline.config import ConfigError, load_config, to_dict, to_yaml
+from pipeline.train.config import TrainConfig
 
 TAG = re.compile(r"^step_(\d{8})$")
+CONFIG = "config.yaml"
+
+
+class Stateful(Protocol):
+    """What a checkpoint holds: anything that gives its state and takes it back."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+class RNGStates:
+    """Every RNG a step may draw from: python, numpy, torch (and CUDA when present)."""
+
+    def state_dict(self) -> dict:
+        states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+        return states
+
+    def load_state_dict(self, states: dict) -> None:
+        random.setstate(states["python"])
+        np.random.set_state(states["numpy"])
+        torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def checkpoint_root(run_dir: str) -> str:
     return os.path.join(run_dir, "checkpoints")
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary name, fsync, rename into place."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def rng_states() -> dict:
-    """Every RNG a step may draw from: python, numpy, torch (and CUDA when present)."""
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def save(engine, run_dir: str, step: int, rank: int, world_size: int, rank_state: dict, keep: int) -> str:
+def save(engine, cfg: TrainConfig, step: int, rank: int, world_size: int, state: dict[str, Stateful]) -> str:
     """Save step ``step`` from every rank (collective); returns the checkpoint folder."""
-    root, tag = checkpoint_root(run_dir), f"step_{step:08d}"
+    root, tag = checkpoint_root(cfg.run_dir), f"step_{step:08d}"
     engine.save_checkpoint(root, tag=tag, save_latest=False)
     folder = os.path.join(root, tag)
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f"rank_{rank:05d}.pt.tmp")
-    torch.save(rank_state, tmp)
-    os.replace(tmp, os.path.join(folder, f"rank_{rank:05d}.pt"))
+    with atomic_open(os.path.join(folder, f"rank_{rank:05d}.pt")) as f:
+        torch.save({name: part.state_dict() for name, part in state.items()}, f)
     dist.barrier()  # every rank's files are in place before the pointer may move
     if rank == 0:
-        atomic_write(os.path.join(folder, "meta.json"),
-                     json.dumps({"step": step, "world_size": world_size}).encode())
-        atomic_write(os.path.join(root, "latest"), tag.encode())
-        _prune(root, step, keep)
+        write_atomic(os.path.join(folder, CONFIG), to_yaml(cfg).encode())
+        write_atomic(os.path.join(folder, "meta.json"), json.dumps({"step": step, "world_size": world_size}).encode())
+        write_atomic(os.path.join(root, "latest"), tag.encode())
+        _prune(root, step, cfg.checkpoint.keep)
     return folder
 
 
@@ -103,15 +108,58 @@ def check_world_size(run_dir: str, world_size: int) -> None:
                           "run_dir")
 
 
-def load(engine, run_dir: str, rank: int, world_size: int) -> Optional[dict]:
-    """Restore the engine from ``latest`` and return this rank's state, or None when there is none."""
+def check_same_model(cfg: TrainConfig) -> None:
+    """Refuse to resume a checkpoint of another model: its weights would not fit, or mean something else."""
+    meta = latest_meta(cfg.run_dir)
+    if meta is None:
+        return
+    saved = load_config(TrainConfig, os.path.join(checkpoint_root(cfg.run_dir), meta["tag"], CONFIG))
+    if saved.model != cfg.model:
+        changed = sorted(k for k, v in to_dict(cfg.model).items() if to_dict(saved.model)[k] != v)
+        raise ConfigError(f"{checkpoint_root(cfg.run_dir)}/{meta['tag']} holds another model (model."
+                          f"{', model.'.join(changed)} differ); to train this one, give it its own run_dir")
+
+
+def load(engine, run_dir: str, rank: int, world_size: int, state: dict[str, Stateful]) -> bool:
+    """Restore the engine and every object of ``state`` from ``latest``; False when there is none."""
     check_world_size(run_dir, world_size)
     meta = latest_meta(run_dir)
     if meta is None:
-        return None
+        return False
     root = checkpoint_root(run_dir)
     path, _ = engine.load_checkpoint(root, tag=meta["tag"])
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load {root}/{meta['tag']}")
     # Our own file: it holds numpy RNG arrays, which weights_only refuses.
-    return torch.load(os.path.join(root, meta["tag"], f"rank_{rank:05d}.pt"), weights_only=False)
+    saved = torch.load(os.path.join(root, meta["tag"], f"rank_{rank:05d}.pt"), weights_only=False)
+    for name, part in state.items():
+        part.load_state_dict(saved[name])
+    return True
+
+
+def load_model(run_dir: str, tag: Optional[str] = None) -> RMAT:
+    """A plain RMAT with the fp32 weights of checkpoint ``tag`` (default: ``latest``), whatever ZeRO stage wrote it.
+
+    The checkpoint's own ``config.yaml`` says how the model is shaped and how DeepSpeed laid
+    its weights out.
+    """
+    root = checkpoint_root(run_dir)
+    if tag is None:
+        meta = latest_meta(run_dir)
+        if meta is None:
+            raise FileNotFoundError(f"{run_dir}: no checkpoint; train first")
+        tag = meta["tag"]
+    cfg = load_config(TrainConfig, os.path.join(root, tag, CONFIG))
+    model = RMAT(cfg.model)
+    model.load_state_dict(_fp32_weights(root, tag, cfg))
+    return model
+
+
+def _fp32_weights(root: str, tag: str, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    if cfg.engine.zero_stage == 0 and cfg.engine.precision == "fp32":
+        # No ZeRO partitions: the module's own fp32 weights are whole in the model states file.
+        path = os.path.join(root, tag, "mp_rank_00_model_states.pt")
+        return torch.load(path, map_location="cpu", weights_only=False)["module"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)

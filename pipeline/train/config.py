@@ -14,7 +14,7 @@ PRECISIONS = ("fp32", "bf16")
 class DataConfig:
     """Token shards and how rows read them. ``batch_size`` counts rows over all ranks."""
 
-    shards: str = "data/shards"  # a folder with manifest.json and {split}-NNNNNN.tar
+    shards: str = "data/stdlib-bytes"  # manifest.json + {split}-NNNNNN.tar; rmat quickstart writes this one
     train_split: str = "train"
     val_split: str = "val"
     batch_size: int = 8

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch.multiprocessing as mp
 
+from data_prep.atomic import remove_stale_temps
 from pipeline.config import ConfigError
 from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig, check_for_world
@@ -24,13 +25,19 @@ DIST_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def preflight(cfg: TrainConfig, world_size: int) -> None:
-    """Every check that can fail without a process group: batch split, shards, resumability."""
+    """Every check that can fail without a process group: batch split, shards, resumability (world, model).
+
+    Also removes the temporary files a killed run left in ``run_dir``: no rank writes any
+    before every rank has joined the process group, which each does after this.
+    """
     check_for_world(cfg, world_size)
     info = open_split(cfg.data.shards, cfg.data.train_split)
     check_train_data(info, world_size, cfg.data.batch_size, cfg.model.vocab_size)
     open_split(cfg.data.shards, cfg.data.val_split)
     if cfg.resume:
         checkpoint.check_world_size(cfg.run_dir, world_size)
+        checkpoint.check_same_model(cfg)
+    remove_stale_temps(cfg.run_dir)
 
 
 def launch(cfg: TrainConfig, nproc: int = 1) -> None:

@@ -24,15 +24,16 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model import RMAT, MemoryState
+from data_prep.atomic import write_atomic
+from model import RMAT
 from pipeline.config import flatten, to_dict, to_yaml
-from pipeline.tbptt import window_loss
+from pipeline.tbptt import CarriedMemory, window_loss
 from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.engine import build_engine, init_distributed, measure_peak_tflops, set_threads, state_dtype
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loader import TrainLoader, open_split, read_documents
-from pipeline.train.tracking import RunSpec, Tracker, forget_unfinished_attempt, saved_run_id, tracking_uri
+from pipeline.train.tracking import RunSpec, TrackedRun, Tracker, forget_unfinished_attempt, tracking_uri
 
 LOSS_LOG = "losses.jsonl"
 EVAL_LOG = "evals.jsonl"
@@ -78,43 +79,39 @@ class Trainer:
         groups = cfg.engine.grad_accum
         self.loader = TrainLoader(self.train_info, self.rank, self.world, cfg.data.batch_size, groups,
                                   cfg.model.segment_len, cfg.seed)
-        self.rows = cfg.data.batch_size // (self.world * groups)
-        self.states = [self._empty_state(self.rows) for _ in range(groups)]
+        rows = cfg.data.batch_size // (self.world * groups)
+        self.memory = CarriedMemory(cfg.model, groups, rows, self.device, self.dtype)
         self.val_docs = read_documents(self.val_info, cfg.eval.max_docs)
         self.peak_tflops = cfg.engine.peak_tflops or measure_peak_tflops(self.device)
-        self.step, self.run_id = 0, None
+        self.step, self.tracked = 0, TrackedRun(cfg.run_dir)
         self._restore()
         self.tracker = self._start_tracker() if self.rank == 0 else None
         self.peak_rss = 0
 
-    def _empty_state(self, rows: int) -> MemoryState:
-        m = self.cfg.model
-        return MemoryState.empty(m.n_layers, rows, m.mem_slots, m.d_model, device=self.device, dtype=self.dtype)
-
     # ---- resume ----------------------------------------------------------------------
 
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
+
+    def checkpointed(self) -> dict[str, checkpoint.Stateful]:
+        """Everything a bit-exact continuation needs besides DeepSpeed's own state; the RNGs last."""
+        return {"trainer": self, "loader": self.loader, "memory": self.memory, "tracker": self.tracked,
+                "rng": checkpoint.RNGStates()}
+
     def _restore(self) -> None:
-        saved = checkpoint.load(self.engine, self.cfg.run_dir, self.rank, self.world) if self.cfg.resume else None
-        if saved is None:
-            if self.rank == 0:
-                forget_unfinished_attempt(self.cfg.run_dir)
-            return
-        # The run may have been created after this checkpoint was written.
-        self.step, self.run_id = saved["step"], saved["mlflow_run_id"] or saved_run_id(self.cfg.run_dir)
-        self.loader.load_state_dict(saved["loader"])
-        self.states = [MemoryState.from_state_dict(sd).to(self.device) for sd in saved["memory"]]
-        checkpoint.set_rng_states(saved["rng"])
+        resumed = self.cfg.resume and checkpoint.load(self.engine, self.cfg.run_dir, self.rank, self.world,
+                                                      self.checkpointed())
+        if not resumed and self.rank == 0:
+            forget_unfinished_attempt(self.cfg.run_dir)
 
     def save_checkpoint(self) -> None:
         """Save a checkpoint of this step on every rank (collective)."""
         if self.tracker is not None:
             self.tracker.persist()  # the points of every step this checkpoint covers survive a kill
-        run_id = self.tracker.run_id if self.tracker is not None else None
-        rank_state = {"step": self.step, "loader": self.loader.state_dict(),
-                      "memory": [s.state_dict() for s in self.states], "rng": checkpoint.rng_states(),
-                      "mlflow_run_id": run_id, "world_size": self.world}
-        checkpoint.save(self.engine, self.cfg.run_dir, self.step, self.rank, self.world, rank_state,
-                        self.cfg.checkpoint.keep)
+        checkpoint.save(self.engine, self.cfg, self.step, self.rank, self.world, self.checkpointed())
 
     # ---- tracking --------------------------------------------------------------------
 
@@ -128,7 +125,7 @@ class Trainer:
                 "zero_stage": str(cfg.engine.zero_stage), "n_params": str(self.n_params)}
         return Tracker(RunSpec(
             uri=tracking_uri(cfg.tracking.tracking_uri, cfg.run_dir), experiment=cfg.tracking.experiment,
-            run_dir=cfg.run_dir, run_id=self.run_id, run_name=os.path.basename(os.path.abspath(cfg.run_dir)),
+            run_dir=cfg.run_dir, run_id=self.tracked.run_id, run_name=os.path.basename(os.path.abspath(cfg.run_dir)),
             params=flatten(to_dict(cfg)), tags=tags, flush_seconds=cfg.tracking.flush_seconds,
             request_timeout_s=cfg.tracking.request_timeout_s))
 
@@ -149,12 +146,13 @@ class Trainer:
     def train_step(self) -> StepResult:
         """One optimizer step: every micro-batch's TBPTT window, then the engine's step."""
         loss_sum, tokens = 0.0, 0
-        for g in range(len(self.states)):
+        memory = self.memory.states
+        for g in range(len(memory)):
             segments = [_to(s, self.device) for s in self.loader.window(g, self.cfg.data.tbptt_segments)]
-            loss, state, n = window_loss(self.engine, segments, self.states[g])
+            loss, state, n = window_loss(self.engine, segments, memory[g])
             self.engine.backward(loss)
             self.engine.step()
-            self.states[g] = state.detach()
+            memory[g] = state.detach()
             loss_sum, tokens = loss_sum + loss.item() * n, tokens + n
         # One collective for the global loss and for whether any rank was asked to stop.
         totals = torch.tensor([loss_sum, tokens, float(self.stop.requested)], dtype=torch.float64)
@@ -213,9 +211,9 @@ class Trainer:
     def _finish(self, final: dict[str, float]) -> dict[str, float]:
         cfg = self.cfg
         config_path = os.path.join(cfg.run_dir, "config.yaml")
-        checkpoint.atomic_write(config_path, to_yaml(cfg).encode())
+        write_atomic(config_path, to_yaml(cfg).encode())
         final_path = os.path.join(cfg.run_dir, FINAL_METRICS)
-        checkpoint.atomic_write(final_path, json.dumps({"step": self.step, **final}, indent=1).encode())
+        write_atomic(final_path, json.dumps({"step": self.step, **final}, indent=1).encode())
         done = self.step >= cfg.steps
         if not done:
             print(f"rmat train: stopped by a signal at step {self.step}; checkpointed, run the same command to "

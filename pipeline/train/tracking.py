@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
+from data_prep.atomic import write_atomic
+
 OUTBOX = "mlflow_outbox"
 RUN_ID_FILE = "mlflow_run_id"
 CLOSE_FILE = "close.json"  # in the outbox: the training is over, finish the run
@@ -46,6 +48,21 @@ def saved_run_id(run_dir: str) -> Optional[str]:
         return None
     with open(path) as f:
         return f.read().strip() or None
+
+
+class TrackedRun:
+    """The MLflow run a training feeds, as checkpoint state: a resumed training continues its run."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir, self.run_id = run_dir, None
+
+    def state_dict(self) -> dict[str, Optional[str]]:
+        # The sender creates the run and saves its id in the run folder: the newest word on it.
+        return {"run_id": saved_run_id(self.run_dir) or self.run_id}
+
+    def load_state_dict(self, state: dict[str, Optional[str]]) -> None:
+        # The run may have been created after this checkpoint was written.
+        self.run_id = state["run_id"] or saved_run_id(self.run_dir)
 
 
 def forget_unfinished_attempt(run_dir: str) -> None:
@@ -147,9 +164,9 @@ class Tracker:
 
 
 def _atomic_text(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    # No fsync: outbox files are written every few seconds beside training; a file lost in a
+    # power cut costs its points, never a half-read file.
+    write_atomic(path, text.encode(), durable=False)
 
 
 # ---- the sender process ------------------------------------------------------------------

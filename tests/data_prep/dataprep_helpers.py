@@ -15,7 +15,7 @@ def small_config(corpus, out_dir, **shard) -> PrepConfig:
         sources=[
             SourceConfig(name="code", kind="code", domain="code", urls=[f"{corpus}/code"], files_per_unit=4),
             SourceConfig(name="plays", kind="dialogue", domain="dialogue", urls=[f"{corpus}/plays/*.txt"],
-                         holdout=["*macbeth*"]),  # fmt: skip
+                         holdout=["*macbeth*"]),
         ],
         ingest=IngestConfig(val_fraction=0.1, test_fraction=0.1),
         tokenizer=TokenizerConfig(vocab_size=600, num_threads=1),

@@ -66,9 +66,9 @@ def test_an_empty_corpus_is_an_error(tmp_path):
 def test_a_vocabulary_larger_than_the_corpus_supports_suggests_a_size(tmp_path):
     (tmp_path / "small.txt").write_text("a tiny corpus with few distinct words\n" * 3)
     cfg = one_source(tmp_path, SourceConfig(name="t", urls=[str(tmp_path / "small.txt")]),
-                     tokenizer=TokenizerConfig(vocab_size=5000))  # fmt: skip
+                     tokenizer=TokenizerConfig(vocab_size=5000))
     with pytest.raises(PrepError, match=r"tokenizer\.vocab_size=5000 is larger than the corpus supports.*"
-                                        r"set tokenizer\.vocab_size=\d+"):  # fmt: skip
+                                        r"set tokenizer\.vocab_size=\d+"):
         run_prep(cfg, log=quiet)
 
 

@@ -105,7 +105,7 @@ def test_plays_and_jsonl_dialogue_share_one_turn_rendering(tmp_path):
     (tmp_path / "play.txt").write_text("ACT I.\n\nHAMLET.\nTo be, or not to be.\n\nOPHELIA.\nGood my lord.\n")
     (tmp_path / "chat.jsonl").write_text(
         json.dumps({"turns": [{"speaker": "HAMLET.", "text": "To be, or not to be."},
-                              {"speaker": "OPHELIA.", "text": "Good my lord."}]}) + "\n")  # fmt: skip
+                              {"speaker": "OPHELIA.", "text": "Good my lord."}]}) + "\n")
     urls = [f"{tmp_path}/play.txt", f"{tmp_path}/*.jsonl"]
     src = SourceConfig(name="d", kind="dialogue", domain="dialogue", urls=urls)
     _, docs = ingest(tmp_path, src)
@@ -125,7 +125,7 @@ def test_shakespeare_speaker_lines_become_turns(corpus):
 def test_command_sources_split_into_documents_at_titles(tmp_path):
     script = "print('Genesis 1\\nIn the beginning\\nGenesis 2\\nThus the heavens\\nExodus 1\\nNow these')"
     src = SourceConfig(name="cmd", kind="command", urls=[f"{sys.executable} -c \"{script}\""],
-                       split_pattern=r"^(?P<doc>[A-Za-z ]+?) \d+$")  # fmt: skip
+                       split_pattern=r"^(?P<doc>[A-Za-z ]+?) \d+$")
     _, docs = ingest(tmp_path, src)
     assert sorted(d["text"] for d in docs) == sorted(
         ["Genesis 1\nIn the beginning\nGenesis 2\nThus the heavens\n", "Exodus 1\nNow these\n"]

@@ -1,4 +1,4 @@
-"""Rerun safety (DESIGN invariant 6): skip finished work, redo the rest, never expose partial files.
+"""Rerun safety (docs/design.md, invariant 6): skip finished work, redo the rest, never expose partial files.
 
 The kill tests run `rmat prep` in a subprocess, SIGKILL its whole process group at chosen
 moments, rerun it, and compare every byte of the output tree with a clean run.
@@ -107,7 +107,7 @@ def _start(cfg, tmp_path, delay: float) -> subprocess.Popen:
     path.write_text(to_yaml(cfg))
     env = dict(os.environ, RMAT_PREP_SAMPLE_DELAY=str(delay))
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "prep", str(path)], cwd=REPO, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 60, may_finish: bool = False) -> None:

@@ -18,7 +18,7 @@ from data_prep.shards import ShardError, iter_shard, read_manifest, write_shard
 def samples(n: int = 5):
     rng = np.random.default_rng(0)
     return [(f"doc{i:04d}", rng.integers(0, 60000, size=10 + i, dtype=np.uint16), {"tokens": 10 + i, "source": "s"})
-            for i in range(n)]  # fmt: skip
+            for i in range(n)]
 
 
 def shard_bytes(items) -> bytes:

@@ -1,4 +1,4 @@
-"""DESIGN section 4, item 2: each path is the attention it claims to be."""
+"""docs/design.md, invariant 2: each path is the attention it claims to be."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""DESIGN section 4, items 1, 3 and 4: causality, streaming equivalence, TBPTT."""
+"""docs/design.md, invariants 1, 3 and 4: causality, streaming equivalence, TBPTT."""
 
 import pytest
 import torch

@@ -25,7 +25,7 @@ def tiny_corpus(root: Path) -> Path:
     code = root / "corpus" / "code"
     code.mkdir(parents=True)
     for package, names in (("json", ("decoder.py", "encoder.py", "scanner.py", "__init__.py")),
-                           ("email", ("charset.py", "header.py", "utils.py", "errors.py"))):  # fmt: skip
+                           ("email", ("charset.py", "header.py", "utils.py", "errors.py"))):
         for name in names:
             shutil.copy(os.path.join(STDLIB, package, name), code / f"{package}_{name}")
     return root / "corpus"
@@ -39,7 +39,7 @@ def write_pipeline(root: Path, sources: list[dict], name: str = "tiny", **sectio
         "data": {"out_dir": str(root / "data"), "sources": sources,
                  "ingest": {"val_fraction": 0.2, "test_fraction": 0.2},
                  "tokenizer": {"vocab_size": 400, "num_threads": 1},
-                 "shard": {"target_shard_bytes": 8000}},  # fmt: skip
+                 "shard": {"target_shard_bytes": 8000}},
         "slurm": {"array": {"max_tasks": 2, "retries": 0, "poll_s": 1}},
     }
     for key, value in sections.items():

@@ -17,7 +17,7 @@ STEPS = 100
 def test_time_limit_checkpoint_requeue_resume(slurm_cluster, tmp_path):
     state, log = str(tmp_path / "state.json"), tmp_path / "steps.jsonl"
     call = DistributedCall(dist_workload.run_steps, (state, str(log), STEPS, 0.5), dist_workload.finished,
-                           (state, STEPS))  # fmt: skip
+                           (state, STEPS))
     # One minute, USR2 45 s before its end: SLURM signals after 15-45 s (it checks limits every ~30 s),
     # well before the 50 s of work are done.
     resources = Resources(time_min=1, nodes=2, tasks_per_node=2, signal_delay_s=45, max_requeues=5)

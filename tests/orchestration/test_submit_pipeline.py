@@ -24,13 +24,13 @@ STEPS = 100
 TRAIN = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "segment_len": 32, "chunk_len": 16, "mem_slots": 4},
          "data": {"batch_size": 2, "tbptt_segments": 2}, "optim": {"warmup_steps": 5},
          "engine": {"threads_per_proc": 1}, "checkpoint": {"every": 0, "keep": 2},
-         "eval": {"every": 0, "max_docs": 8, "batch_size": 2}, "steps": STEPS}  # fmt: skip
+         "eval": {"every": 0, "max_docs": 8, "batch_size": 2}, "steps": STEPS}
 EVALUATE = {"max_docs": 8, "batch_size": 2}
 
 
 def pipeline_config(root: Path, name: str) -> Path:
     slurm = {"array": {"max_tasks": 2, "retries": 0, "poll_s": 1},
-             "train": {"nodes": 2, "tasks_per_node": 1, "time_min": 10, "max_requeues": 2}}  # fmt: skip
+             "train": {"nodes": 2, "tasks_per_node": 1, "time_min": 10, "max_requeues": 2}}
     return write_pipeline(root, [code_source(root / "corpus")], name=name, train=TRAIN, evaluate=EVALUATE,
                           slurm=slurm)
 
@@ -135,7 +135,7 @@ def test_preempted_training_checkpoints_is_requeued_and_resumes_exactly(pipeline
     assert checkpoints == [f"step_{stopped_at:08d}", f"step_{STEPS:08d}"]
     assert losses(run_dir) == losses(reference)  # every step once, bit for bit as the uninterrupted run
     assert " COMPLETED " in next(line for line in rmat("status", str(run_dir))[1].splitlines()
-                                 if line.startswith("evaluate"))  # fmt: skip
+                                 if line.startswith("evaluate"))
 
 
 def _wait_for_checkpoint(run_dir: Path, timeout_s: float = 60) -> int:

@@ -21,7 +21,7 @@ def test_a_unit_with_bad_input_fails_with_its_error_and_log(slurm_cluster, tmp_p
     assert rmat("submit", str(config))[0] == 0
     run_dir = tmp_path / "runs" / "tiny"
     state = wait_until_finished(run_dir)
-    by_stage = {r.stage: state[r.job_id] for r in RecordBook(run_dir / "jobs").all() if r.what.startswith("stage")}
+    by_stage = {r.stage: state[r.job_id] for r in RecordBook(run_dir / "jobs").all() if r.kind == "stage"}
     assert by_stage["ingest"] == "FAILED"
     # kill_invalid_depend: the stages after a failed one are cancelled, not left pending forever
     assert all(by_stage[s].startswith("CANCELLED") for s in ("tokenizer", "shards", "train", "evaluate")), by_stage
@@ -40,7 +40,7 @@ def test_cancel_stops_running_and_queued_jobs(slurm_cluster, tmp_path):
     assert rmat("submit", str(config))[0] == 0
     run_dir = tmp_path / "runs" / "tiny"
     deadline = time.time() + 60
-    while not [r for r in RecordBook(run_dir / "jobs").all() if r.what.startswith("units")]:
+    while not [r for r in RecordBook(run_dir / "jobs").all() if r.kind == "units"]:
         assert time.time() < deadline, "the ingest driver never submitted its unit"
         time.sleep(0.5)
     time.sleep(2)  # the unit is running its `sleep`

@@ -9,7 +9,10 @@ import sys
 
 import pytest
 
+from pipeline.config import load_config
 from pipeline.train.checkpoint import latest_meta
+from pipeline.train.config import TrainConfig
+from pipeline.train.launch import preflight
 from tests.pipeline.conftest import REPO, TINY
 
 # One real training process (world size 1) that saves at step 2, trains a step, then dies with
@@ -40,8 +43,10 @@ real_save, calls = torch.save, [0]
 def dying_save(obj, f, *args, **kwargs):
     calls[0] += 1
     if calls[0] == kill_at:
-        with open(f, "wb") as out:
-            out.write(b"half a checkpoint")
+        if isinstance(f, (str, os.PathLike)):
+            f = open(f, "wb")
+        f.write(b"half a checkpoint")
+        f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
     return real_save(obj, f, *args, **kwargs)
 
@@ -69,6 +74,11 @@ def test_kill_during_checkpoint_save_leaves_previous_loadable(shards, tmp_path, 
     assert saved_line and saved_line[0].split()[1] == "2"
     assert os.path.isdir(os.path.join(run_dir, "checkpoints", "step_00000003"))  # the save had begun
     assert latest_meta(run_dir)["step"] == 2
+    left = [name for _, _, files in os.walk(run_dir) for name in files if ".tmp" in name]
+    # The kill inside our own file leaves its temporary (NAME.tmp-PID); DeepSpeed writes in place.
+    assert [name.rsplit("-", 1)[0] for name in left] == (["rank_00000.pt.tmp"] if kill_at == 3 else [])
+    preflight(load_config(TrainConfig, TINY, overrides), 1)  # what every start runs first
+    assert not [name for _, _, files in os.walk(run_dir) for name in files if ".tmp" in name]
 
     loading = _child("load", kill_at, overrides)
     assert loading.returncode == 0, loading.stderr[-3000:]

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.config import ConfigError, flatten, load_config, to_dict, to_yaml
-from pipeline.quickstart import QuickstartConfig
+from pipeline.train.config import TrainConfig
 
 
 def write(tmp_path, text):
@@ -13,54 +13,55 @@ def write(tmp_path, text):
 
 
 def test_yaml_then_overrides_fill_the_typed_config(tmp_path):
-    path = write(tmp_path, "model:\n  d_model: 64\ntrain:\n  lr: 0.01\n")
-    cfg = load_config(QuickstartConfig, path, ["train.lr=3e-4", "model.paths=[global,local]"])
-    assert cfg.model.d_model == 64 and cfg.train.lr == 3e-4
+    path = write(tmp_path, "model:\n  d_model: 64\noptim:\n  lr: 0.01\n")
+    cfg = load_config(TrainConfig, path, ["optim.lr=3e-4", "model.paths=[global,local]"])
+    assert cfg.model.d_model == 64 and cfg.optim.lr == 3e-4
     assert cfg.model.paths == ["global", "local"]
-    assert cfg.train.steps == QuickstartConfig().train.steps
+    assert cfg.steps == TrainConfig().steps
 
 
 def test_unknown_key_in_the_file_is_named(tmp_path):
-    path = write(tmp_path, "train:\n  lrr: 0.01\n")
-    with pytest.raises(ConfigError, match=r"c.yaml.*train.lrr"):
-        load_config(QuickstartConfig, path)
+    path = write(tmp_path, "optim:\n  lrr: 0.01\n")
+    with pytest.raises(ConfigError, match=r"c.yaml.*optim.lrr"):
+        load_config(TrainConfig, path)
 
 
 def test_unknown_override_is_named():
     with pytest.raises(ConfigError, match=r"command line.*model.d_modle"):
-        load_config(QuickstartConfig, None, ["model.d_modle=3"])
+        load_config(TrainConfig, None, ["model.d_modle=3"])
 
 
 def test_mistyped_value_is_named():
-    with pytest.raises(ConfigError, match=r"train.steps"):
-        load_config(QuickstartConfig, None, ["train.steps=many"])
+    with pytest.raises(ConfigError, match=r"steps"):
+        load_config(TrainConfig, None, ["steps=many"])
 
 
 def test_an_invalid_model_is_reported_with_its_source(tmp_path):
     path = write(tmp_path, "model:\n  segment_len: 100\n  chunk_len: 64\n")
     with pytest.raises(ConfigError, match=r"c.yaml.*segment_len=100: must be a multiple of chunk_len=64"):
-        load_config(QuickstartConfig, path)
+        load_config(TrainConfig, path)
 
 
 def test_override_without_equals_sign_is_rejected():
     with pytest.raises(ConfigError, match="dotted.key=value"):
-        load_config(QuickstartConfig, None, ["train.steps"])
+        load_config(TrainConfig, None, ["steps"])
 
 
 def test_missing_file_says_what_to_pass(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(QuickstartConfig, tmp_path / "nope.yaml")
+        load_config(TrainConfig, tmp_path / "nope.yaml")
 
 
 def test_yaml_dump_reads_back_to_an_equal_config(tmp_path):
-    cfg = load_config(QuickstartConfig, None, ["model.pool=attn", "train.steps=7"])
-    assert load_config(QuickstartConfig, write(tmp_path, to_yaml(cfg))) == cfg
+    cfg = load_config(TrainConfig, None, ["model.pool=attn", "steps=7"])
+    assert load_config(TrainConfig, write(tmp_path, to_yaml(cfg))) == cfg
 
 
 def test_flatten_gives_the_dotted_keys_of_overrides():
-    flat = flatten(to_dict(QuickstartConfig()))
-    assert flat["model.d_model"] == 128 and flat["train.lr"] == QuickstartConfig().train.lr
+    flat = flatten(to_dict(TrainConfig()))
+    assert flat["model.d_model"] == 128 and flat["optim.lr"] == TrainConfig().optim.lr
 
 
-def test_shipped_quickstart_yaml_loads():
-    assert load_config(QuickstartConfig, "configs/quickstart.yaml") == QuickstartConfig()
+def test_shipped_configs_load():
+    for path in ("configs/quickstart.yaml", "configs/train/small.yaml", "configs/train/tiny.yaml"):
+        assert load_config(TrainConfig, path).model.vocab_size == 258

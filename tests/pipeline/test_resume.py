@@ -74,6 +74,12 @@ def test_resume_with_another_world_size_is_refused(runs, shards):
     assert max(r["step"] for r in read_jsonl(os.path.join(runs["killed"], "losses.jsonl"))) == STEPS
 
 
+def test_resume_with_another_model_is_refused(runs, shards):
+    out = run_train(runs["killed"], shards, f"steps={STEPS + 5}", "model.pool=attn", "model.mem_slots=8")
+    assert out.returncode == 2
+    assert "holds another model (model.mem_slots, model.pool differ)" in out.stderr and "run_dir" in out.stderr
+
+
 def test_sigterm_checkpoints_the_current_step_then_the_run_continues(shards, tmp_path):
     run_dir = str(tmp_path)
     proc = subprocess.Popen(train_command(run_dir, shards, "steps=500", "checkpoint.every=0"), cwd=REPO,

@@ -2,58 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import shutil
-import sysconfig
-
-import yaml
 
 from orchestration.records import RecordBook
-from pipeline.cli import main
+from tests.pipeline.conftest import pipeline_yaml, rmat
 
-STDLIB = sysconfig.get_path("stdlib")
 STAGES = ["ingest", "tokenizer", "shards", "train", "evaluate"]
-# Seconds of training on 2 shared cores: 2 processes, one thread each.
-TINY_TRAIN = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "segment_len": 32, "chunk_len": 16,
-                        "mem_slots": 4},
-              "data": {"batch_size": 2}, "optim": {"warmup_steps": 2}, "engine": {"threads_per_proc": 1},
-              "checkpoint": {"every": 0}, "eval": {"every": 0, "max_docs": 8, "batch_size": 2}, "steps": 20}
-
-
-def rmat(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(list(args))
-    return code, out.getvalue()
-
-
-def pipeline_yaml(tmp_path, **slurm) -> str:
-    code = tmp_path / "corpus"
-    code.mkdir()
-    for package in ("json", "email"):
-        for name in ("decoder.py", "encoder.py", "scanner.py", "charset.py", "header.py", "utils.py"):
-            if os.path.exists(os.path.join(STDLIB, package, name)):
-                shutil.copy(os.path.join(STDLIB, package, name), code / f"{package}_{name}")
-    config = {"name": "t", "work_dir": str(tmp_path / "runs"),
-              "data": {"out_dir": str(tmp_path / "data"),
-                       "sources": [{"name": "c", "kind": "code", "domain": "code", "urls": [str(code)],
-                                    "files_per_unit": 2}],
-                       "ingest": {"val_fraction": 0.2, "test_fraction": 0.2},
-                       "tokenizer": {"vocab_size": 400, "num_threads": 1}, "shard": {"target_shard_bytes": 8000}},
-              "train": TINY_TRAIN, "evaluate": {"max_docs": 8, "batch_size": 2},
-              "slurm": {"array": {"max_tasks": 2, "retries": 0, "poll_s": 0.2},
-                        "train": {"tasks_per_node": 2, "max_requeues": 1}, **slurm}}  # fmt: skip
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
 
 
 def test_dry_run_shows_stages_resources_and_sbatch_parameters_and_submits_nothing(tmp_path):
     units = {"partition": "cpu", "account": "lm", "qos": "high", "time_min": 30, "mem_gb": 2.5,
-             "constraint": "avx2", "extra": {"exclusive": "user"}}  # fmt: skip
+             "constraint": "avx2", "extra": {"exclusive": "user"}}
     config = pipeline_yaml(tmp_path, prep=units)
     code, out = rmat("submit", config, "slurm.prep.cpus_per_task=2", "--dry-run")
     assert code == 0
@@ -78,8 +38,8 @@ def test_local_cluster_runs_the_whole_pipeline_then_resubmit_skips_it(tmp_path):
     code, out = rmat("submit", config, "--cluster", "local")
     assert code == 0, out
     records = RecordBook(tmp_path / "runs" / "t" / "jobs").all()
-    assert [(r.stage, r.state) for r in records if r.what.startswith("stage")] == [(s, "COMPLETED") for s in STAGES]
-    assert any(r.what.startswith("units") for r in records)  # units ran as their own local processes
+    assert [(r.stage, r.state) for r in records if r.kind == "stage"] == [(s, "COMPLETED") for s in STAGES]
+    assert any(r.kind == "units" for r in records)  # units ran as their own local processes
     code, status = rmat("status", str(tmp_path / "runs" / "t"))
     assert code == 0 and status.count("output complete") == 5
     (train_dir,) = (tmp_path / "runs" / "t").glob("train-*")
@@ -95,4 +55,4 @@ def test_local_cluster_runs_the_whole_pipeline_then_resubmit_skips_it(tmp_path):
     manifest.write_text(json.dumps(data))
     _, dry = rmat("submit", config, "--cluster", "local", "--dry-run")
     assert [line.split()[0] for line in dry.splitlines() if " complete, skipped" not in line
-            and not line.startswith(" ")] == ["train", "evaluate"], dry  # fmt: skip
+            and not line.startswith(" ")] == ["train", "evaluate"], dry

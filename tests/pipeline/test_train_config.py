@@ -7,8 +7,8 @@ import time
 
 import torch.distributed as dist
 
+from data_prep.byte_shards import write_byte_shards
 from pipeline.cli import main
-from tests.pipeline.byte_shards import write_byte_shards
 from tests.pipeline.conftest import TINY
 
 

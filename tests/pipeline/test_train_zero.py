@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
+import torch
+import torch.distributed as dist
 
+from pipeline.config import load_config
+from pipeline.train.checkpoint import load_model
+from pipeline.train.config import TrainConfig
+from pipeline.train.evaluate import evaluate
+from pipeline.train.loader import open_split, read_documents
 from tests.pipeline.conftest import read_jsonl, run_train
 
 STEPS = 40
@@ -48,3 +56,26 @@ def test_run_is_one_mlflow_run_with_config_tags_and_every_point(trained):
     assert {"perf/mfu", "perf/tokens_per_s", "perf/peak_rss_mb", "train/grad_norm", "train/lr"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "final_metrics.json"} <= artifacts
+
+
+def test_every_checkpoint_folder_holds_the_config_that_wrote_it(trained):
+    folder = os.path.join(trained, "checkpoints", f"step_{STEPS:08d}")
+    cfg = load_config(TrainConfig, os.path.join(folder, "config.yaml"))
+    assert cfg.steps == STEPS and cfg.run_dir == trained and cfg.model.d_model == 64
+
+
+def test_the_final_checkpoint_reads_back_as_a_plain_model_with_the_loss_training_reported(trained, shards):
+    model = load_model(trained)  # fp32 weights out of DeepSpeed's ZeRO-2 or ZeRO-3 layout
+    cfg = load_config(TrainConfig, os.path.join(trained, "checkpoints", f"step_{STEPS:08d}", "config.yaml"))
+    info = open_split(shards, "val")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        metrics = evaluate(model, read_documents(info, cfg.eval.max_docs), cfg.model, cfg.eval.batch_size,
+                           cfg.eval.bucket_tokens, info.bos_id, info.eos_id, torch.float32, torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+    reported = read_jsonl(os.path.join(trained, "evals.jsonl"))[-1]["val/loss"]
+    assert abs(metrics["val/loss"] - reported) < 1e-5 * reported

@@ -1,4 +1,4 @@
-"""The pipeline's evaluate stage: the trained model on each split, per domain and position bucket.
+"""The evaluate stage: the trained model on each split, per domain and position bucket.
 
 Every document is read from an empty memory (``pipeline.train.evaluate``), with the
 fp32 weights of the final checkpoint. The metrics go to the training's MLflow run
@@ -16,38 +16,30 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from data_prep.atomic import read_json, write_atomic
 from model import RMAT
-from pipeline.pipeline_config import EvaluateConfig
+from orchestration.distributed import DistributedCall
+from pipeline.pipeline_config import EvaluateConfig, PipelineConfig
+from pipeline.stages import Stage
 from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loader import open_split, read_documents
 from pipeline.train.tracking import saved_run_id, tracking_uri
-from pipeline.train_stage import read_json
 
 REPORT = "final_eval.json"
 
 
 def report_path(t: TrainConfig) -> str:
+    """The stage's output: a report in the training's run folder."""
     return os.path.join(t.run_dir, REPORT)
 
 
-def evaluation_complete(t: TrainConfig, e: EvaluateConfig) -> bool:
+def complete(t: TrainConfig, e: EvaluateConfig) -> bool:
     """A report of this evaluation config on the training's final checkpoint exists."""
     report = read_json(report_path(t))
     meta = checkpoint.latest_meta(t.run_dir) if report else None
     return bool(report and meta and report["config"] == asdict(e) and report["checkpoint"] == meta["tag"])
-
-
-def load_weights(t: TrainConfig, tag: str) -> dict[str, torch.Tensor]:
-    """The fp32 weights of checkpoint ``tag``, whatever ZeRO stage wrote it."""
-    root = checkpoint.checkpoint_root(t.run_dir)
-    if t.engine.zero_stage == 0 and t.engine.precision == "fp32":
-        path = os.path.join(root, tag, "mp_rank_00_model_states.pt")
-        return torch.load(path, map_location="cpu", weights_only=False)["module"]
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    return get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
 
 
 def split_metrics(model: RMAT, t: TrainConfig, e: EvaluateConfig, split: str) -> dict[str, float]:
@@ -59,21 +51,20 @@ def split_metrics(model: RMAT, t: TrainConfig, e: EvaluateConfig, split: str) ->
     return {f"{split}/{k.removeprefix('val/')}": v for k, v in metrics.items()}
 
 
-def run_evaluation(t: TrainConfig, e: EvaluateConfig) -> Optional[str]:
+def run(t: TrainConfig, e: EvaluateConfig) -> Optional[str]:
     """One process of the evaluate job (RANK etc. exported); rank 0 logs, writes the report, returns a summary."""
     dist.init_process_group("gloo")
     try:
         meta = checkpoint.latest_meta(t.run_dir)
         if meta is None:
             raise FileNotFoundError(f"{t.run_dir}: no checkpoint to evaluate; run the train stage first")
-        model = RMAT(t.model)
-        model.load_state_dict(load_weights(t, meta["tag"]))
+        model = checkpoint.load_model(t.run_dir, meta["tag"])
         metrics = {k: v for split in e.splits for k, v in split_metrics(model, t, e, split).items()}
         if dist.get_rank() != 0:
             return None
         _log_to_mlflow(t, meta["step"], metrics)
         report = {"checkpoint": meta["tag"], "step": meta["step"], "config": asdict(e), "metrics": metrics}
-        checkpoint.atomic_write(report_path(t), json.dumps(report, indent=1).encode())
+        write_atomic(report_path(t), json.dumps(report, indent=1).encode())
         losses = ", ".join(f"{s} loss {metrics[f'{s}/loss']:.4f}" for s in e.splits)
         return f"{losses} ({report_path(t)})"
     finally:
@@ -90,3 +81,12 @@ def _log_to_mlflow(t: TrainConfig, step: int, metrics: dict[str, float]) -> None
         raise FileNotFoundError(f"{t.run_dir}: the training never reached MLflow (no run id); rerun it")
     client, now = MlflowClient(tracking_uri(t.tracking.tracking_uri, t.run_dir)), int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(f"final/{k}", float(v), now, step) for k, v in metrics.items()])
+
+
+def stage(cfg: PipelineConfig, t: TrainConfig, trained: bool) -> Stage:
+    """Evaluation of training ``t`` once it succeeded; complete only while that training is (``trained``)."""
+    e = cfg.evaluate
+    done = trained and complete(t, e)
+    detail = "done" if done else f"splits {', '.join(e.splits)} into {report_path(t)}"
+    return Stage("evaluate", DistributedCall(run, (t, e), complete, (t, e)), (), cfg.slurm.evaluate, ["train"],
+                 complete=done, detail=detail, output=report_path(t))

@@ -1,20 +1,23 @@
-"""Real token shards for tests and benchmarks: Python stdlib text as byte tokens.
+"""Byte-token shards of real text: data with no tokenizer to train, on every machine.
 
-Written with data_prep.shards' own writer and manifest schema (manifest.json +
-WebDataset tars of .npy/.json samples), from real text: source files are the
-``code`` domain, paragraphs of the license texts the ``documents`` domain.
+Token id = byte value, ``BOS_ID`` 256 and ``EOS_ID`` 257 around each document, a
+vocabulary of 258. The text is the Python standard library's own (its modules as the
+``code`` domain, paragraphs of its license texts as ``documents``), present wherever
+Python is. The shards have the format of the shard stage (data_prep/shards.py): tars of
+.npy/.json samples and ``manifest.json``, each written atomically, the manifest last.
+``rmat quickstart`` trains on them; so do the tests and benchmarks.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 import sysconfig
 
 import numpy as np
 
+from data_prep.atomic import atomic_open, canonical_json, ensure_dir, sha256_file, write_atomic
 from data_prep.shards import FORMAT, MANIFEST, VERSION, sample_key, shard_name, validate_manifest, write_shard
 
 BOS_ID, EOS_ID, VOCAB = 256, 257, 258
@@ -44,8 +47,8 @@ def stdlib_documents(n_docs: int, max_bytes: int) -> list[tuple[bytes, str, str]
 
 
 def write_byte_shards(folder: str, splits: dict[str, tuple[int, int]], max_bytes: int = 1500) -> str:
-    """Write ``{split: (shards, docs_per_shard)}`` of real text; returns the folder."""
-    os.makedirs(folder, exist_ok=True)
+    """Write ``{split: (shards, docs_per_shard)}`` of real text, manifest last; returns the folder."""
+    ensure_dir(folder)
     need = sum(n * per for n, per in splits.values())
     available = stdlib_documents(need, max_bytes)
     if len(available) < need:
@@ -54,25 +57,22 @@ def write_byte_shards(folder: str, splits: dict[str, tuple[int, int]], max_bytes
     shards, totals = [], {}
     for split, (n_shards, per_shard) in splits.items():
         for index in range(n_shards):
-            name = shard_name(split, index)
-            with open(os.path.join(folder, name), "wb") as f:
+            path = os.path.join(folder, shard_name(split, index))
+            with atomic_open(path, durable=False) as f:
                 n_docs, tokens = write_shard(f, (_sample(*next(docs)) for _ in range(per_shard)))
-            with open(os.path.join(folder, name), "rb") as f:
-                data = f.read()
-            shards.append({"path": name, "split": split, "sha256": hashlib.sha256(data).hexdigest(),
-                           "bytes": len(data), "documents": n_docs, "tokens": tokens})
+            shards.append({"path": shard_name(split, index), "split": split, "sha256": sha256_file(path),
+                           "bytes": os.path.getsize(path), "documents": n_docs, "tokens": tokens})
         mine = [s for s in shards if s["split"] == split]
         totals[split] = {"shards": len(mine), "documents": sum(s["documents"] for s in mine),
                          "tokens": sum(s["tokens"] for s in mine)}
     # Bytes need no pad/unk/turn tokens; they share eos's id so that the vocabulary stays 258.
-    manifest = {"format": FORMAT, "version": VERSION, "config_hash": "bytes-fixture", "dtype": "uint16",
+    manifest = {"format": FORMAT, "version": VERSION, "config_hash": "bytes-stdlib", "dtype": "uint16",
                 "vocab_size": VOCAB, "special_ids": {"pad": EOS_ID, "unk": EOS_ID, "bos": BOS_ID, "eos": EOS_ID,
                                                      "turn": EOS_ID},
                 "loader_adds": ["bos", "eos"], "tokenizer": {"sha256": "bytes-v1", "model": "", "model_type": "bytes"},
                 "shards": shards, "splits": totals}
     validate_manifest(manifest, folder)
-    with open(os.path.join(folder, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
+    write_atomic(os.path.join(folder, MANIFEST), canonical_json(manifest))
     return folder
 
 

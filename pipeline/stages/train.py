@@ -1,4 +1,4 @@
-"""The pipeline's training stage: its resolved config, its job, and when it is complete.
+"""The training stage: its resolved config and run folder, its job, and when it is complete.
 
 The run folder is ``<pipeline run_dir>/train-<key>``, the key a hash of the resolved
 training config, which names the shard folder (itself keyed by everything that
@@ -16,11 +16,12 @@ import json
 import os
 from typing import Optional
 
-from data_prep.atomic import key_of
+from data_prep.atomic import key_of, read_json, write_atomic
 from data_prep.shards import ShardError, read_manifest
+from orchestration.distributed import DistributedCall
 from pipeline.config import to_dict
 from pipeline.pipeline_config import PipelineConfig
-from pipeline.train.checkpoint import atomic_write
+from pipeline.stages import Stage
 from pipeline.train.config import TrainConfig
 from pipeline.train.launch import launch
 from pipeline.train.loader import manifest_hash
@@ -30,22 +31,13 @@ TRAINED_ON = "trained_on.json"
 
 
 def train_config(cfg: PipelineConfig, shards: str) -> TrainConfig:
-    """``cfg.train`` with the keys the pipeline owns: shard folder, vocabulary, keyed run folder."""
+    """``cfg.train`` with the keys the pipeline owns: shard folder, vocabulary, keyed run folder (the output)."""
     t = copy.deepcopy(cfg.train)
     t.data.shards = shards
     t.model.vocab_size = cfg.data.tokenizer.vocab_size
     t.run_dir = ""  # not part of its own key
     t.run_dir = os.path.join(cfg.run_dir, f"train-{key_of(to_dict(t))}")
     return t
-
-
-def read_json(path: str) -> Optional[dict]:
-    """A JSON file's content, or None when it is absent or unreadable."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def current_manifest_hash(shards: str) -> Optional[str]:
@@ -55,7 +47,7 @@ def current_manifest_hash(shards: str) -> Optional[str]:
         return None
 
 
-def training_complete(t: TrainConfig) -> bool:
+def complete(t: TrainConfig) -> bool:
     """Trained to ``t.steps`` on the data whose manifest is in the shard folder now."""
     final = read_json(os.path.join(t.run_dir, FINAL_METRICS))
     trained_on = read_json(os.path.join(t.run_dir, TRAINED_ON))
@@ -64,7 +56,7 @@ def training_complete(t: TrainConfig) -> bool:
     return trained_on.get("manifest_sha256") == current_manifest_hash(t.data.shards)
 
 
-def run_training(t: TrainConfig) -> Optional[str]:
+def run(t: TrainConfig) -> Optional[str]:
     """One rank of the training job (RANK etc. exported); rank 0 returns a summary once complete.
 
     Training checkpoints and returns on SIGUSR2/SIGTERM; the caller (DistributedCall) then
@@ -78,5 +70,12 @@ def run_training(t: TrainConfig) -> Optional[str]:
         return None
     record = {"manifest_sha256": current_manifest_hash(t.data.shards), "shards": t.data.shards,
               "step": final["step"]}
-    atomic_write(os.path.join(t.run_dir, TRAINED_ON), json.dumps(record, indent=1).encode())
+    write_atomic(os.path.join(t.run_dir, TRAINED_ON), json.dumps(record, indent=1).encode())
     return f"trained {final['step']} steps, val loss {final.get('val/loss', float('nan')):.4f} ({t.run_dir})"
+
+
+def stage(cfg: PipelineConfig, t: TrainConfig) -> Stage:
+    """nodes x tasks ranks of ``run`` after the shards, requeued after a preemption until ``complete``."""
+    done = complete(t)
+    return Stage("train", DistributedCall(run, (t,), complete, (t,)), (), cfg.slurm.train, ["shards"],
+                 complete=done, detail="done" if done else f"{t.steps} steps into {t.run_dir}", output=t.run_dir)
