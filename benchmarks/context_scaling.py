@@ -87,7 +87,7 @@ def context_scaling(args: argparse.Namespace, peak: float) -> None:
 
 def train_step_efficiency(args: argparse.Namespace, peak: float) -> None:
     cfg = RMATConfig(vocab_size=args.vocab, d_model=512, n_layers=4, n_heads=8, segment_len=512, chunk_len=128,
-                     mem_slots=16)
+                     mem_slots=32)
     model = RMAT(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(0, cfg.vocab_size, (args.train_batch, 2 * cfg.segment_len))
@@ -112,7 +112,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--segment", type=int, default=256)
     p.add_argument("--chunk", type=int, default=64)
-    p.add_argument("--mem-slots", type=int, default=16)
+    p.add_argument("--mem-slots", type=int, default=32)
     p.add_argument("--window", type=int, default=4, help="TBPTT window in segments")
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--baseline-budget", type=float, default=600.0,

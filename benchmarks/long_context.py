@@ -156,7 +156,10 @@ class TransformerXL(nn.Module):
 
 # ---- settings ----------------------------------------------------------------------------
 
-TINY = dict(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, segment_len=32, chunk_len=8)
+# The issue's tiny model; 40 slots of one entry per 8-token chunk reach back 10 segments.
+TINY = dict(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, segment_len=32, chunk_len=8, mem_slots=40)
+
+BASE = {k: v for k, v in TINY.items() if k != "mem_slots"}  # the baselines have no memory
 
 
 @dataclass
@@ -169,13 +172,13 @@ def build(setting: Setting, task: Task, target_params: int | None) -> nn.Module:
     """The model of a setting; baselines get the FFN width that brings them nearest to
     ``target_params`` (the RMAT's count)."""
     if setting.name == "xl":
-        return _matched(lambda f: TransformerXL(RMATConfig(**TINY, paths=["global"], mem_slots=0), f), target_params)
+        return _matched(lambda f: TransformerXL(RMATConfig(**BASE, paths=["global"], mem_slots=0), f), target_params)
     if setting.name == "full":
         n = task.n_segments * task.segment_len
-        return _matched(lambda f: RMAT(RMATConfig(**{**TINY, "segment_len": n, "chunk_len": n},
+        return _matched(lambda f: RMAT(RMATConfig(**{**BASE, "segment_len": n, "chunk_len": n},
                                                   paths=["global"], mem_slots=0, d_ff=f)), target_params)
     if setting.name == "nomem":
-        return _matched(lambda f: RMAT(RMATConfig(**TINY, paths=["global", "local"], mem_slots=0, d_ff=f)),
+        return _matched(lambda f: RMAT(RMATConfig(**BASE, paths=["global", "local"], mem_slots=0, d_ff=f)),
                         target_params)
     return RMAT(RMATConfig(**{**TINY, **setting.overrides}))
 

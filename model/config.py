@@ -11,7 +11,7 @@ POOLS = ("mean", "attn")
 
 @dataclass
 class RMATConfig:
-    """Shape and switches of one RMAT model (DESIGN.md section 1).
+    """Shape and switches of one RMAT model (docs/design.md, sections 1 and 2).
 
     ``paths`` is any non-empty subset of ``PATHS``; ``paths=["global"]`` with
     ``mem_slots=0`` and ``segment_len`` equal to the context is the plain causal
@@ -25,7 +25,7 @@ class RMATConfig:
     d_ff: Optional[int] = None  # None: the SwiGLU width 8/3 * d_model, rounded up to 64
     segment_len: int = 256
     chunk_len: int = 64
-    mem_slots: int = 16
+    mem_slots: int = 32  # the FIFO reaches mem_slots / (segment_len / chunk_len) segments back
     rope_base: float = 10000.0
     dropout: float = 0.0
     tie_embeddings: bool = True

@@ -1,4 +1,4 @@
-"""The Recurrent Memory-Augmented Transformer (DESIGN.md section 1).
+"""The Recurrent Memory-Augmented Transformer (docs/design.md, sections 1 and 2).
 
 A segment of at most S tokens is processed in parallel; every layer reads the memory
 written by earlier segments and, after the segment, writes its own. ``forward`` runs

@@ -105,10 +105,3 @@ class BatchStream:
         for row, s in zip(self.rows, state, strict=True):
             row.load_state_dict(s)
 
-
-def split_rows(n_docs: int, batch_size: int, seed: int) -> list[list[int]]:
-    """Shuffle document indices by ``seed`` and deal them into ``batch_size`` disjoint rows."""
-    if n_docs < batch_size:
-        raise ValueError(f"{n_docs} documents cannot fill {batch_size} rows; lower the batch size or add data")
-    order = np.random.default_rng(seed).permutation(n_docs)
-    return [order[r::batch_size].tolist() for r in range(batch_size)]

@@ -10,7 +10,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from long_context import IGNORE, N_FILLER, N_KEYS, TINY, Task, TransformerXL, value_set_ceiling  # noqa: E402
+from long_context import BASE, IGNORE, N_FILLER, N_KEYS, Task, TransformerXL, value_set_ceiling  # noqa: E402
 
 from model import RMATConfig  # noqa: E402
 
@@ -35,7 +35,7 @@ def test_value_set_ceiling_is_one_for_a_single_pair_and_lower_for_many():
 
 def test_transformer_xl_reads_the_previous_segment_only_and_without_gradient():
     torch.manual_seed(0)
-    model = TransformerXL(RMATConfig(**{**TINY, "n_layers": 1}, paths=["global"], mem_slots=0), d_ff=128)
+    model = TransformerXL(RMATConfig(**{**BASE, "n_layers": 1}, paths=["global"], mem_slots=0), d_ff=128)
     tokens = torch.randint(N_FILLER, N_FILLER + N_KEYS, (1, 3 * 32))
 
     def last_segment_logits(t):

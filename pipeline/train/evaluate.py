@@ -70,6 +70,8 @@ def evaluate(engine, docs: list[tuple[np.ndarray, str]], model_cfg: RMATConfig, 
                 logits, next_state = engine(inputs, starts[mode])
                 if mode == "carried":
                     state = next_state
+                if mode == "foreign" and len(mine) < 2:
+                    continue  # one document has no other's memory to read (the forward still ran: ZeRO-3)
                 nll = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(),
                                       ignore_index=IGNORE_INDEX, reduction="none").view(rows, s).double().cpu()
                 acc.add(m, nll, counted, [DOMAINS.index(domain) for _, domain in mine],
@@ -121,7 +123,8 @@ class _Totals:
             if len(modes) > 1 and self.past_count[0, d] > 0:
                 past = self.past_sum[:, d] / self.past_count[:, d]
                 for m, mode in enumerate(modes):
-                    out[f"val/{name}/loss_past_first_segment_{mode}"] = float(past[m])
+                    if self.past_count[m, d] > 0:
+                        out[f"val/{name}/loss_past_first_segment_{mode}"] = float(past[m])
                 out[f"val/{name}/memory_benefit"] = float(past[modes.index("reset")] - past[0])
         for m, mode in enumerate(modes):
             suffix = "" if mode == "carried" else f"_{mode}"

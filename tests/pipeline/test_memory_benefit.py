@@ -80,6 +80,12 @@ def test_reset_reading_gives_loss_by_position_without_memory():
     assert abs(got["val/pos_16-32/loss_reset"] - got["val/pos_16-32/loss"]) > 1e-3
 
 
+def test_a_lone_document_has_no_foreign_memory_to_read():
+    got = metrics(model_reading_its_memory(), documents([31]))
+    assert "val/code/memory_benefit" in got and "val/code/loss_past_first_segment_foreign" not in got
+    assert not any(k.endswith("_foreign") for k in got)
+
+
 def test_a_model_without_memory_reports_no_memory_benefit():
     model = RMAT(RMATConfig(**{**vars(CFG), "paths": ["global", "local"], "mem_slots": 0})).eval()
     got = metrics(model, documents([31, 31]))

@@ -1,10 +1,9 @@
 """Rows of documents cut into segments that start at document boundaries."""
 
 import numpy as np
-import pytest
 import torch
 
-from pipeline.streams import IGNORE_INDEX, BatchStream, RowStream, split_rows
+from pipeline.streams import IGNORE_INDEX, BatchStream, RowStream
 
 BOS, EOS = 100, 101
 
@@ -48,12 +47,3 @@ def test_batch_stream_stacks_rows_and_their_resets():
     assert seg.reset.tolist() == [True, True]
     assert stream.next_segment().reset.tolist() == [True, False]
 
-
-def test_rows_get_disjoint_documents_covering_all():
-    rows = split_rows(10, 3, seed=0)
-    assert sorted(i for r in rows for i in r) == list(range(10))
-
-
-def test_too_few_documents_for_the_rows_is_an_error():
-    with pytest.raises(ValueError, match="2 documents cannot fill 3 rows"):
-        split_rows(2, 3, seed=0)
