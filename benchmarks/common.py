@@ -12,22 +12,25 @@ import numpy as np
 import torch
 
 
-def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Minimum wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs (seconds)."""
+def median_time(fn: Callable[[], object], budget_s: float, min_runs: int = 3, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` (seconds), run after ``warmup`` runs until ``budget_s`` seconds
+    have passed and at least ``min_runs`` runs were timed: a fixed budget, not a count of
+    repeats, and the median, not the best, so that a shared machine's swings even out."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < min_runs or time.perf_counter() < deadline:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return float(np.median(times))
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+def matmul_peak_gflops(n: int = 2048, budget_s: float = 3.0) -> float:
     """This machine's fp32 matmul throughput with torch's current thread count."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    seconds = best_time(lambda: a @ b, repeats, warmup=2)
+    seconds = median_time(lambda: a @ b, budget_s, warmup=2)
     return 2 * n ** 3 / seconds / 1e9
 
 

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import best_time, matmul_peak_gflops, print_table  # noqa: E402
+from common import matmul_peak_gflops, median_time, print_table  # noqa: E402
 
 from model import RMAT, RMATConfig  # noqa: E402
 
@@ -49,9 +49,9 @@ def streamed_fwd_bwd(model: RMAT, tokens: torch.Tensor, window: int) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def time_per_token(model: RMAT, context: int, window: int, repeats: int) -> float:
+def time_per_token(model: RMAT, context: int, window: int, budget_s: float, min_runs: int = 3) -> float:
     tokens = torch.randint(0, model.cfg.vocab_size, (1, context))
-    return best_time(lambda: streamed_fwd_bwd(model, tokens, window), repeats) / context
+    return median_time(lambda: streamed_fwd_bwd(model, tokens, window), budget_s, min_runs) / context
 
 
 def context_scaling(args: argparse.Namespace, peak: float) -> None:
@@ -59,7 +59,7 @@ def context_scaling(args: argparse.Namespace, peak: float) -> None:
     contexts = [1024 * 2 ** i for i in range(20) if 1024 * 2 ** i <= args.max_context]
     rows, rmat_times, baseline_alive = [], [], True
     for n in contexts:
-        t_rmat = time_per_token(rmat, n, args.window, repeats=3 if n <= 8192 else 2)
+        t_rmat = time_per_token(rmat, n, args.window, args.budget)
         rmat_times.append(t_rmat)
         g_rmat = rmat.flops_per_token() / t_rmat / 1e9
         base_cells = ["-", "-", "-", "-"]
@@ -67,7 +67,7 @@ def context_scaling(args: argparse.Namespace, peak: float) -> None:
             base = RMAT(rmat_config(args, paths=["global"], mem_slots=0, segment_len=n, chunk_len=n))
             start = time.perf_counter()
             try:
-                t_base = time_per_token(base, n, 1, repeats=1)
+                t_base = time_per_token(base, n, 1, budget_s=0.0, min_runs=1)  # minutes at 32k: one run
             except RuntimeError as e:  # out of memory
                 print(f"baseline stopped at {n} tokens: {e}")
                 baseline_alive = False
@@ -96,7 +96,7 @@ def train_step_efficiency(args: argparse.Namespace, peak: float) -> None:
         streamed_fwd_bwd(model, tokens, window=2)
         opt.step()
 
-    seconds = best_time(step, repeats=3)
+    seconds = median_time(step, args.budget)
     n = tokens.numel()
     achieved = model.flops_per_token() * n / seconds / 1e9
     print(f"\ntraining step at d_model 512 ({model.num_params() / 1e6:.1f} M params, {n} tokens/step, "
@@ -115,6 +115,7 @@ def main() -> None:
     p.add_argument("--mem-slots", type=int, default=32)
     p.add_argument("--window", type=int, default=4, help="TBPTT window in segments")
     p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--budget", type=float, default=20.0, help="seconds of runs per RMAT point (median)")
     p.add_argument("--baseline-budget", type=float, default=600.0,
                    help="stop the baseline once its next length would likely take longer than this (s)")
     args = p.parse_args()
