@@ -46,7 +46,7 @@ class EvaluateConfig:
     splits: list[str] = field(default_factory=lambda: ["val", "test"])
     max_docs: int = 256  # per split, in manifest order
     batch_size: int = 8  # documents read side by side per process
-    bucket_tokens: int = 0  # loss by position in buckets of this many tokens; 0: the model's segment_len
+    bucket_tokens: int = 0  # loss by position, log-spaced buckets in units of this many tokens; 0: segment_len
 
     def __post_init__(self) -> None:
         if not self.splits:

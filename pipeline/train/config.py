@@ -63,7 +63,7 @@ class EvalConfig:
     every: int = 100  # steps; 0: only at the end
     max_docs: int = 64  # val documents, each from an empty memory
     batch_size: int = 8  # rows per rank
-    bucket_tokens: int = 0  # loss by position in buckets of this many tokens; 0: segment_len
+    bucket_tokens: int = 0  # loss by position, log-spaced buckets in units of this many tokens; 0: segment_len
 
 
 @dataclass

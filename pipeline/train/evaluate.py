@@ -41,6 +41,10 @@ def evaluate(engine, docs: list[tuple[np.ndarray, str]], model_cfg: RMATConfig, 
              bos_id: int, eos_id: int, dtype: torch.dtype, device: torch.device) -> dict[str, float]:
     """Val metrics summed over all ranks: ``val/loss``, ``val/ppl``, per domain, per position bucket.
 
+    Position buckets are log-spaced in units of ``bucket_tokens`` (0: the segment length):
+    the first unit, the second, the 3rd-4th, the 5th-8th, ... so that a book gives a
+    handful of metrics, named ``val/pos_<bb>_<first token>-<end token>/loss`` to sort.
+
     With a memory, every segment is also read with the memory emptied before it
     (``reset``) and with another document's memory (``foreign``), so that
     ``val/<domain>/memory_benefit`` = loss(reset) - loss(carried) past the first segment
@@ -49,7 +53,7 @@ def evaluate(engine, docs: list[tuple[np.ndarray, str]], model_cfg: RMATConfig, 
     rank, world = dist.get_rank(), dist.get_world_size()
     s = model_cfg.segment_len
     bucket = bucket_tokens or s
-    n_buckets = max(math.ceil((len(d) + 1) / bucket) for d, _ in docs)
+    n_buckets = int(position_bucket(torch.tensor(max(len(d) for d, _ in docs)), bucket)) + 1
     modes = MODES if model_cfg.has_memory else MODES[:1]
     acc = _Totals(len(modes), n_buckets)
     engine.eval()
@@ -75,10 +79,21 @@ def evaluate(engine, docs: list[tuple[np.ndarray, str]], model_cfg: RMATConfig, 
                 nll = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(),
                                       ignore_index=IGNORE_INDEX, reduction="none").view(rows, s).double().cpu()
                 acc.add(m, nll, counted, [DOMAINS.index(domain) for _, domain in mine],
-                        torch.arange(i * s, (i + 1) * s) // bucket, past_first=i > 0)
+                        position_bucket(torch.arange(i * s, (i + 1) * s), bucket), past_first=i > 0)
     engine.train()
     dist.all_reduce(acc.flat)
     return acc.metrics(modes, bucket)
+
+
+def position_bucket(positions: torch.Tensor, unit: int) -> torch.Tensor:
+    """The log-spaced bucket of each token position: unit j = position // unit goes to bit_length(j)."""
+    return torch.frexp(torch.div(positions, unit, rounding_mode="floor").double()).exponent.long()
+
+
+def bucket_name(b: int, unit: int) -> str:
+    """``pos_<bb>_<first>-<end>``: bucket b covers units [2^(b-1), 2^b) (bucket 0: the first unit)."""
+    lo, hi = (0, 1) if b == 0 else (1 << (b - 1), 1 << b)
+    return f"pos_{b:02d}_{lo * unit}-{hi * unit}"
 
 
 def _other_rows(n_docs: int, rows: int) -> torch.Tensor:
@@ -130,6 +145,6 @@ class _Totals:
             suffix = "" if mode == "carried" else f"_{mode}"
             for b in range(self.bucket_sum.shape[1]):
                 if self.bucket_count[m, b] > 0:
-                    out[f"val/pos_{b * bucket}-{(b + 1) * bucket}/loss{suffix}"] = \
+                    out[f"val/{bucket_name(b, bucket)}/loss{suffix}"] = \
                         float(self.bucket_sum[m, b] / self.bucket_count[m, b])
         return out

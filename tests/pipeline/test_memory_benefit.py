@@ -76,8 +76,8 @@ def test_reset_reading_gives_loss_by_position_without_memory():
     model = model_reading_its_memory()
     got = metrics(model, documents([31, 31]))
     # The first segment starts from an empty memory in every mode.
-    assert got["val/pos_0-16/loss_reset"] == pytest.approx(got["val/pos_0-16/loss"], rel=1e-6)
-    assert abs(got["val/pos_16-32/loss_reset"] - got["val/pos_16-32/loss"]) > 1e-3
+    assert got["val/pos_00_0-16/loss_reset"] == pytest.approx(got["val/pos_00_0-16/loss"], rel=1e-6)
+    assert abs(got["val/pos_01_16-32/loss_reset"] - got["val/pos_01_16-32/loss"]) > 1e-3
 
 
 def test_a_lone_document_has_no_foreign_memory_to_read():
@@ -90,3 +90,24 @@ def test_a_model_without_memory_reports_no_memory_benefit():
     model = RMAT(RMATConfig(**{**vars(CFG), "paths": ["global", "local"], "mem_slots": 0})).eval()
     got = metrics(model, documents([31, 31]))
     assert "val/code/loss" in got and not any("memory_benefit" in k or "_reset" in k for k in got)
+
+
+def test_position_buckets_are_log_spaced_and_named_to_sort():
+    model = model_reading_its_memory()
+    got = metrics(model, documents([16 * 9 - 1]))  # with BOS and EOS: nine segments of 16
+    names = sorted(k.removesuffix("/loss") for k in got if k.startswith("val/pos_") and k.endswith("/loss"))
+    assert names == ["val/pos_00_0-16", "val/pos_01_16-32", "val/pos_02_32-64", "val/pos_03_64-128",
+                     "val/pos_04_128-256"]
+
+
+def test_a_position_bucket_is_the_mean_loss_over_its_tokens():
+    model = model_reading_its_memory()
+    docs = documents([16 * 4 - 1])
+    got = metrics(model, docs)
+    stream = torch.from_numpy(np.concatenate([[BOS], docs[0][0], [EOS]]))
+    state, nll = model.init_state(1), []
+    for i in range(4):
+        seg = stream[i * 16:i * 16 + 17]
+        logits, state = model(seg[None, :-1], state)
+        nll.append(F.cross_entropy(logits[0], seg[1:], reduction="none"))
+    assert got["val/pos_02_32-64/loss"] == pytest.approx(torch.cat(nll[2:]).mean().item(), rel=1e-5)

@@ -37,7 +37,7 @@ def test_two_process_training_lowers_validation_loss(trained):
 def test_validation_reports_each_domain_and_position_bucket(trained):
     final = read_jsonl(os.path.join(trained, "evals.jsonl"))[-1]
     assert {"val/code/loss", "val/code/ppl", "val/documents/loss", "val/documents/ppl"} <= set(final)
-    assert final["val/pos_0-32/loss"] > 0 and final["val/pos_32-64/loss"] > 0
+    assert final["val/pos_00_0-32/loss"] > 0 and final["val/pos_01_32-64/loss"] > 0
     assert abs(final["val/ppl"] - 2.718281828 ** final["val/loss"]) < 1e-6 * final["val/ppl"]
 
 
