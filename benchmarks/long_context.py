@@ -62,6 +62,7 @@ class Task:
     n_pairs: int
     distance: int  # filler segments between the pairs and the questions
     segment_len: int
+    tail: int = 0  # tokens at the sample's end that stay filler (room for the loader's BOS)
 
     @property
     def n_segments(self) -> int:
@@ -70,7 +71,7 @@ class Task:
     def sample(self, batch: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """tokens [B, N] and targets [B, N] (IGNORE except at the answers)."""
         s, n = self.segment_len, self.n_pairs
-        if 2 * n > s:
+        if 2 * n > s - self.tail:
             raise ValueError(f"{n} pairs do not fit a segment of {s} tokens")
         tokens = torch.randint(0, N_FILLER, (batch, self.n_segments * s), generator=gen)
         targets = torch.full_like(tokens, IGNORE)
@@ -80,7 +81,8 @@ class Task:
         tokens[:, 0:2 * n:2], tokens[:, 1:2 * n:2] = keys, values
         # Questions: the keys in a random order at random even slots of the last segment.
         order = torch.argsort(torch.rand(batch, n, generator=gen), dim=1)
-        slots = torch.sort(torch.argsort(torch.rand(batch, s // 2, generator=gen), dim=1)[:, :n], dim=1).values
+        slots = torch.sort(torch.argsort(torch.rand(batch, (s - self.tail) // 2, generator=gen), dim=1)[:, :n],
+                           dim=1).values
         at = (self.n_segments - 1) * s + 2 * slots
         tokens[rows, at] = keys.gather(1, order)
         tokens[rows, at + 1] = values.gather(1, order)

@@ -48,29 +48,41 @@ def stdlib_documents(n_docs: int, max_bytes: int) -> list[tuple[bytes, str, str]
 
 def write_byte_shards(folder: str, splits: dict[str, tuple[int, int]], max_bytes: int = 1500) -> str:
     """Write ``{split: (shards, docs_per_shard)}`` of real text, manifest last; returns the folder."""
-    ensure_dir(folder)
     need = sum(n * per for n, per in splits.values())
     available = stdlib_documents(need, max_bytes)
     if len(available) < need:
         raise ValueError(f"asked for {need} documents; the standard library here gives {len(available)}")
     docs = iter(available)
+    samples = {split: [[_sample(*next(docs)) for _ in range(per)] for _ in range(n)]
+               for split, (n, per) in splits.items()}
+    # Bytes need no pad/unk/turn tokens; they share eos's id so that the vocabulary stays 258.
+    return write_id_shards(folder, samples, VOCAB, BOS_ID, EOS_ID, "bytes-stdlib",
+                           {"sha256": "bytes-v1", "model": "", "model_type": "bytes"})
+
+
+def write_id_shards(folder: str, shards_by_split: dict[str, list[list[tuple[str, np.ndarray, dict]]]],
+                    vocab_size: int, bos_id: int, eos_id: int, config_hash: str, tokenizer: dict) -> str:
+    """Shards of ready token ids (``{split: [[(key, ids, meta), ...] per shard]}``), manifest last.
+
+    For data made by code rather than a tokenizer (byte text here, synthetic tasks in the
+    benchmarks): the same format and manifest the shard stage writes, so the loader reads it.
+    """
+    ensure_dir(folder)
     shards, totals = [], {}
-    for split, (n_shards, per_shard) in splits.items():
-        for index in range(n_shards):
+    for split, per_shard in shards_by_split.items():
+        for index, samples in enumerate(per_shard):
             path = os.path.join(folder, shard_name(split, index))
             with atomic_open(path, durable=False) as f:
-                n_docs, tokens = write_shard(f, (_sample(*next(docs)) for _ in range(per_shard)))
+                n_docs, tokens = write_shard(f, iter(samples))
             shards.append({"path": shard_name(split, index), "split": split, "sha256": sha256_file(path),
                            "bytes": os.path.getsize(path), "documents": n_docs, "tokens": tokens})
         mine = [s for s in shards if s["split"] == split]
         totals[split] = {"shards": len(mine), "documents": sum(s["documents"] for s in mine),
                          "tokens": sum(s["tokens"] for s in mine)}
-    # Bytes need no pad/unk/turn tokens; they share eos's id so that the vocabulary stays 258.
-    manifest = {"format": FORMAT, "version": VERSION, "config_hash": "bytes-stdlib", "dtype": "uint16",
-                "vocab_size": VOCAB, "special_ids": {"pad": EOS_ID, "unk": EOS_ID, "bos": BOS_ID, "eos": EOS_ID,
-                                                     "turn": EOS_ID},
-                "loader_adds": ["bos", "eos"], "tokenizer": {"sha256": "bytes-v1", "model": "", "model_type": "bytes"},
-                "shards": shards, "splits": totals}
+    manifest = {"format": FORMAT, "version": VERSION, "config_hash": config_hash, "dtype": "uint16",
+                "vocab_size": vocab_size, "special_ids": {"pad": eos_id, "unk": eos_id, "bos": bos_id, "eos": eos_id,
+                                                          "turn": eos_id},
+                "loader_adds": ["bos", "eos"], "tokenizer": tokenizer, "shards": shards, "splits": totals}
     validate_manifest(manifest, folder)
     write_atomic(os.path.join(folder, MANIFEST), canonical_json(manifest))
     return folder

@@ -40,6 +40,22 @@ class SlurmConfig:
 
 
 @dataclass
+class PasskeyConfig:
+    """Passkey retrieval in held-out text (pipeline/train/passkey.py); ``distances: []`` turns it off."""
+
+    distances: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16])  # segments from key to question
+    samples: int = 32  # per distance
+    split: str = "test"  # the held-out text the key hides in
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if any(d < 0 for d in self.distances):
+            raise ValueError(f"passkey.distances={self.distances!r}: distances count segments, >= 0")
+        if self.samples < 1:
+            raise ValueError(f"passkey.samples={self.samples!r}: must be >= 1")
+
+
+@dataclass
 class EvaluateConfig:
     """The final evaluation of the trained model: each document of each split from an empty memory."""
 
@@ -47,6 +63,7 @@ class EvaluateConfig:
     max_docs: int = 256  # per split, in manifest order
     batch_size: int = 8  # documents read side by side per process
     bucket_tokens: int = 0  # loss by position, log-spaced buckets in units of this many tokens; 0: segment_len
+    passkey: PasskeyConfig = field(default_factory=PasskeyConfig)
 
     def __post_init__(self) -> None:
         if not self.splits:

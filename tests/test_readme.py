@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHRINK = {
     "quickstart": ["steps=2", "eval.max_docs=2", "engine.threads_per_proc=1"],
     "train": ["steps=2", "eval.max_docs=2", "engine.threads_per_proc=1"],
-    "submit": ["train.steps=2", "train.eval.max_docs=2", "evaluate.max_docs=2", "train.engine.threads_per_proc=1"],
+    "submit": ["train.steps=2", "train.eval.max_docs=2", "evaluate.max_docs=2", "evaluate.passkey.samples=2",
+               "train.engine.threads_per_proc=1"],
 }
 NOT_RUN = {
     "bash scripts/bootstrap.sh": "the install this test runs in",

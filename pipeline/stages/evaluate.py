@@ -1,7 +1,9 @@
-"""The evaluate stage: the trained model on each split, per domain and position bucket.
+"""The evaluate stage: the trained model on each split, per domain and position bucket, and
+passkey retrieval at distances counted in segments.
 
 Every document is read from an empty memory (``pipeline.train.evaluate``), with the
-fp32 weights of the final checkpoint. The metrics go to the training's MLflow run
+fp32 weights of the final checkpoint; the pass keys hide in held-out text
+(``pipeline.train.passkey``). The metrics go to the training's MLflow run
 first, then the report is written atomically: a report on disk means both are done.
 """
 
@@ -17,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from data_prep.atomic import read_json, write_atomic
+from data_prep.encoder import shard_encoder
 from model import RMAT
 from orchestration.distributed import DistributedCall
 from pipeline.pipeline_config import EvaluateConfig, PipelineConfig
@@ -25,6 +28,7 @@ from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loader import open_split, read_documents
+from pipeline.train.passkey import passkey_metrics
 from pipeline.train.tracking import saved_run_id, tracking_uri
 
 REPORT = "final_eval.json"
@@ -51,6 +55,18 @@ def split_metrics(model: RMAT, t: TrainConfig, e: EvaluateConfig, split: str) ->
     return {f"{split}/{k.removeprefix('val/')}": v for k, v in metrics.items()}
 
 
+def passkey(model: RMAT, t: TrainConfig, e: EvaluateConfig) -> dict[str, float]:
+    """``{split}/passkey/d<dd>/accuracy`` (and ``_reset``) in the configured held-out split (a collective)."""
+    p = e.passkey
+    if not p.distances:
+        return {}
+    info = open_split(t.data.shards, p.split)
+    docs = [d for d, _ in read_documents(info, e.max_docs)]
+    metrics = passkey_metrics(model, docs, shard_encoder(t.data.shards), p.distances, p.samples, p.seed,
+                              t.model.segment_len, info.bos_id, info.eos_id, with_reset=t.model.has_memory)
+    return {f"{p.split}/{k}": v for k, v in metrics.items()}
+
+
 def run(t: TrainConfig, e: EvaluateConfig) -> Optional[str]:
     """One process of the evaluate job (RANK etc. exported); rank 0 logs, writes the report, returns a summary."""
     dist.init_process_group("gloo")
@@ -59,16 +75,25 @@ def run(t: TrainConfig, e: EvaluateConfig) -> Optional[str]:
         if meta is None:
             raise FileNotFoundError(f"{t.run_dir}: no checkpoint to evaluate; run the train stage first")
         model = checkpoint.load_model(t.run_dir, meta["tag"])
-        metrics = {k: v for split in e.splits for k, v in split_metrics(model, t, e, split).items()}
+        metrics = passkey(model, t, e)  # first: a segment too short for the sentences fails fast
+        metrics |= {k: v for split in e.splits for k, v in split_metrics(model, t, e, split).items()}
         if dist.get_rank() != 0:
             return None
         _log_to_mlflow(t, meta["step"], metrics)
         report = {"checkpoint": meta["tag"], "step": meta["step"], "config": asdict(e), "metrics": metrics}
         write_atomic(report_path(t), json.dumps(report, indent=1).encode())
-        losses = ", ".join(f"{s} loss {metrics[f'{s}/loss']:.4f}" for s in e.splits)
-        return f"{losses} ({report_path(t)})"
+        return f"{_summary(e, metrics)} ({report_path(t)})"
     finally:
         dist.destroy_process_group()
+
+
+def _summary(e: EvaluateConfig, metrics: dict[str, float]) -> str:
+    parts = [f"{split} loss {metrics[f'{split}/loss']:.4f}" for split in e.splits]
+    p = e.passkey
+    if p.distances:
+        parts.append("passkey " + " ".join(f"d{d} {metrics[f'{p.split}/passkey/d{d:02d}/accuracy']:.2f}"
+                                           for d in p.distances))
+    return ", ".join(parts)
 
 
 def _log_to_mlflow(t: TrainConfig, step: int, metrics: dict[str, float]) -> None:

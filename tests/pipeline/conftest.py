@@ -73,7 +73,9 @@ def pipeline_yaml(tmp_path, **slurm) -> str:
                                     "files_per_unit": 2}],
                        "ingest": {"val_fraction": 0.2, "test_fraction": 0.2},
                        "tokenizer": {"vocab_size": 400, "num_threads": 1}, "shard": {"target_shard_bytes": 8000}},
-              "train": TINY_TRAIN, "evaluate": {"max_docs": 8, "batch_size": 2},
+              # segments of 64 tokens hold the passkey sentences of a 400-piece vocabulary
+              "train": {**TINY_TRAIN, "model": {**TINY_TRAIN["model"], "segment_len": 64}},
+              "evaluate": {"max_docs": 8, "batch_size": 2, "passkey": {"distances": [1, 2], "samples": 4}},
               "slurm": {"array": {"max_tasks": 2, "retries": 0, "poll_s": 0.2},
                         "train": {"tasks_per_node": 2, "max_requeues": 1}, **slurm}}
     path = tmp_path / "p.yaml"

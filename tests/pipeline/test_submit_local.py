@@ -46,6 +46,7 @@ def test_local_cluster_runs_the_whole_pipeline_then_resubmit_skips_it(tmp_path):
     assert len((train_dir / "losses.jsonl").read_text().splitlines()) == 20
     report = json.loads((train_dir / "final_eval.json").read_text())
     assert report["step"] == 20 and {"val/loss", "test/loss"} <= set(report["metrics"])
+    assert {"test/passkey/d01/accuracy", "test/passkey/d02/accuracy_reset"} <= set(report["metrics"])
     for shard in (tmp_path / "data").glob("shards-*/*.tar"):
         os.utime(shard, (1, 1))  # file times are not what training was complete for
     assert rmat("submit", config, "--cluster", "local")[1].endswith("nothing to submit: every stage is complete\n")

@@ -1,0 +1,179 @@
+"""Recall across segments when `rmat train` itself does the training.
+
+The task of benchmarks/long_context.py (MQAR: n key-value pairs in the first segment, d
+filler segments, the keys asked in the last), written as token shards that the pipeline's
+loader reads, trained by `rmat train` (DeepSpeed, one process) with its TBPTT windows of
+``--tbptt`` segments, and scored like the benchmark: greedy accuracy at the answers of 1,024
+held-out samples, read segment by segment with the memory carried.
+
+Each sample is one document of exactly d + 2 segments once the loader puts BOS before it
+(the sample's last token is dropped, and kept filler so that no answer is lost), so every
+row starts a document on the same step and a window of d + 2 segments holds one whole
+sample. Unlike the benchmark's own loop, the pipeline takes its loss on every token; only
+the answers can be learned (filler, keys and values are drawn at random), so that loss's
+floor is near ln 64 and the answers carry a small share of the gradient.
+
+Beside each pipeline run, the benchmark's own loop trains the same model on the same cell
+for the same steps (loss at the answers, backprop through the whole sample): the
+reference the pipeline is to match.
+
+    python benchmarks/long_context_pipeline.py --n 1 --d 2 --tbptt 2,4 --seeds 3 --steps 1500
+    python benchmarks/long_context_pipeline.py --smoke      # CI: seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import print_table  # noqa: E402
+from long_context import IGNORE, N_VALUES, TINY, VOCAB, Setting, Task, train_point  # noqa: E402
+
+from data_prep.byte_shards import write_id_shards  # noqa: E402
+from pipeline.train import checkpoint  # noqa: E402
+
+BOS_ID, EOS_ID = VOCAB, VOCAB + 1
+DOCS_PER_SHARD = 4096
+
+
+def task_of(n: int, d: int) -> Task:
+    return Task(n, d, TINY["segment_len"], tail=1)
+
+
+def write_task_shards(folder: Path, task: Task, n_train: int, n_val: int, seed: int) -> None:
+    """``n_train`` + ``n_val`` samples as documents of (d + 2) * S - 1 ids, the format of the shard stage."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def shards(n_docs: int, split: str) -> list[list[tuple[str, np.ndarray, dict]]]:
+        tokens, _ = task.sample(n_docs, gen)
+        docs = [(f"{split}{i:07d}", row[:-1].numpy().astype(np.uint16),
+                 {"source": "mqar", "domain": "documents", "doc_hash": f"{split}{i}", "tokens": len(row) - 1})
+                for i, row in enumerate(tokens)]
+        return [docs[i:i + DOCS_PER_SHARD] for i in range(0, n_docs, DOCS_PER_SHARD)]
+
+    write_id_shards(str(folder), {"train": shards(n_train, "train"), "val": shards(n_val, "val")},
+                    VOCAB + 2, BOS_ID, EOS_ID, f"mqar-{task.n_pairs}-{task.distance}-{seed}",
+                    {"sha256": "mqar-v1", "model": "", "model_type": "mqar"})
+
+
+def train_config(shards: Path, run_dir: Path, tbptt: int, steps: int, batch: int, lr: float, seed: int) -> dict:
+    """The pipeline's training config on the benchmark's tiny model; TBPTT windows of ``tbptt`` segments."""
+    return {"model": {**TINY, "vocab_size": VOCAB + 2},
+            "data": {"shards": str(shards), "batch_size": batch, "tbptt_segments": tbptt},
+            "optim": {"lr": lr, "warmup_steps": max(1, steps // 20)},
+            "engine": {"zero_stage": 0, "threads_per_proc": 1},
+            "checkpoint": {"every": 0}, "eval": {"every": 0, "max_docs": 16},
+            "steps": steps, "seed": seed, "run_dir": str(run_dir)}
+
+
+def rmat_train(config: dict, config_path: Path) -> float:
+    """Run `rmat train` on ``config`` in its own process; seconds it took."""
+    config_path.write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", str(config_path)], cwd=ROOT,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"rmat train failed ({config_path}):\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def pipeline_accuracy(run_dir: Path, task: Task, seed: int, n_samples: int = 1024) -> float:
+    """Accuracy at the answers of held-out samples, read as the loader presents them (BOS first)."""
+    model = checkpoint.load_model(str(run_dir)).eval()
+    tokens, targets = task.sample(n_samples, torch.Generator().manual_seed(10_000 + seed))
+    stream = torch.cat([torch.full((n_samples, 1), BOS_ID), tokens[:, :-1]], dim=1)  # as the loader feeds it
+    s, state, logits = task.segment_len, model.init_state(n_samples), []
+    for i in range(0, stream.shape[1], s):
+        out, state = model(stream[:, i:i + s], state)
+        logits.append(out)
+    # Stream position p + 1 holds sample token p: the answer to the key at p is read at p + 1.
+    guess = torch.cat(logits, dim=1)[:, 1:].argmax(-1)
+    asked = targets[:, :-1] != IGNORE
+    return float((guess[asked] == targets[:, :-1][asked]).float().mean())
+
+
+def run_point(out: Path, n: int, d: int, tbptt: int, seed: int, args: argparse.Namespace) -> dict:
+    task = task_of(n, d)
+    point = out / f"n{n}-d{d}-w{tbptt}-s{seed}"
+    shards = point / "shards"
+    docs_per_step = args.batch * max(1, tbptt // task.n_segments)
+    if not (shards / "manifest.json").exists():
+        write_task_shards(shards, task, args.steps * docs_per_step + args.batch, 64, seed)
+    seconds = rmat_train(train_config(shards, point / "run", tbptt, args.steps, args.batch, args.lr, seed),
+                         point / "train.yaml")
+    return {"trainer": "rmat train", "n": n, "d": d, "tbptt": tbptt, "seed": seed, "steps": args.steps,
+            "accuracy": pipeline_accuracy(point / "run", task, seed), "seconds": round(seconds, 1)}
+
+
+def reference_point(n: int, d: int, seed: int, args: argparse.Namespace) -> dict:
+    """The benchmark's own loop on the same cell, steps, batch and learning rate."""
+    task = task_of(n, d)
+    r = train_point(dict(setting=vars(Setting("rmat")), task=vars(task), seed=seed, steps=args.steps, window=0,
+                         train_d=-1, batch=args.batch, lr=args.lr, target_params=None))
+    return {"trainer": "benchmark loop", "n": n, "d": d, "tbptt": 0, "seed": seed, "steps": args.steps,
+            "accuracy": r["accuracy"], "seconds": r["seconds"]}
+
+
+def summarize(records: list[dict], seeds: int) -> None:
+    groups: dict[tuple, list[float]] = {}
+    for r in records:
+        groups.setdefault((r["trainer"], r["n"], r["d"], r["tbptt"]), []).append(r["accuracy"])
+    rows = [[trainer, str(n), str(d), "whole sample" if w == 0 else str(w),
+             f"{np.mean(a):.3f} ({min(a):.2f}-{max(a):.2f})", str(len(a))]
+            for (trainer, n, d, w), a in groups.items()]
+    print(f"\nMQAR accuracy across segments, trained by rmat train and by the benchmark's loop "
+          f"(chance {1 / N_VALUES:.3f}; {seeds} seeds)\n")
+    print_table(["trainer", "n", "d", "backprop window (segments)", "accuracy mean (min-max)", "seeds"], rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--d", type=int, default=2)
+    p.add_argument("--tbptt", type=lambda s: [int(x) for x in s.split(",")], default=[2, 4])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--out", default="runs/benchmarks/long_context_pipeline")
+    p.add_argument("--smoke", action="store_true", help="a few steps of one seed: the path works, in seconds")
+    args = p.parse_args()
+    if args.smoke:
+        args.tbptt, args.seeds, args.steps, args.batch = [4], 1, 4, 4
+        args.out = str(Path(args.out) / "smoke")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"  # a rerun skips the points already there
+    key = lambda r: (r["trainer"], r["n"], r["d"], r["tbptt"], r["seed"], r["steps"])  # noqa: E731
+    done = {key(r): r for r in map(json.loads, results.read_text().splitlines())} if results.exists() else {}
+    records = []
+    for seed in range(args.seeds):
+        for window in [0, *args.tbptt]:  # 0: the benchmark's loop, the reference
+            trainer = "rmat train" if window else "benchmark loop"
+            r = done.get((trainer, args.n, args.d, window, seed, args.steps))
+            if r is None:
+                r = run_point(out, args.n, args.d, window, seed, args) if window else \
+                    reference_point(args.n, args.d, seed, args)
+                with results.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+            print(f"  {trainer:>14} n={args.n} d={args.d} window={window} seed={seed}  "
+                  f"acc {r['accuracy']:.3f}  ({r['seconds']:.0f} s)", flush=True)
+            records.append(r)
+    summarize(records, args.seeds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""MQAR through `rmat train`: the task's documents as the loader reads them, and a smoke run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from long_context import N_FILLER  # noqa: E402
+from long_context_pipeline import BOS_ID, EOS_ID, task_of, write_task_shards  # noqa: E402
+
+from pipeline.streams import RowStream  # noqa: E402
+from pipeline.train.loader import open_split, read_documents  # noqa: E402
+
+
+def test_a_task_sample_keeps_its_last_token_filler_so_dropping_it_loses_no_answer():
+    tokens, _ = task_of(15, 1).sample(256, torch.Generator().manual_seed(0))
+    assert (tokens[:, -1] < N_FILLER).all()
+
+
+def test_the_loader_reads_each_sample_as_d_plus_2_whole_segments_pairs_first_questions_last(tmp_path):
+    task = task_of(4, 2)
+    write_task_shards(tmp_path, task, n_train=6, n_val=2, seed=0)
+    docs = [d for d, _ in read_documents(open_split(str(tmp_path), "train"), 100)]
+    assert len(docs) == 6
+    row = RowStream(docs, range(len(docs)), task.segment_len, BOS_ID, EOS_ID)
+    for _ in docs:
+        segments = [row.next_segment() for _ in range(task.n_segments)]
+        assert [reset for _, _, reset in segments] == [True] + [False] * (task.n_segments - 1)
+        first = segments[0][0]
+        assert first[0] == BOS_ID and (first[1:9:2] >= N_FILLER).all()  # four keys right after BOS
+        assert segments[-1][1][-1] == EOS_ID  # the document ends exactly with its last segment
+
+
+@pytest.mark.slow
+def test_smoke_run_trains_with_rmat_train_and_prints_both_trainers(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "long_context_pipeline.py"), "--smoke", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "benchmark loop" in out.stdout and "rmat train" in out.stdout
+    records = [json.loads(line) for line in (tmp_path / "smoke" / "results.jsonl").read_text().splitlines()]
+    assert [r["trainer"] for r in records] == ["benchmark loop", "rmat train"]
+    assert (tmp_path / "smoke" / "n1-d2-w4-s0" / "run" / "final_metrics.json").exists()
