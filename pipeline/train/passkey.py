@@ -58,7 +58,7 @@ def make_sample(filler: np.ndarray, encode: Callable[[str], list[int]], distance
 @torch.no_grad()
 def retrieved(model: nn.Module, samples: list[PasskeySample], segment_len: int, reset: bool) -> int:
     """How many samples (all of one distance) the model completes with their exact pass key."""
-    tokens = torch.from_numpy(np.stack([s.tokens for s in samples]))
+    tokens = torch.from_numpy(np.stack([s.tokens for s in samples])).to(_device(model))
     rows, n_segments = tokens.shape[0], (tokens.shape[1] - 1) // segment_len
     state = model.init_state(rows)
     for i in range(n_segments):
@@ -72,6 +72,10 @@ def retrieved(model: nn.Module, samples: list[PasskeySample], segment_len: int, 
     return hits
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
 def passkey_metrics(model: nn.Module, docs: list[np.ndarray], encode: Callable[[str], list[int]],
                     distances: list[int], samples: int, seed: int, segment_len: int, bos_id: int, eos_id: int,
                     with_reset: bool) -> dict[str, float]:
@@ -82,7 +86,7 @@ def passkey_metrics(model: nn.Module, docs: list[np.ndarray], encode: Callable[[
     rank, world = dist.get_rank(), dist.get_world_size()
     filler, rng = filler_stream(docs, eos_id, bos_id), np.random.default_rng(seed)
     modes = (False, True) if with_reset else (False,)
-    hits = torch.zeros(len(distances), len(modes), dtype=torch.float64)
+    hits = torch.zeros(len(distances), len(modes), dtype=torch.float64, device=_device(model))  # NCCL: on GPU
     for i, distance in enumerate(distances):
         drawn = [make_sample(filler, encode, distance, segment_len, bos_id, rng) for _ in range(samples)]
         mine = drawn[rank::world]
