@@ -138,6 +138,8 @@ def _add_inference_commands(sub) -> None:
     export.add_argument("--out", required=True, help="folder to create (must not exist)")
     export.add_argument("--format", default="safetensors", help="comma-separated: safetensors[,onnx]")
     export.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype of the weights")
+    export.add_argument("--log-model", action="store_true",
+                        help="also log the export (with onnx) to the training's MLflow run as the model 'model'")
     gen = sub.add_parser("generate", help="continue a prompt with an exported model, streaming the text")
     gen.add_argument("folder", help="a folder written by `rmat export`")
     source = gen.add_mutually_exclusive_group(required=True)
@@ -159,6 +161,14 @@ def _export(args: argparse.Namespace) -> int:
         print(f"rmat export: error: {e}", file=sys.stderr)
         return 1
     print(f"exported {info['checkpoint']} of {args.run_dir} to {args.out}: {', '.join(sorted(info['sha256']))}")
+    if args.log_model:
+        from pipeline.serving import log_exported_model
+
+        try:
+            print(f"logged as {log_exported_model(args.out, args.run_dir)}")
+        except FileNotFoundError as e:
+            print(f"rmat export: error: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

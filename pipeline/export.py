@@ -11,6 +11,7 @@ that is renamed to ``--out`` at the end, so ``--out`` never holds half an export
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -53,20 +54,24 @@ def resolve_tag(run_dir: str, tag: Optional[str]) -> str:
     return tag
 
 
+def required_files(cfg: TrainConfig, world: int) -> list[str]:
+    """Glob patterns of the files a consolidation of this checkpoint reads: one per rank and kind."""
+    names = [f"rank_{r:05d}.pt" for r in range(world)]
+    if cfg.engine.zero_stage == 0 and cfg.engine.precision == "fp32":
+        return [*names, "mp_rank_00_model_states.pt"]  # the whole weights, which load_model reads
+    # DeepSpeed's consolidation reads every rank's partition (bf16_zero_pp_rank_* from its bf16 optimizer).
+    return names + [f"*zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)]
+
+
 def check_rank_files(folder: str, cfg: TrainConfig) -> None:
-    """Every rank's own file and, past ZeRO-0, every rank's DeepSpeed partition must be there."""
+    """Every file of every rank the consolidation needs must be there; the first missing one is named."""
     with open(os.path.join(folder, "meta.json")) as f:
         world = int(json.load(f)["world_size"])
-    names = [f"rank_{r:05d}.pt" for r in range(world)]
-    if cfg.engine.zero_stage == 0:
-        names.append("mp_rank_00_model_states.pt")
-    else:
-        names += [f"{'bf16_' if cfg.engine.precision == 'bf16' else ''}zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
-                  for r in range(world)]
-    for name in names:
-        if not os.path.isfile(os.path.join(folder, name)):
-            raise ExportError(f"{os.path.join(folder, name)}: missing; the checkpoint was written by {world} "
-                              "rank(s) and needs every rank's file (copy it back or export another checkpoint)")
+    for pattern in required_files(cfg, world):
+        if not glob.glob(os.path.join(folder, pattern)):
+            raise ExportError(f"{os.path.join(folder, pattern.lstrip('*'))}: missing; the checkpoint was written by "
+                              f"{world} rank(s) and needs every rank's files (copy it back or export another "
+                              "checkpoint)")
 
 
 def consolidated_model(run_dir: str, tag: str) -> tuple[RMAT, TrainConfig]:

@@ -82,14 +82,23 @@ class OnnxDecoder:
                       "pos": np.array(0, np.int64)}
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
-        s = self.cfg.segment_len
         self._empty(ids.shape[0])
-        n_full = (ids.shape[1] - 1) // s  # the last token goes through the step graph
-        for i in range(n_full):
-            self.run_segment(ids[:, i * s:(i + 1) * s])
-        logits = None
-        for t in range(n_full * s, ids.shape[1]):
-            logits = self.step(ids[:, t])
+        return self.extend(ids)
+
+    def extend(self, ids: np.ndarray) -> np.ndarray:
+        """Read ids [B, T >= 1] on from the current state; returns the last logits [B, V].
+
+        A whole segment that starts at a segment boundary (and is not the prompt's end) goes
+        through segment.onnx, every other token through step.onnx.
+        """
+        s, i, logits = self.cfg.segment_len, 0, None
+        while i < ids.shape[1]:
+            if int(self.state["pos"]) == 0 and ids.shape[1] - i > s:
+                self.run_segment(ids[:, i:i + s])
+                i += s
+            else:
+                logits = self.step(ids[:, i])
+                i += 1
         return logits
 
     def run_segment(self, tokens: np.ndarray) -> np.ndarray:
