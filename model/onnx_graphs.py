@@ -7,7 +7,8 @@
 The graphs compute what ``RMAT.forward`` and ``RMAT.step`` compute, written so that every
 shape inside is static (the segment is padded to S, positions are masks, not slices) and
 every branch is a select: the exporter then needs no data-dependent control flow. The
-GRU cell's gates are written out (exporters do not all map ``nn.GRUCell``).
+GRU cell's gates and RMSNorm are written out: the TorchScript exporter has no mapping for
+``aten::gru_cell`` or ``aten::rms_norm``.
 """
 
 from __future__ import annotations

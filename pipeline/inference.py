@@ -71,7 +71,8 @@ class OnnxDecoder:
         self.segment, self.stepper = sessions
         self.state: dict[str, np.ndarray] = {}
 
-    def _empty(self, batch: int) -> None:
+    def reset(self, batch: int) -> None:
+        """An empty memory and cache for ``batch`` rows."""
         c = self.cfg
         kv = (c.n_layers, batch, c.n_heads, c.segment_len, c.head_dim)
         self.state = {"mem": np.zeros((c.n_layers, batch, c.mem_slots, c.d_model), np.float32),
@@ -82,7 +83,7 @@ class OnnxDecoder:
                       "pos": np.array(0, np.int64)}
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
-        self._empty(ids.shape[0])
+        self.reset(ids.shape[0])
         return self.extend(ids)
 
     def extend(self, ids: np.ndarray) -> np.ndarray:

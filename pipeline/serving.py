@@ -47,7 +47,7 @@ class MemoryCarryingModel(mlflow.pyfunc.PythonModel):
         """The continuation of ``prompt``; a known non-empty ``session`` goes on from its memory."""
         saved = self.sessions.get(session) if session else None
         if saved is None:
-            self.decoder._empty(1)
+            self.decoder.reset(1)
             logits = self.decoder.extend(np.asarray([prompt_ids(self.tokenizer, prompt)], np.int64))
         else:
             self.decoder.state = dict(saved["state"])

@@ -51,7 +51,7 @@ def test_graphs_take_and_give_the_documented_names_with_dynamic_batch_and_time(g
 def test_segment_graph_matches_pytorch_over_a_stream_of_segments(graphs):
     model, folder = graphs
     decoder = OnnxDecoder(folder)
-    decoder._empty(2)
+    decoder.reset(2)
     state = model.init_state(2)
     worst = 0.0
     for length in (S, S, 7, S, 2, S):  # whole and partial segments: T is dynamic
