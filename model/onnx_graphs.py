@@ -6,7 +6,8 @@
 
 The graphs compute what ``RMAT.forward`` and ``RMAT.step`` compute, written so that every
 shape inside is static (the segment is padded to S, positions are masks, not slices) and
-every branch is a select: the exporter then needs no data-dependent control flow. The
+every branch but one is a select. The one is the step's memory write, needed once per
+segment: a scripted ``if`` that exports as an ONNX ``If``, so other steps skip it. The
 GRU cell's gates and RMSNorm are written out: the TorchScript exporter has no mapping for
 ``aten::gru_cell`` or ``aten::rms_norm``.
 """
@@ -54,16 +55,18 @@ def exportable(model: nn.Module) -> nn.Module:
     return model
 
 
-def gru_cell(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
-    """``nn.GRUCell`` with its gates written out (PyTorch's r, z, n weight order)."""
-    gi = F.linear(x, cell.weight_ih, cell.bias_ih)
-    gh = F.linear(h, cell.weight_hh, cell.bias_hh)
-    i_r, i_z, i_n = gi.chunk(3, dim=-1)
-    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+def gru_gates(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    """One ``nn.GRUCell`` step with its gates written out (PyTorch's r, z, n weight order)."""
+    i_r, i_z, i_n = F.linear(x, w_ih, b_ih).chunk(3, dim=-1)
+    h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=-1)
     r = torch.sigmoid(i_r + h_r)
     z = torch.sigmoid(i_z + h_z)
-    n = torch.tanh(i_n + r * h_n)
-    return (1 - z) * n + z * h
+    return (1 - z) * torch.tanh(i_n + r * h_n) + z * h
+
+
+def gru_cell(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
+    """``cell(x, h)`` through ``gru_gates``."""
+    return gru_gates(x, h, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
 
 
 def write_memory(writer: MemoryWriter, y: Tensor, present: Tensor, mem: Tensor, valid: Tensor, carry: Tensor
@@ -98,6 +101,45 @@ def write_memory(writer: MemoryWriter, y: Tensor, present: Tensor, mem: Tensor, 
     fresh = torch.ones(b, n_chunks, dtype=torch.bool, device=valid.device)
     valid = torch.cat([valid, fresh], dim=1).index_select(1, window)
     return mem, valid, carry
+
+
+def write_full_segment(y: Tensor, mem: Tensor, valid: Tensor, carry: Tensor, norm_weight: Tensor, eps: float,
+                       attn_pool: bool, pool_query: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor,
+                       chunk_len: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``MemoryWriter.forward`` on a whole segment y [B, S, D], its parameters passed as tensors (TorchScript)."""
+    b, s, d = y.size(0), y.size(1), y.size(2)
+    n_chunks = s // chunk_len
+    x = (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps) * norm_weight).view(b, n_chunks, chunk_len, d)
+    if attn_pool:
+        w = torch.softmax(torch.matmul(x, pool_query) / float(d) ** 0.5, dim=-1)
+        summaries = (x * w.unsqueeze(-1)).sum(2)
+    else:
+        summaries = x.mean(2)
+    carries = []
+    for i in range(n_chunks):
+        carry = gru_gates(summaries[:, i], carry, w_ih, w_hh, b_ih, b_hh)
+        carries.append(carry)
+    mem = torch.cat([mem, torch.stack(carries, dim=1)], dim=1)[:, n_chunks:]
+    valid = torch.cat([valid, torch.ones(b, n_chunks, dtype=torch.bool, device=valid.device)], dim=1)[:, n_chunks:]
+    return mem, valid, carry
+
+
+def write_if_full(full: Tensor, y: Tensor, mem: Tensor, valid: Tensor, carry: Tensor, norm_weight: Tensor,
+                  eps: float, attn_pool: bool, pool_query: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
+                  b_hh: Tensor, chunk_len: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The memory write when the segment is full, else the state unchanged: an ONNX ``If``, so a step
+    that does not end a segment does not pay for the write."""
+    if bool(full):
+        return write_full_segment(y, mem, valid, carry, norm_weight, eps, attn_pool, pool_query, w_ih, w_hh,
+                                  b_ih, b_hh, chunk_len)
+    return mem, valid, carry
+
+
+with warnings.catch_warnings():
+    # Scripted, not traced: a trace would keep one branch of the `if`, a script exports it as an ONNX If.
+    # torch.jit.script is deprecated, but torch.export's ONNX path would add onnxscript as a dependency.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    scripted_write_if_full = torch.jit.script(write_if_full)
 
 
 class SegmentGraph(nn.Module):
@@ -173,16 +215,17 @@ class StepGraph(nn.Module):
             ks.append(k_i), vs.append(v_i), ys.append(torch.where(here, x, y_cache[i]))
         logits = m.lm_head(m.norm_f(x))[:, 0]
         full = pos == s - 1
-        all_real = torch.ones(s, dtype=torch.bool, device=token.device)
         mems, valids, carries = [], [], []
         for i, block in enumerate(m.blocks):
-            if block.writer is None:
+            w = block.writer
+            if w is None:
                 mems.append(mem[i]), valids.append(valid[i]), carries.append(carry[i])
                 continue
-            written = write_memory(block.writer, ys[i], all_real, mem[i], valid[i], carry[i])
-            mems.append(torch.where(full, written[0], mem[i]))
-            valids.append((full & written[1]) | (~full & valid[i]))  # onnxruntime has no bool Where
-            carries.append(torch.where(full, written[2], carry[i]))
+            query = w.pool_query if w.pool == "attn" else torch.zeros(m.cfg.d_model)
+            parts = scripted_write_if_full(full, ys[i], mem[i], valid[i], carry[i], w.norm.weight,
+                                           float(w.norm.eps), w.pool == "attn", query, w.gru.weight_ih,
+                                           w.gru.weight_hh, w.gru.bias_ih, w.gru.bias_hh, w.chunk_len)
+            mems.append(parts[0]), valids.append(parts[1]), carries.append(parts[2])
         next_pos = torch.where(full, torch.zeros_like(pos), pos + 1)
         return (logits, torch.stack(ks), torch.stack(vs), torch.stack(ys), next_pos,
                 torch.stack(mems), torch.stack(valids), torch.stack(carries))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import onnx
@@ -21,13 +21,17 @@ CFG = RMATConfig(vocab_size=61, d_model=32, n_layers=2, n_heads=2, segment_len=S
                  init_std=0.5)
 
 
-@pytest.fixture(scope="module")
-def graphs(tmp_path_factory):
-    """(model, folder holding config.json, segment.onnx and step.onnx)."""
+@pytest.fixture(scope="module", params=["mean", "attn"], ids=["mean_pool", "attn_pool"])
+def graphs(request, tmp_path_factory):
+    """(model, folder holding config.json, segment.onnx and step.onnx), for each way a chunk is pooled."""
     torch.manual_seed(0)
-    model = RMAT(CFG).eval()
+    cfg = replace(CFG, pool=request.param)
+    model = RMAT(cfg).eval()
+    if request.param == "attn":  # its query starts at zero (a mean): make it pick tokens
+        for block in model.blocks:
+            torch.nn.init.normal_(block.writer.pool_query, std=1.0)
     folder = tmp_path_factory.mktemp("onnx")
-    (folder / "config.json").write_text(json.dumps(asdict(CFG)))
+    (folder / "config.json").write_text(json.dumps(asdict(cfg)))
     export_onnx(model, str(folder))
     return model, str(folder)
 
