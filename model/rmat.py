@@ -66,6 +66,13 @@ class RMAT(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=self.cfg.init_std)
 
+    @classmethod
+    def from_pretrained(cls, folder: str, dtype: torch.dtype = torch.float32) -> RMAT:
+        """The model of an ``rmat export`` folder, its files' sha256s checked first (model/pretrained.py)."""
+        from model.pretrained import from_pretrained
+
+        return from_pretrained(cls, folder, dtype)
+
     # ---- state -----------------------------------------------------------------------
 
     def init_state(self, batch_size: int) -> MemoryState:

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("config", help="YAML config, e.g. configs/train/small.yaml")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. engine.zero_stage=3")
     train.add_argument("--nproc", type=int, default=1, help="local processes (ignored under SLURM/torchrun)")
+    _add_inference_commands(sub)
     # Options may stand anywhere, so dotted overrides may come after them too: argparse leaves those over.
     args, extras = parser.parse_known_args(argv)
     args.overrides = _overrides(parser, args, extras)
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run_command(args)
         if args.command == "train":
             return _train(args)
+        if args.command == "export":
+            return _export(args)
+        if args.command == "generate":
+            return _generate(args)
     except ConfigError as e:
         print(f"rmat: config error: {e}", file=sys.stderr)
         return 2
@@ -123,6 +128,73 @@ def _train(args: argparse.Namespace) -> int:
 
     launch(load_config(TrainConfig, args.config, list(args.overrides)), args.nproc)
     return 0
+
+
+def _add_inference_commands(sub) -> None:
+    export = sub.add_parser("export", help="a checkpoint as a self-contained folder: safetensors, config, "
+                                           "tokenizer, ONNX graphs with the memory as explicit state")
+    export.add_argument("run_dir", help="a training run folder (it holds checkpoints/)")
+    export.add_argument("--checkpoint", help="checkpoint tag, e.g. step_00000300 (default: the latest)")
+    export.add_argument("--out", required=True, help="folder to create (must not exist)")
+    export.add_argument("--format", default="safetensors", help="comma-separated: safetensors[,onnx]")
+    export.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype of the weights")
+    export.add_argument("--log-model", action="store_true",
+                        help="also log the export (with onnx) to the training's MLflow run as the model 'model'")
+    gen = sub.add_parser("generate", help="continue a prompt with an exported model, streaming the text")
+    gen.add_argument("folder", help="a folder written by `rmat export`")
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the prompt text")
+    source.add_argument("--prompt-file", help="a UTF-8 file holding the prompt (any length)")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pipeline.export import ExportError, export_run
+
+    try:
+        info = export_run(args.run_dir, args.out, args.checkpoint, tuple(args.format.split(",")), args.dtype)
+    except ExportError as e:
+        print(f"rmat export: error: {e}", file=sys.stderr)
+        return 1
+    print(f"exported {info['checkpoint']} of {args.run_dir} to {args.out}: {', '.join(sorted(info['sha256']))}")
+    if args.log_model:
+        from pipeline.serving import log_exported_model
+
+        try:
+            print(f"logged as {log_exported_model(args.out, args.run_dir)}")
+        except FileNotFoundError as e:
+            print(f"rmat export: error: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from model.pretrained import ExportedFolderError
+    from pipeline.inference import Sampling, stream_text
+
+    try:
+        if args.prompt_file is not None:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                text = f.read()
+        else:
+            text = args.prompt
+        sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.seed)
+        ids, rate = stream_text(args.folder, text, sampling, args.backend, _write_now)
+    except (ExportedFolderError, ValueError, OSError) as e:
+        print(f"rmat generate: error: {e}", file=sys.stderr)
+        return 1
+    print(file=sys.stdout)
+    print(f"{len(ids)} tokens, {rate:.1f} tokens/s ({args.backend})", file=sys.stderr)
+    return 0
+
+
+def _write_now(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

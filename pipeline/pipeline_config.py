@@ -37,6 +37,7 @@ class SlurmConfig:
     # nodes x tasks_per_node training processes; max_requeues: preemptions/time limits it survives
     train: Resources = field(default_factory=lambda: Resources(time_min=120))
     evaluate: Resources = field(default_factory=lambda: Resources(time_min=30))
+    export: Resources = field(default_factory=lambda: Resources(time_min=30))
 
 
 @dataclass

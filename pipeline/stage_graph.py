@@ -1,15 +1,15 @@
-"""The pipeline as a list of stages in dependency order: data prep, training, evaluation.
+"""The pipeline as a list of stages in dependency order: data prep, training, evaluation, export.
 
 Each stage's module (pipeline/stages/) says from its outputs whether it is complete
 (manifests and unit sidecars, training's final metrics and the manifest hash it trained
-on, the evaluation report), never from job history, so a stage whose output was damaged
+on, the evaluation report, the export's export.json), never from job history, so a stage whose output was damaged
 or deleted is submitted again, and one whose output is whole is skipped however it was made.
 """
 
 from __future__ import annotations
 
 from pipeline.pipeline_config import PipelineConfig
-from pipeline.stages import Stage, evaluate, prep, train
+from pipeline.stages import Stage, evaluate, export, prep, train
 
 
 def build_graph(cfg: PipelineConfig, cluster: str) -> list[Stage]:
@@ -17,4 +17,5 @@ def build_graph(cfg: PipelineConfig, cluster: str) -> list[Stage]:
     data = prep.stages(cfg, cluster)
     t = train.train_config(cfg, data[-1].output)
     training = train.stage(cfg, t)
-    return [*data, training, evaluate.stage(cfg, t, training.complete)]
+    evaluation = evaluate.stage(cfg, t, training.complete)
+    return [*data, training, evaluation, export.stage(cfg, t, evaluation.complete)]

@@ -1,4 +1,4 @@
-"""The pipeline's stages, one module each: ``prep`` (ingest, tokenizer, shards), ``train``, ``evaluate``.
+"""The pipeline's stages, one module each: ``prep`` (ingest, tokenizer, shards), ``train``, ``evaluate``, ``export``.
 
 Each module owns its stage's output folder, says from that output alone whether the
 stage is ``complete``, gives the job's ``run`` (a module-level function of picklable

@@ -18,7 +18,7 @@ from pipeline_helpers import code_source, rmat, tiny_corpus, wait_until_finished
 
 from orchestration.records import RecordBook
 
-STAGES = ("ingest", "tokenizer", "shards", "train", "evaluate")
+STAGES = ("ingest", "tokenizer", "shards", "train", "evaluate", "export")
 STEPS = 100
 # A model that takes ~0.04 s a step on 2 shared cores: 100 steps leave seconds to signal it mid-run.
 TRAIN = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "segment_len": 32, "chunk_len": 16, "mem_slots": 4},

@@ -8,7 +8,7 @@ import os
 from orchestration.records import RecordBook
 from tests.pipeline.conftest import pipeline_yaml, rmat
 
-STAGES = ["ingest", "tokenizer", "shards", "train", "evaluate"]
+STAGES = ["ingest", "tokenizer", "shards", "train", "evaluate", "export"]
 
 
 def test_dry_run_shows_stages_resources_and_sbatch_parameters_and_submits_nothing(tmp_path):
@@ -30,6 +30,8 @@ def test_dry_run_shows_stages_resources_and_sbatch_parameters_and_submits_nothin
                                 "--cpus-per-task=1", "--dependency=afterok:<shards>", "--signal=USR2@90"]
     assert lines[8].startswith("evaluate   splits val, test into ") and lines[8].endswith("; after train")
     assert "--dependency=afterok:<train>" in lines[9]
+    assert lines[10].startswith("export     safetensors+onnx of the final checkpoint into ")
+    assert lines[10].endswith("; after evaluate") and "--dependency=afterok:<evaluate>" in lines[11]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
@@ -41,12 +43,14 @@ def test_local_cluster_runs_the_whole_pipeline_then_resubmit_skips_it(tmp_path):
     assert [(r.stage, r.state) for r in records if r.kind == "stage"] == [(s, "COMPLETED") for s in STAGES]
     assert any(r.kind == "units" for r in records)  # units ran as their own local processes
     code, status = rmat("status", str(tmp_path / "runs" / "t"))
-    assert code == 0 and status.count("output complete") == 5
+    assert code == 0 and status.count("output complete") == 6
     (train_dir,) = (tmp_path / "runs" / "t").glob("train-*")
     assert len((train_dir / "losses.jsonl").read_text().splitlines()) == 20
     report = json.loads((train_dir / "final_eval.json").read_text())
     assert report["step"] == 20 and {"val/loss", "test/loss"} <= set(report["metrics"])
     assert {"test/passkey/d01/accuracy", "test/passkey/d02/accuracy_reset"} <= set(report["metrics"])
+    assert json.loads((train_dir / "export" / "step_00000020" / "export.json").read_text())["checkpoint"] == \
+        "step_00000020"
     for shard in (tmp_path / "data").glob("shards-*/*.tar"):
         os.utime(shard, (1, 1))  # file times are not what training was complete for
     assert rmat("submit", config, "--cluster", "local")[1].endswith("nothing to submit: every stage is complete\n")
@@ -56,4 +60,4 @@ def test_local_cluster_runs_the_whole_pipeline_then_resubmit_skips_it(tmp_path):
     manifest.write_text(json.dumps(data))
     _, dry = rmat("submit", config, "--cluster", "local", "--dry-run")
     assert [line.split()[0] for line in dry.splitlines() if " complete, skipped" not in line
-            and not line.startswith(" ")] == ["train", "evaluate"], dry
+            and not line.startswith(" ")] == ["train", "evaluate", "export"], dry

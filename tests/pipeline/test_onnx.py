@@ -1,0 +1,103 @@
+"""segment.onnx and step.onnx under onnxruntime compute what the PyTorch model computes, memory carried outside."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from model import RMAT, RMATConfig
+from model.onnx_graphs import SEGMENT_INPUTS, SEGMENT_OUTPUTS, STEP_INPUTS, STEP_OUTPUTS, export_onnx, gru_cell
+from pipeline.inference import OnnxDecoder, Sampling, TorchDecoder, generate_ids
+
+S = 16
+# Large initial weights: an untrained model whose greedy choice changes from token to token.
+CFG = RMATConfig(vocab_size=61, d_model=32, n_layers=2, n_heads=2, segment_len=S, chunk_len=4, mem_slots=6,
+                 init_std=0.5)
+
+
+@pytest.fixture(scope="module", params=["mean", "attn"], ids=["mean_pool", "attn_pool"])
+def graphs(request, tmp_path_factory):
+    """(model, folder holding config.json, segment.onnx and step.onnx), for each way a chunk is pooled."""
+    torch.manual_seed(0)
+    cfg = replace(CFG, pool=request.param)
+    model = RMAT(cfg).eval()
+    if request.param == "attn":  # its query starts at zero (a mean): make it pick tokens
+        for block in model.blocks:
+            torch.nn.init.normal_(block.writer.pool_query, std=1.0)
+    folder = tmp_path_factory.mktemp("onnx")
+    (folder / "config.json").write_text(json.dumps(asdict(cfg)))
+    export_onnx(model, str(folder))
+    return model, str(folder)
+
+
+def test_gru_cell_written_out_equals_nn_grucell():
+    cell = nn.GRUCell(8, 8)
+    x, h = torch.randn(3, 8), torch.randn(3, 8)
+    torch.testing.assert_close(gru_cell(cell, x, h), cell(x, h), rtol=0, atol=1e-6)
+
+
+def test_graphs_take_and_give_the_documented_names_with_dynamic_batch_and_time(graphs):
+    _, folder = graphs
+    seg, step = (onnx.load(f"{folder}/{name}.onnx").graph for name in ("segment", "step"))
+    assert [i.name for i in seg.input] == SEGMENT_INPUTS and [o.name for o in seg.output] == SEGMENT_OUTPUTS
+    assert [i.name for i in step.input] == STEP_INPUTS and [o.name for o in step.output] == STEP_OUTPUTS
+    tokens = seg.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in tokens] == ["batch", "time"]
+    assert not seg.initializer or all(i.name not in SEGMENT_INPUTS for i in seg.initializer)
+
+
+def test_segment_graph_matches_pytorch_over_a_stream_of_segments(graphs):
+    model, folder = graphs
+    decoder = OnnxDecoder(folder)
+    decoder.reset(2)
+    state = model.init_state(2)
+    worst = 0.0
+    for length in (S, S, 7, S, 2, S):  # whole and partial segments: T is dynamic
+        tokens = torch.randint(0, CFG.vocab_size, (2, length))
+        with torch.no_grad():
+            logits, state = model(tokens, state)
+        onnx_logits = decoder.run_segment(tokens.numpy())
+        worst = max(worst, float(np.abs(onnx_logits - logits.numpy()).max()),
+                    float(np.abs(decoder.state["mem"] - state.mem.numpy()).max()))
+        assert (decoder.state["valid"] == state.valid.numpy()).all()
+    assert worst < 1e-4
+
+
+def test_greedy_decoding_after_a_three_segment_prompt_is_the_same_with_onnxruntime(graphs):
+    model, folder = graphs
+    prompt = torch.randint(0, CFG.vocab_size, (3 * S + 5,)).tolist()
+    greedy = Sampling(max_new_tokens=64, temperature=0.0)
+    from_torch = list(generate_ids(TorchDecoder(model), prompt, greedy))
+    from_onnx = list(generate_ids(OnnxDecoder(folder), prompt, greedy))
+    assert from_onnx == from_torch and len(from_torch) == 64
+    assert len(set(from_torch)) > 5  # a continuation that varies, not one repeated token
+
+
+def test_step_graph_logits_match_pytorch_step_across_a_memory_write(graphs):
+    model, folder = graphs
+    prompt = np.random.default_rng(0).integers(0, CFG.vocab_size, (2, S + 3))
+    torch_decoder, onnx_decoder = TorchDecoder(model), OnnxDecoder(folder)
+    a, b = torch_decoder.prefill(prompt), onnx_decoder.prefill(prompt)
+    worst = float(np.abs(a - b).max())
+    for _ in range(2 * S):  # crosses two segment ends, where the step writes the memory
+        token = a.argmax(-1)
+        a, b = torch_decoder.step(token), onnx_decoder.step(token)
+        worst = max(worst, float(np.abs(a - b).max()))
+    assert worst < 1e-4
+    assert int(onnx_decoder.state["pos"]) == torch_decoder.cache.pos
+
+
+def test_a_prompt_many_segments_long_leaves_state_of_one_segment_and_the_memory(graphs):
+    _, folder = graphs
+    decoder = OnnxDecoder(folder)
+    decoder.prefill(np.zeros((1, 2), np.int64))
+    short = {k: v.shape for k, v in decoder.state.items()}
+    decoder.prefill(np.zeros((1, 20 * S + 3), np.int64))
+    assert {k: v.shape for k, v in decoder.state.items()} == short
+    assert short["k_cache"][3] == S and short["mem"][2] == CFG.mem_slots
