@@ -18,10 +18,10 @@ import shutil
 import subprocess
 from typing import Optional
 
-import fsspec
 import torch
 
 from data_prep.atomic import canonical_json, read_json, sha256_file, tmp_path
+from data_prep.encoder import tokenizer_model
 from data_prep.shards import ShardError, read_manifest
 from model import RMAT
 from model.onnx_graphs import export_onnx
@@ -104,12 +104,12 @@ def write_tokenizer(shards: str, folder: str) -> None:
         info["type"] = "bytes"
     else:
         info["type"], info["model"] = "sentencepiece", TOKENIZER_MODEL
-        source = shards.rstrip("/") + "/" + tok["model"]
         try:
-            with fsspec.open(source, "rb") as src, open(os.path.join(folder, TOKENIZER_MODEL), "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            model = tokenizer_model(shards)
         except OSError as e:
-            raise ExportError(f"{source}: cannot read the tokenizer model the data was made with ({e})") from e
+            raise ExportError(f"{shards}: cannot read the tokenizer model the data was made with ({e})") from e
+        with open(os.path.join(folder, TOKENIZER_MODEL), "wb") as dst:
+            dst.write(model)
     with open(os.path.join(folder, TOKENIZER), "wb") as f:
         f.write(canonical_json(info))
 
