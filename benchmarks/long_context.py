@@ -239,6 +239,8 @@ def train_point(args: dict) -> dict:
             Task(task.n_pairs, int(torch.randint(0, args["train_d"] + 1, (), generator=gen)), task.segment_len)
         tokens, targets = train_task.sample(args["batch"], gen)
         logits = answer_logits(model, tokens, task.segment_len, args["window"])
+        if args.get("loss") == "all":  # every next token, as a language model's training takes it
+            targets = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], IGNORE)], dim=1)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -274,7 +276,7 @@ def parse_settings(names: str, variants: list[str]) -> list[Setting]:
 
 def point_key(r: dict) -> tuple:
     return (r["setting"]["name"], r["task"]["n_pairs"], r["task"]["distance"], r["seed"], r["steps"], r["window"],
-            r["train_d"])
+            r["train_d"], r.get("loss", "answers"))
 
 
 def check_params_match(settings: list[Setting], target: int, task: Task) -> None:
@@ -296,7 +298,8 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
     rmat_reference = next((s for s in settings if s.name not in ("xl", "full", "nomem")), Setting("rmat"))
     target = rmat_params(rmat_reference)
     points = [dict(setting=vars(s), task=vars(Task(n, d, TINY["segment_len"])), seed=seed, steps=args.steps,
-                   window=args.window, train_d=args.train_d, batch=args.batch, lr=args.lr, target_params=target)
+                   window=args.window, train_d=args.train_d, batch=args.batch, lr=args.lr, target_params=target,
+                   loss=args.loss)
               for n in args.n for d in args.d for s in settings for seed in range(args.seeds)]
     check_params_match(settings, target, Task(args.n[0], args.d[0], TINY["segment_len"]))
     todo = [p for p in points if point_key(p) not in done]
@@ -372,6 +375,8 @@ def main() -> None:
     p.add_argument("--window", type=int, default=0, help="detach the state every k segments (0: full backprop)")
     p.add_argument("--train-d", type=int, default=-1,
                    help="train on distances drawn from 0..K each step, score on the cell's (-1: the cell's)")
+    p.add_argument("--loss", choices=["answers", "all"], default="answers",
+                   help="train on the loss at the answers (Zoology) or at every next token (a language model)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/benchmarks/long_context")
     p.add_argument("--smoke", action="store_true", help="one small cell, two settings, one seed")
