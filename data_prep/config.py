@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 import omegaconf
 from omegaconf import OmegaConf
 
+from data_prep.atomic import PrepError
+from data_prep.locations import local_folder
+
 SOURCE_KINDS = ("text", "jsonl", "code", "dialogue", "command")
 DOMAINS = ("documents", "code", "dialogue")
 
@@ -129,6 +132,10 @@ class PrepConfig:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        try:  # a URL that is not a local folder must not become one (see data_prep/locations.py)
+            self.out_dir = local_folder("out_dir", self.out_dir)
+        except PrepError as e:
+            raise ValueError(str(e)) from e
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")

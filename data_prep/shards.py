@@ -219,6 +219,8 @@ def read_manifest(folder: str) -> dict:
         raise ShardError(
             f"no manifest.json in {folder}: the shard stage has not finished there; run `rmat prep CONFIG`"
         ) from e
+    except (ImportError, ValueError, OSError) as e:  # file system not installed, unknown or unreachable
+        raise ShardError(f"cannot read {url}: {e}") from e
     try:
         manifest = json.loads(raw)
     except ValueError as e:
