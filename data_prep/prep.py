@@ -32,6 +32,7 @@ class PrepResult:
 
     folders: dict[str, str]
     summaries: dict[str, str]
+    warnings: list[str] = field(default_factory=list)  # e.g. a source that gave no documents
 
 
 def _mb(n: int) -> str:
@@ -57,6 +58,9 @@ def run_prep(cfg: PrepConfig, stage: str | None = None, force: bool = False, exe
                  f"{ing['documents']} documents, {_mb(ing['bytes'])}, {ing['duplicates_dropped']} duplicates "
                  f"dropped, " + ", ".join(f"{s} {ing['splits'][s]['documents']}" for s in SPLITS),
                  ing["bytes"] / 1e6, "MB/s")
+        for warning in ing.get("warnings", []):
+            result.warnings.append(warning)
+            log(f"ingest: warning: {warning}")
     elif ingest_done(plan.folder) is None:
         raise PrepError(f"ingest has not finished in {plan.folder}; run `rmat prep CONFIG --stage ingest` first")
 
