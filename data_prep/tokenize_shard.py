@@ -18,10 +18,10 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import sentencepiece as spm
 
 from data_prep.atomic import PrepError, atomic_open, canonical_json, ensure_dir, key_of, mark_done
 from data_prep.config import PrepConfig
+from data_prep.encode import DocumentEncoder
 from data_prep.executor import Executor
 from data_prep.ingest import SPLITS
 from data_prep.shards import FORMAT, MANIFEST, VERSION, dtype_for, sample_key, shard_name, write_shard
@@ -81,8 +81,8 @@ def plan_shards(cfg: PrepConfig, ingest_folder: str, ingest_key: str, tok_folder
 
 
 @functools.lru_cache(maxsize=2)
-def _processor(model: str) -> spm.SentencePieceProcessor:
-    return spm.SentencePieceProcessor(model_file=model)
+def _encoder(model: str) -> DocumentEncoder:
+    return DocumentEncoder(model)
 
 
 def shard_unit(unit: ShardUnit) -> dict:
@@ -92,8 +92,7 @@ def shard_unit(unit: ShardUnit) -> dict:
         records = [json.loads(line) for line in f.read(unit.end - unit.start).splitlines()]
     if len(records) != unit.documents:
         raise PrepError(f"{unit.source} changed since it was planned; rerun `rmat prep` (ingest is rebuilt)")
-    # one thread per unit: parallelism comes from the executor's workers
-    encoded = _processor(unit.model).encode([r["text"] for r in records], num_threads=1)
+    encoded = _encoder(unit.model).encode([r["text"] for r in records])
     dtype = np.dtype(unit.dtype)
     delay = float(os.environ.get("RMAT_PREP_SAMPLE_DELAY", "0") or 0)
 
