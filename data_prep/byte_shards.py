@@ -18,9 +18,11 @@ import sysconfig
 import numpy as np
 
 from data_prep.atomic import atomic_open, canonical_json, ensure_dir, sha256_file, write_atomic
+from data_prep.config import ShardConfig
 from data_prep.shards import FORMAT, MANIFEST, VERSION, sample_key, shard_name, validate_manifest, write_shard
 
 BOS_ID, EOS_ID, VOCAB = 256, 257, 258
+SAMPLE_TOKENS = ShardConfig.sample_tokens
 
 
 def stdlib_documents(n_docs: int, max_bytes: int) -> list[tuple[bytes, str, str]]:
@@ -46,7 +48,8 @@ def stdlib_documents(n_docs: int, max_bytes: int) -> list[tuple[bytes, str, str]
     return docs[:n_docs]
 
 
-def write_byte_shards(folder: str, splits: dict[str, tuple[int, int]], max_bytes: int = 1500) -> str:
+def write_byte_shards(folder: str, splits: dict[str, tuple[int, int]], max_bytes: int = 1500,
+                      sample_tokens: int = SAMPLE_TOKENS) -> str:
     """Write ``{split: (shards, docs_per_shard)}`` of real text, manifest last; returns the folder."""
     ensure_dir(folder)
     need = sum(n * per for n, per in splits.values())
@@ -59,7 +62,8 @@ def write_byte_shards(folder: str, splits: dict[str, tuple[int, int]], max_bytes
         for index in range(n_shards):
             path = os.path.join(folder, shard_name(split, index))
             with atomic_open(path, durable=False) as f:
-                n_docs, tokens = write_shard(f, (_sample(*next(docs)) for _ in range(per_shard)))
+                n_docs, tokens = write_shard(f, (_sample(*next(docs)) for _ in range(per_shard)),
+                                             sample_tokens=sample_tokens)
             shards.append({"path": shard_name(split, index), "split": split, "sha256": sha256_file(path),
                            "bytes": os.path.getsize(path), "documents": n_docs, "tokens": tokens})
         mine = [s for s in shards if s["split"] == split]
@@ -67,6 +71,7 @@ def write_byte_shards(folder: str, splits: dict[str, tuple[int, int]], max_bytes
                          "tokens": sum(s["tokens"] for s in mine)}
     # Bytes need no pad/unk/turn tokens; they share eos's id so that the vocabulary stays 258.
     manifest = {"format": FORMAT, "version": VERSION, "config_hash": "bytes-stdlib", "dtype": "uint16",
+                "sample_tokens": sample_tokens,
                 "vocab_size": VOCAB, "special_ids": {"pad": EOS_ID, "unk": EOS_ID, "bos": BOS_ID, "eos": EOS_ID,
                                                      "turn": EOS_ID},
                 "loader_adds": ["bos", "eos"], "tokenizer": {"sha256": "bytes-v1", "model": "", "model_type": "bytes"},

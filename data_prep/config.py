@@ -116,6 +116,11 @@ class ShardConfig:
     """Tokenize+shard: documents to token ids in WebDataset tars."""
 
     target_shard_bytes: int = 4_000_000  # of input text per shard (a shard is cut after the doc that reaches it)
+    sample_tokens: int = 65_536  # ids per packed sample (data_prep/shards.py); 0: one document per sample
+
+    def __post_init__(self) -> None:
+        if self.sample_tokens < 0:
+            raise ValueError("shard.sample_tokens must be >= 0 (0: one document per sample)")
 
 
 @dataclass

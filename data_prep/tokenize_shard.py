@@ -40,6 +40,7 @@ class ShardUnit:
     documents: int
     model: str
     dtype: str
+    sample_tokens: int
     out: str
 
 
@@ -48,6 +49,7 @@ class ShardPlan:
     folder: str
     key: str
     units: list[ShardUnit]
+    sample_tokens: int
 
 
 def shard_key(cfg: PrepConfig, ingest_key: str, tok_key: str) -> str:
@@ -75,9 +77,10 @@ def plan_shards(cfg: PrepConfig, ingest_folder: str, ingest_key: str, tok_folder
             if offsets[doc] - offsets[first] >= cfg.shard.target_shard_bytes or doc == len(offsets) - 1:
                 units.append(ShardUnit(split=split, index=index, source=os.path.join(ingest_folder, f"{split}.jsonl"),
                                        start=offsets[first], end=offsets[doc], documents=doc - first, model=model,
-                                       dtype=dtype, out=os.path.join(folder, shard_name(split, index))))
+                                       dtype=dtype, sample_tokens=cfg.shard.sample_tokens,
+                                       out=os.path.join(folder, shard_name(split, index))))
                 first, index = doc, index + 1
-    return ShardPlan(folder=folder, key=key, units=units)
+    return ShardPlan(folder=folder, key=key, units=units, sample_tokens=cfg.shard.sample_tokens)
 
 
 @functools.lru_cache(maxsize=2)
@@ -105,7 +108,7 @@ def shard_unit(unit: ShardUnit) -> dict:
                 time.sleep(delay)
 
     with atomic_open(unit.out, durable=False) as f:
-        docs, tokens = write_shard(f, samples())
+        docs, tokens = write_shard(f, samples(), sample_tokens=unit.sample_tokens)
     info = {"split": unit.split, "index": unit.index, "documents": docs, "tokens": tokens,
             "bytes": os.path.getsize(unit.out)}
     return mark_done(unit.out, info)
@@ -126,6 +129,7 @@ def build_manifest(plan: ShardPlan, records: list[dict], tok_folder: str, tok_in
         "version": VERSION,
         "config_hash": plan.key,
         "dtype": dtype_for(vocab_size).name,
+        "sample_tokens": plan.sample_tokens,
         "vocab_size": vocab_size,
         "special_ids": tok_info["special_ids"],
         "loader_adds": ["bos", "eos"],
