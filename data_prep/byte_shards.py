@@ -51,19 +51,26 @@ def stdlib_documents(n_docs: int, max_bytes: int) -> list[tuple[bytes, str, str]
 def write_byte_shards(folder: str, splits: dict[str, tuple[int, int]], max_bytes: int = 1500,
                       sample_tokens: int = SAMPLE_TOKENS) -> str:
     """Write ``{split: (shards, docs_per_shard)}`` of real text, manifest last; returns the folder."""
-    ensure_dir(folder)
     need = sum(n * per for n, per in splits.values())
     available = stdlib_documents(need, max_bytes)
     if len(available) < need:
         raise ValueError(f"asked for {need} documents; the standard library here gives {len(available)}")
     docs = iter(available)
+    layout = {split: [[next(docs) for _ in range(per)] for _ in range(n)] for split, (n, per) in splits.items()}
+    return write_text_shards(folder, layout, sample_tokens)
+
+
+def write_text_shards(folder: str, splits: dict[str, list[list[tuple[bytes, str, str]]]],
+                      sample_tokens: int = SAMPLE_TOKENS) -> str:
+    """Write byte-token shards of given texts, ``{split: [[(text, domain, source), ...] per shard]}``,
+    manifest last; returns the folder."""
+    ensure_dir(folder)
     shards, totals = [], {}
-    for split, (n_shards, per_shard) in splits.items():
-        for index in range(n_shards):
+    for split, per_shard in splits.items():
+        for index, texts in enumerate(per_shard):
             path = os.path.join(folder, shard_name(split, index))
             with atomic_open(path, durable=False) as f:
-                n_docs, tokens = write_shard(f, (_sample(*next(docs)) for _ in range(per_shard)),
-                                             sample_tokens=sample_tokens)
+                n_docs, tokens = write_shard(f, (_sample(*doc) for doc in texts), sample_tokens=sample_tokens)
             shards.append({"path": shard_name(split, index), "split": split, "sha256": sha256_file(path),
                            "bytes": os.path.getsize(path), "documents": n_docs, "tokens": tokens})
         mine = [s for s in shards if s["split"] == split]
