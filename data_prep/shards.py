@@ -285,9 +285,14 @@ def read_manifest(folder: str) -> dict:
         with fsspec.open(url, "rb") as f:
             raw = f.read()
     except FileNotFoundError as e:
+        if "bucket" in str(e).lower():  # s3fs: "The specified bucket does not exist"
+            raise ShardError(f"cannot read {url}: {e}; check the bucket's name") from e
         raise ShardError(
             f"no manifest.json in {folder}: the shard stage has not finished there; run `rmat prep CONFIG`"
         ) from e
+    except PermissionError as e:
+        raise ShardError(f"access to {url} was denied ({e}); check the credentials in the environment "
+                         "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and the bucket's policy") from e
     except (ImportError, ValueError, OSError) as e:  # file system not installed, unknown or unreachable
         raise ShardError(f"cannot read {url}: {e}") from e
     try:
