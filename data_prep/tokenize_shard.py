@@ -99,7 +99,7 @@ def shard_unit(unit: ShardUnit) -> dict:
     dtype = np.dtype(unit.dtype)
     delay = float(os.environ.get("RMAT_PREP_SAMPLE_DELAY", "0") or 0)
 
-    def samples():
+    def documents():
         for record, ids in zip(records, encoded, strict=True):
             meta = {"doc_hash": record["doc_hash"], "domain": record["domain"], "lang": record["lang"],
                     "source": record["source"], "tokens": len(ids)}
@@ -108,7 +108,7 @@ def shard_unit(unit: ShardUnit) -> dict:
                 time.sleep(delay)
 
     with atomic_open(unit.out, durable=False) as f:
-        docs, tokens = write_shard(f, samples(), sample_tokens=unit.sample_tokens)
+        docs, tokens = write_shard(f, documents(), sample_tokens=unit.sample_tokens)
     info = {"split": unit.split, "index": unit.index, "documents": docs, "tokens": tokens,
             "bytes": os.path.getsize(unit.out)}
     return mark_done(unit.out, info)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from data_prep.config import PrepConfig
 from data_prep.shards import ShardError, read_manifest
 from pipeline.cli import main
 
@@ -39,8 +40,6 @@ def test_a_remote_file_system_is_refused_as_out_dir(tmp_path, capsys, monkeypatc
 
 
 def test_a_file_url_out_dir_is_the_local_folder(tmp_path):
-    from data_prep.config import PrepConfig
-
     assert PrepConfig(out_dir=f"file://{tmp_path}/prep").out_dir == f"{tmp_path}/prep"
 
 
