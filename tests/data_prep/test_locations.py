@@ -19,11 +19,11 @@ def prep_with_out_dir(tmp_path, out_dir: str, capsys) -> str:
     return capsys.readouterr().err
 
 
-def test_an_s3_out_dir_without_s3fs_is_an_error_naming_key_and_url(tmp_path, capsys, monkeypatch):
+def test_an_out_dir_whose_file_system_is_not_installed_is_an_error_naming_key_and_url(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    err = prep_with_out_dir(tmp_path, "s3://bucket/prep", capsys)
-    assert "out_dir='s3://bucket/prep'" in err and "not installed" in err
-    assert not (tmp_path / "s3:").exists()
+    err = prep_with_out_dir(tmp_path, "gcs://bucket/prep", capsys)  # gcsfs is not a dependency
+    assert "out_dir='gcs://bucket/prep'" in err and "not installed" in err
+    assert not (tmp_path / "gcs:").exists()
 
 
 def test_a_url_with_a_lost_slash_is_not_taken_as_a_relative_folder(tmp_path, capsys, monkeypatch):
@@ -33,10 +33,11 @@ def test_a_url_with_a_lost_slash_is_not_taken_as_a_relative_folder(tmp_path, cap
     assert not (tmp_path / "s3:").exists()
 
 
-def test_a_remote_file_system_is_refused_as_out_dir(tmp_path, capsys, monkeypatch):
+def test_an_s3_out_dir_is_refused_not_written_as_a_local_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    err = prep_with_out_dir(tmp_path, "memory://bucket/prep", capsys)
-    assert "out_dir='memory://bucket/prep': data prep writes its stages to a local folder" in err
+    err = prep_with_out_dir(tmp_path, "s3://bucket/prep", capsys)
+    assert "out_dir='s3://bucket/prep': data prep writes its stages to a local folder" in err
+    assert not (tmp_path / "s3:").exists()
 
 
 def test_a_file_url_out_dir_is_the_local_folder(tmp_path):
