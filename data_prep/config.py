@@ -14,6 +14,7 @@ import sysconfig
 from dataclasses import dataclass, field
 
 import omegaconf
+from fsspec.core import url_to_fs
 from omegaconf import OmegaConf
 
 from data_prep.atomic import PrepError
@@ -128,6 +129,7 @@ class PrepConfig:
     """The whole data preparation: where it writes, what it reads, how each stage runs."""
 
     out_dir: str = "data/prep"
+    publish_to: str = ""  # an fsspec URL (s3://bucket/prefix): the finished shard folder is copied there
     workers: int = 1
     sources: list[SourceConfig] = field(default_factory=list)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -141,6 +143,11 @@ class PrepConfig:
             self.out_dir = local_folder("out_dir", self.out_dir)
         except PrepError as e:
             raise ValueError(str(e)) from e
+        if self.publish_to:
+            try:  # the file system must be installed; reaching it is checked when publishing
+                url_to_fs(self.publish_to)
+            except (ImportError, ValueError) as e:
+                raise ValueError(f"publish_to={self.publish_to!r}: {e}") from e
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")

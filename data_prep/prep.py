@@ -18,6 +18,7 @@ from data_prep.atomic import PrepError, ensure_dir, read_done, remove_stale_temp
 from data_prep.config import PrepConfig
 from data_prep.executor import Executor, LocalExecutor
 from data_prep.ingest import SPLITS, IngestPlan, ingest_done, plan_ingest, run_ingest
+from data_prep.publish import publish_shards
 from data_prep.shards import MANIFEST
 from data_prep.tokenize_shard import ShardPlan, plan_shards, run_shards, shards_folder
 from data_prep.tokenizer import run_tokenizer, tokenizer_done, tokenizer_folder, tokenizer_key
@@ -88,6 +89,11 @@ def run_prep(cfg: PrepConfig, stage: str | None = None, force: bool = False, exe
         _summary(result, log, "shards", where.shards.folder, man["ran"], time.perf_counter() - t0,
                  f"{len(man['shards'])} shards, {sum(s['documents'] for s in man['splits'].values())} documents, "
                  f"{tokens} tokens ({man['dtype']})", tokens, "tokens/s")
+        if cfg.publish_to:
+            t0 = time.perf_counter()
+            pub = publish_shards(where.shards.folder, cfg.publish_to)
+            _summary(result, log, "publish", pub["url"], pub["uploaded"], time.perf_counter() - t0,
+                     f"{pub['uploaded']} shards uploaded, {pub['skipped']} already there", pub["bytes"] / 1e6, "MB/s")
     return result
 
 

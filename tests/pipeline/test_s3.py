@@ -7,10 +7,6 @@ runs in its own session and is stopped by its pid.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import fsspec
 import pytest
@@ -18,55 +14,23 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.train.loader import open_split, read_documents
 from tests.pipeline.conftest import read_jsonl, run_train
+from tests.s3_server import s3_environment, start_server, stop_server
 
 BUCKET = "rmat-shards"
-ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    server = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    proc = subprocess.Popen([server, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, **(extra_env or {})})
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "moto_server did not start"
-            time.sleep(0.1)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.kill()  # by its pid: other moto servers on this machine are not ours
-    proc.wait()
 
 
 @pytest.fixture(scope="module")
 def s3_shards(shards):
     """The byte-token shards copied into a bucket of a fresh S3 server; their s3:// URL."""
-    import s3fs
-
-    proc, endpoint = _start_server()
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {**ENV, "AWS_ENDPOINT_URL": endpoint}.items():
-            mp.setenv(key, value)
-        s3fs.S3FileSystem.clear_instance_cache()
-        fs = fsspec.filesystem("s3")
-        fs.mkdir(BUCKET)
-        fs.put(shards.rstrip("/") + "/", f"{BUCKET}/shards/", recursive=True)
-        try:
+    proc, endpoint = start_server()
+    try:
+        with s3_environment(endpoint):
+            fs = fsspec.filesystem("s3")
+            fs.mkdir(BUCKET)
+            fs.put(shards.rstrip("/") + "/", f"{BUCKET}/shards/", recursive=True)
             yield f"s3://{BUCKET}/shards"
-        finally:
-            s3fs.S3FileSystem.clear_instance_cache()
-            _stop(proc)
+    finally:
+        stop_server(proc)
 
 
 def test_the_loader_reads_the_same_documents_from_a_bucket(s3_shards, shards):
@@ -82,18 +46,14 @@ def test_a_missing_bucket_is_an_error_naming_the_url(s3_shards):
         open_split("s3://no-such-rmat-bucket/shards", "train")
 
 
-def test_denied_access_is_an_error_naming_the_url(s3_shards, monkeypatch):
-    import s3fs
-
-    proc, endpoint = _start_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})  # checks keys: ours are unknown
+def test_denied_access_is_an_error_naming_the_url(s3_shards):
+    proc, endpoint = start_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})  # checks keys: ours are unknown
     try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-        s3fs.S3FileSystem.clear_instance_cache()
-        with pytest.raises(ConfigError, match=rf"access to {s3_shards}/manifest.json was denied .*AWS_ACCESS_KEY_ID"):
+        denied = rf"access to {s3_shards}/manifest.json was denied .*AWS_ACCESS_KEY_ID"
+        with s3_environment(endpoint), pytest.raises(ConfigError, match=denied):
             open_split(s3_shards, "train")
     finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        _stop(proc)
+        stop_server(proc)
 
 
 def test_two_processes_train_and_resume_from_a_bucket_with_the_losses_of_local_shards(s3_shards, shards, tmp_path):

@@ -1,0 +1,86 @@
+"""Publishing shards to an object store: a real S3 server (moto_server) started by the test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import fsspec
+import pytest
+from dataprep_helpers import small_config
+
+from data_prep.atomic import PrepError
+from data_prep.prep import run_prep
+from data_prep.shards import read_manifest
+from pipeline.config import to_yaml
+from tests.s3_server import s3_environment, start_server, stop_server
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUCKET = "rmat-prep"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    proc, endpoint = start_server()
+    try:
+        with s3_environment(endpoint):
+            fsspec.filesystem("s3").mkdir(BUCKET)
+            yield fsspec.filesystem("s3")
+    finally:
+        stop_server(proc)
+
+
+def objects(fs, prefix: str) -> dict[str, bytes]:
+    """Every object under ``prefix``, by name relative to it, with its bytes."""
+    fs.invalidate_cache()  # other processes wrote there
+    return {p[len(prefix) + 1:]: fs.cat_file(p) for p in fs.find(prefix)}
+
+
+def test_prep_publishes_every_shard_and_the_manifest_to_a_bucket(s3, corpus, tmp_path):
+    cfg = small_config(corpus, tmp_path / "out")
+    cfg.publish_to = f"s3://{BUCKET}/clean"
+    lines: list[str] = []
+    result = run_prep(cfg, log=lines.append)
+    local = result.folders["shards"]
+    url = result.folders["publish"]
+    assert url == f"s3://{BUCKET}/clean/{os.path.basename(local)}" and lines[-1].startswith("publish: ")
+    remote = objects(s3, url.removeprefix("s3://"))
+    manifest = read_manifest(url)
+    assert manifest == read_manifest(local) and len(manifest["shards"]) > 3
+    for shard in manifest["shards"]:
+        with open(os.path.join(local, shard["path"]), "rb") as f:
+            assert remote[shard["path"]] == f.read()
+    assert not [name for name in remote if ".tmp-" in name]
+    assert run_prep(cfg, log=lines.append).summaries["publish"].startswith("publish: done already")
+
+
+def test_a_publish_killed_midway_and_rerun_leaves_the_objects_of_a_clean_publish(s3, corpus, tmp_path):
+    cfg = small_config(corpus, tmp_path / "out")
+    cfg.publish_to = f"s3://{BUCKET}/reference"
+    reference = run_prep(cfg, log=lambda *_: None).folders["publish"].removeprefix("s3://")
+    config = tmp_path / "prep.yaml"
+    config.write_text(to_yaml(cfg))
+    command = [sys.executable, "-m", "pipeline.cli", "prep", str(config), f"publish_to=s3://{BUCKET}/killed"]
+    proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "RMAT_PUBLISH_DELAY": "0.3"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    killed = f"{BUCKET}/killed/{os.path.basename(reference)}"
+    deadline = time.monotonic() + 120
+    while not [name for name in objects(s3, killed) if name.endswith(".tar")]:  # a shard is published, more to go
+        assert proc.poll() is None and time.monotonic() < deadline, "the publish ended before the kill"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert "manifest.json" not in objects(s3, killed)
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert objects(s3, killed) == objects(s3, reference)
+
+
+def test_publishing_to_a_missing_bucket_is_an_error_naming_the_url(s3, corpus, tmp_path):
+    cfg = small_config(corpus, tmp_path / "out")
+    cfg.publish_to = "s3://no-such-rmat-bucket/prep"
+    with pytest.raises(PrepError, match=r"publish_to='s3://no-such-rmat-bucket/prep': .*bucket does not exist"):
+        run_prep(cfg, log=lambda *_: None)
