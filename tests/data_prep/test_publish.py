@@ -33,6 +33,12 @@ def s3():
         stop_server(proc)
 
 
+def names(fs, prefix: str) -> list[str]:
+    """The objects under ``prefix`` now (listing only: the publisher may move one meanwhile)."""
+    fs.invalidate_cache()
+    return fs.find(prefix)
+
+
 def objects(fs, prefix: str) -> dict[str, bytes]:
     """Every object under ``prefix``, by name relative to it, with its bytes."""
     fs.invalidate_cache()  # other processes wrote there
@@ -68,7 +74,7 @@ def test_a_publish_killed_midway_and_rerun_leaves_the_objects_of_a_clean_publish
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     killed = f"{BUCKET}/killed/{os.path.basename(reference)}"
     deadline = time.monotonic() + 120
-    while not [name for name in objects(s3, killed) if name.endswith(".tar")]:  # a shard is published, more to go
+    while not [name for name in names(s3, killed) if name.endswith(".tar")]:  # a shard is published, more to go
         assert proc.poll() is None and time.monotonic() < deadline, "the publish ended before the kill"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
