@@ -1,7 +1,8 @@
-"""Publishing shards to an object store: a real S3 server (moto_server) started by the test."""
+"""Object storage in data prep: corpora read from a bucket, shards published to one (a real moto_server)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,9 @@ import pytest
 from dataprep_helpers import small_config
 
 from data_prep.atomic import PrepError
+from data_prep.config import PrepConfig, SourceConfig
+from data_prep.executor import LocalExecutor
+from data_prep.ingest import run_ingest
 from data_prep.prep import run_prep
 from data_prep.shards import read_manifest
 from pipeline.config import to_yaml
@@ -90,3 +94,14 @@ def test_publishing_to_a_missing_bucket_is_an_error_naming_the_url(s3, corpus, t
     cfg.publish_to = "s3://no-such-rmat-bucket/prep"
     with pytest.raises(PrepError, match=r"publish_to='s3://no-such-rmat-bucket/prep': .*bucket does not exist"):
         run_prep(cfg, log=lambda *_: None)
+
+
+def test_sources_are_read_from_a_bucket(s3, tmp_path):
+    for i in range(3):
+        s3.pipe_file(f"{BUCKET}/corpus/doc{i}.txt", f"text number {i}\n".encode())
+    source = SourceConfig(name="s", urls=[f"s3://{BUCKET}/corpus/*.txt"])
+    cfg = PrepConfig(out_dir=str(tmp_path / "out"), sources=[source])
+    plan, manifest = run_ingest(cfg, LocalExecutor(1))
+    assert manifest["documents"] == 3
+    with open(os.path.join(plan.folder, "train.jsonl")) as f:
+        assert all(json.loads(line)["name"].startswith(f"s3://{BUCKET}/corpus/doc") for line in f)
