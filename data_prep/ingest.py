@@ -130,7 +130,7 @@ def _unit(cfg: PrepConfig, source: SourceConfig, urls: tuple[str, ...], folder: 
 
 
 def ingest_unit(unit: IngestUnit) -> dict:
-    """Read the unit's inputs, normalize (NFC), hash, split; write them as one JSONL file."""
+    """Read the unit's inputs, normalize (NFC), hash, flag held-out ones; write them as one JSONL file."""
     source = SourceConfig(**unit.source)
     docs = nbytes = 0
     empty: list[str] = []
