@@ -7,13 +7,16 @@ runs in its own session and is stopped by its pid.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 
 import fsspec
 import pytest
 
 from pipeline.config import ConfigError
 from pipeline.train.loader import open_split, read_documents
-from tests.pipeline.conftest import read_jsonl, run_train
+from tests.pipeline.conftest import REPO, read_jsonl, run_train, train_command
 from tests.s3_server import s3_environment, start_server, stop_server
 
 BUCKET = "rmat-shards"
@@ -56,15 +59,28 @@ def test_denied_access_is_an_error_naming_the_url(s3_shards):
         stop_server(proc)
 
 
-def test_two_processes_train_and_resume_from_a_bucket_with_the_losses_of_local_shards(s3_shards, shards, tmp_path):
+def _kill_after(run_dir: str, shards: str, steps: int, *overrides: str) -> None:
+    """Start `rmat train`, SIGKILL its whole session once ``steps`` losses are logged."""
+    proc = subprocess.Popen(train_command(run_dir, shards, *overrides), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log, deadline = os.path.join(run_dir, "losses.jsonl"), time.monotonic() + 240
+    while not (os.path.exists(log) and len(read_jsonl(log)) >= steps):
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended before the kill"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_two_processes_killed_and_resumed_from_a_bucket_log_the_losses_of_local_shards(s3_shards, shards, tmp_path):
     reference, remote = str(tmp_path / "local"), str(tmp_path / "s3")
-    assert run_train(reference, shards, "steps=8").returncode == 0
-    first = run_train(remote, s3_shards, "steps=4", "checkpoint.every=4")
-    assert first.returncode == 0, first.stderr[-3000:]
-    resumed = run_train(remote, s3_shards, "steps=8", "checkpoint.every=4")
+    args = ("steps=8", "checkpoint.every=3")
+    assert run_train(reference, shards, *args).returncode == 0
+    _kill_after(remote, s3_shards, 5, *args)
+    resumed = run_train(remote, s3_shards, *args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    def losses(run_dir):
+    def losses(run_dir):  # a step logged twice (redone after the resume) keeps the last
         return {r["step"]: r["loss_hex"] for r in read_jsonl(os.path.join(run_dir, "losses.jsonl"))}
 
     assert losses(remote) == losses(reference) and sorted(losses(remote)) == list(range(1, 9))
+    assert len(read_jsonl(os.path.join(remote, "losses.jsonl"))) > 8  # steps after the checkpoint were redone
