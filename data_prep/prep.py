@@ -18,7 +18,7 @@ from data_prep.atomic import PrepError, ensure_dir, read_done, remove_stale_temp
 from data_prep.config import PrepConfig
 from data_prep.executor import Executor, LocalExecutor
 from data_prep.ingest import SPLITS, IngestPlan, ingest_done, plan_ingest, run_ingest
-from data_prep.publish import publish_shards
+from data_prep.publish import is_published, publish_shards, remote_folder
 from data_prep.shards import MANIFEST
 from data_prep.tokenize_shard import ShardPlan, plan_shards, run_shards, shards_folder
 from data_prep.tokenizer import run_tokenizer, tokenizer_done, tokenizer_folder, tokenizer_key
@@ -159,6 +159,10 @@ def prep_status(cfg: PrepConfig) -> list[StageStatus]:
     manifest = os.path.exists(os.path.join(where.shards.folder, MANIFEST))
     complete = not missing and manifest
     detail = "done" if complete else _units(len(missing), units) + ("" if manifest else ", then the manifest")
+    if complete and cfg.publish_to:
+        url = remote_folder(cfg.publish_to, where.shards.folder)
+        complete = is_published(where.shards.folder, url)
+        detail = "done" if complete else f"to publish to {url}"
     return [*statuses, StageStatus("shards", where.shards.folder, complete, detail, missing)]
 
 

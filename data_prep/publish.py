@@ -63,6 +63,18 @@ def publish_shards(shards_folder: str, publish_to: str) -> dict:
     return {"url": url, "uploaded": uploaded, "skipped": skipped, "bytes": nbytes}
 
 
+def is_published(shards_folder: str, url: str) -> bool:
+    """True when ``url`` holds the local folder's manifest, byte for byte (it is written last)."""
+    try:
+        with open(os.path.join(shards_folder, MANIFEST), "rb") as f:
+            local = f.read()
+        fs, root = url_to_fs(url)
+        fs.invalidate_cache(root)
+        return _read(fs, posixpath.join(root, MANIFEST)) == local
+    except (OSError, ImportError, ValueError):  # unreachable or denied: not published (publishing says why)
+        return False
+
+
 def _published(fs, final: str, shard: dict) -> bool:
     record = _read(fs, final + DONE_SUFFIX)
     try:

@@ -17,7 +17,7 @@ from data_prep.atomic import PrepError
 from data_prep.config import PrepConfig, SourceConfig
 from data_prep.executor import LocalExecutor
 from data_prep.ingest import run_ingest
-from data_prep.prep import run_prep
+from data_prep.prep import prep_status, run_prep
 from data_prep.shards import read_manifest
 from pipeline.config import to_yaml
 from tests.s3_server import s3_environment, start_server, stop_server
@@ -105,3 +105,15 @@ def test_sources_are_read_from_a_bucket(s3, tmp_path):
     assert manifest["documents"] == 3
     with open(os.path.join(plan.folder, "train.jsonl")) as f:
         assert all(json.loads(line)["name"].startswith(f"s3://{BUCKET}/corpus/doc") for line in f)
+
+
+def test_the_shard_stage_is_complete_only_once_published(s3, corpus, tmp_path):
+    cfg = small_config(corpus, tmp_path / "out")
+    run_prep(cfg, log=lambda *_: None)
+    assert prep_status(cfg)[-1].complete
+    cfg.publish_to = f"s3://{BUCKET}/later"
+    shards = prep_status(cfg)[-1]
+    assert not shards.complete
+    assert shards.detail == f"to publish to s3://{BUCKET}/later/{os.path.basename(shards.folder)}"
+    run_prep(cfg, stage="shards", log=lambda *_: None)
+    assert prep_status(cfg)[-1].complete

@@ -15,8 +15,10 @@ import fsspec
 import pytest
 
 from pipeline.config import ConfigError
+from pipeline.pipeline_config import load_pipeline
+from pipeline.stage_graph import build_graph
 from pipeline.train.loader import open_split, read_documents
-from tests.pipeline.conftest import REPO, read_jsonl, run_train, train_command
+from tests.pipeline.conftest import REPO, pipeline_yaml, read_jsonl, run_train, train_command
 from tests.s3_server import s3_environment, start_server, stop_server
 
 BUCKET = "rmat-shards"
@@ -42,6 +44,13 @@ def test_the_loader_reads_the_same_documents_from_a_bucket(s3_shards, shards):
     got, want = read_documents(remote, 1000), read_documents(local, 1000)
     assert len(got) == len(want) == 96
     assert all((a == b).all() and da == db for (a, da), (b, db) in zip(got, want, strict=True))
+
+
+def test_a_pipeline_with_publish_to_trains_from_the_published_shard_folder(s3_shards, tmp_path):
+    cfg = load_pipeline(pipeline_yaml(tmp_path), [f"data.publish_to=s3://{BUCKET}/pipeline"])
+    shards_stage, train_stage = build_graph(cfg, "local")[2:4]
+    (t,) = train_stage.fn.args
+    assert t.data.shards == f"s3://{BUCKET}/pipeline/{os.path.basename(shards_stage.output)}"
 
 
 def test_a_missing_bucket_is_an_error_naming_the_url(s3_shards):
