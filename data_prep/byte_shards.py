@@ -18,9 +18,11 @@ import sysconfig
 import numpy as np
 
 from data_prep.atomic import atomic_open, canonical_json, ensure_dir, sha256_file, write_atomic
+from data_prep.config import ShardConfig
 from data_prep.shards import FORMAT, MANIFEST, VERSION, sample_key, shard_name, validate_manifest, write_shard
 
 BOS_ID, EOS_ID, VOCAB = 256, 257, 258
+SAMPLE_TOKENS = ShardConfig.sample_tokens
 
 
 def stdlib_documents(n_docs: int, max_bytes: int) -> list[tuple[bytes, str, str]]:
@@ -46,22 +48,31 @@ def stdlib_documents(n_docs: int, max_bytes: int) -> list[tuple[bytes, str, str]
     return docs[:n_docs]
 
 
-def write_byte_shards(folder: str, splits: dict[str, tuple[int, int]], max_bytes: int = 1500) -> str:
+def write_byte_shards(folder: str, splits: dict[str, tuple[int, int]], max_bytes: int = 1500,
+                      sample_tokens: int = SAMPLE_TOKENS) -> str:
     """Write ``{split: (shards, docs_per_shard)}`` of real text, manifest last; returns the folder."""
     need = sum(n * per for n, per in splits.values())
     available = stdlib_documents(need, max_bytes)
     if len(available) < need:
         raise ValueError(f"asked for {need} documents; the standard library here gives {len(available)}")
     docs = iter(available)
-    samples = {split: [[_sample(*next(docs)) for _ in range(per)] for _ in range(n)]
-               for split, (n, per) in splits.items()}
+    layout = {split: [[next(docs) for _ in range(per)] for _ in range(n)] for split, (n, per) in splits.items()}
+    return write_text_shards(folder, layout, sample_tokens)
+
+
+def write_text_shards(folder: str, splits: dict[str, list[list[tuple[bytes, str, str]]]],
+                      sample_tokens: int = SAMPLE_TOKENS) -> str:
+    """Write byte-token shards of given texts, ``{split: [[(text, domain, source), ...] per shard]}``,
+    manifest last; returns the folder."""
+    samples = {split: [[_sample(*doc) for doc in texts] for texts in per_shard] for split, per_shard in splits.items()}
     # Bytes need no pad/unk/turn tokens; they share eos's id so that the vocabulary stays 258.
     return write_id_shards(folder, samples, VOCAB, BOS_ID, EOS_ID, "bytes-stdlib",
-                           {"sha256": "bytes-v1", "model": "", "model_type": "bytes"})
+                           {"sha256": "bytes-v1", "model": "", "model_type": "bytes"}, sample_tokens)
 
 
 def write_id_shards(folder: str, shards_by_split: dict[str, list[list[tuple[str, np.ndarray, dict]]]],
-                    vocab_size: int, bos_id: int, eos_id: int, config_hash: str, tokenizer: dict) -> str:
+                    vocab_size: int, bos_id: int, eos_id: int, config_hash: str, tokenizer: dict,
+                    sample_tokens: int = SAMPLE_TOKENS) -> str:
     """Shards of ready token ids (``{split: [[(key, ids, meta), ...] per shard]}``), manifest last.
 
     For data made by code rather than a tokenizer (byte text here, synthetic tasks in the
@@ -73,15 +84,15 @@ def write_id_shards(folder: str, shards_by_split: dict[str, list[list[tuple[str,
         for index, samples in enumerate(per_shard):
             path = os.path.join(folder, shard_name(split, index))
             with atomic_open(path, durable=False) as f:
-                n_docs, tokens = write_shard(f, iter(samples))
+                n_docs, tokens = write_shard(f, iter(samples), sample_tokens=sample_tokens)
             shards.append({"path": shard_name(split, index), "split": split, "sha256": sha256_file(path),
                            "bytes": os.path.getsize(path), "documents": n_docs, "tokens": tokens})
         mine = [s for s in shards if s["split"] == split]
         totals[split] = {"shards": len(mine), "documents": sum(s["documents"] for s in mine),
                          "tokens": sum(s["tokens"] for s in mine)}
     manifest = {"format": FORMAT, "version": VERSION, "config_hash": config_hash, "dtype": "uint16",
-                "vocab_size": vocab_size, "special_ids": {"pad": eos_id, "unk": eos_id, "bos": bos_id, "eos": eos_id,
-                                                          "turn": eos_id},
+                "sample_tokens": sample_tokens, "vocab_size": vocab_size,
+                "special_ids": {"pad": eos_id, "unk": eos_id, "bos": bos_id, "eos": eos_id, "turn": eos_id},
                 "loader_adds": ["bos", "eos"], "tokenizer": tokenizer, "shards": shards, "splits": totals}
     validate_manifest(manifest, folder)
     write_atomic(os.path.join(folder, MANIFEST), canonical_json(manifest))

@@ -14,7 +14,11 @@ import sysconfig
 from dataclasses import dataclass, field
 
 import omegaconf
+from fsspec.core import url_to_fs
 from omegaconf import OmegaConf
+
+from data_prep.atomic import PrepError
+from data_prep.locations import local_folder
 
 SOURCE_KINDS = ("text", "jsonl", "code", "dialogue", "command")
 DOMAINS = ("documents", "code", "dialogue")
@@ -113,6 +117,11 @@ class ShardConfig:
     """Tokenize+shard: documents to token ids in WebDataset tars."""
 
     target_shard_bytes: int = 4_000_000  # of input text per shard (a shard is cut after the doc that reaches it)
+    sample_tokens: int = 65_536  # ids per packed sample (data_prep/shards.py); 0: one document per sample
+
+    def __post_init__(self) -> None:
+        if self.sample_tokens < 0:
+            raise ValueError("shard.sample_tokens must be >= 0 (0: one document per sample)")
 
 
 @dataclass
@@ -120,6 +129,7 @@ class PrepConfig:
     """The whole data preparation: where it writes, what it reads, how each stage runs."""
 
     out_dir: str = "data/prep"
+    publish_to: str = ""  # an fsspec URL (s3://bucket/prefix): the finished shard folder is copied there
     workers: int = 1
     sources: list[SourceConfig] = field(default_factory=list)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -129,6 +139,15 @@ class PrepConfig:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        try:  # a URL that is not a local folder must not become one (see data_prep/locations.py)
+            self.out_dir = local_folder("out_dir", self.out_dir)
+        except PrepError as e:
+            raise ValueError(str(e)) from e
+        if self.publish_to:
+            try:  # the file system must be installed; reaching it is checked when publishing
+                url_to_fs(self.publish_to)
+            except (ImportError, ValueError) as e:
+                raise ValueError(f"publish_to={self.publish_to!r}: {e}") from e
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")

@@ -4,13 +4,22 @@ Output folder ``{out_dir}/ingest-{key}``, key = hash of the sources, the ingest 
 every input's identity (URL, size, mtime), so a changed corpus or config gets a new folder.
 
 - ``units/{source}-{n:05d}.jsonl`` one unit per group of input files (``files_per_unit``):
-  the documents, NFC-normalized, each with its sha256 (``doc_hash``) and split.
-- ``{split}.jsonl`` for train/val/test: the units' documents in order, exact duplicates
-  (same doc_hash) dropped after the first; ``{split}.offsets.npy`` byte offsets of the lines.
-- ``ingest.json`` written last: counts, bytes, duplicates, sha256 of each split file.
+  the documents, NFC-normalized, each with its sha256 (``doc_hash``) and ``holdout`` flag;
+  the unit's sidecar lists its inputs that gave no document.
+- ``{split}.jsonl`` for train/val/test: the units' documents in order, one copy of each
+  exact duplicate (same doc_hash) kept: the first held-out copy if any, else the first;
+  ``{split}.offsets.npy`` byte offsets of the lines.
+- ``ingest.json`` written last: counts, bytes, duplicates, sha256 of each split file, and
+  warnings (sources or inputs that gave no document).
 
-A document's split is a function of its hash alone (stable when the corpus grows), except
-documents matching a source's ``holdout`` patterns, which always go to test.
+Splits (``assign_splits``): held-out documents (a source's ``holdout`` patterns) go to test.
+The others go by their hash alone, uniform u in [0, 1): val below ``val_fraction``, test
+below ``val_fraction + test_fraction``, else train; so a hash-chosen split never changes
+as the corpus grows. A domain of at least ``MIN_EVAL_DOMAIN`` documents that this leaves
+without val (or test) takes its lowest-u (for test: highest-u) train document into it. Such
+a promoted document is the only kind whose split can change as the corpus grows: back to
+train once the domain has a hash-chosen member of that split, or a more extreme train
+document, at most one per split and domain.
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ from data_prep.units import run_units
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "ingest.json"
-VERSION = 1
+VERSION = 2
+MIN_EVAL_DOMAIN = 3  # a domain this large gets at least one val and one test document
 
 
 @dataclass(frozen=True)
@@ -44,8 +54,6 @@ class IngestUnit:
     urls: tuple[str, ...]
     encodings: tuple[str, ...]
     turn_marker: str
-    val_fraction: float
-    test_fraction: float
     min_chars: int
     out: str
 
@@ -55,16 +63,35 @@ class IngestPlan:
     folder: str
     key: str
     units: list[IngestUnit]
+    val_fraction: float
+    test_fraction: float
 
 
-def split_of(doc_hash: str, name: str, holdout: list[str], val_fraction: float, test_fraction: float) -> str:
-    """train/val/test from the hash (uniform in [0, 1)); holdout patterns force test."""
-    if any(fnmatch.fnmatch(name, pat) for pat in holdout):
-        return "test"
+def hash_split(doc_hash: str, val_fraction: float, test_fraction: float) -> str:
+    """train/val/test from the hash alone (its first 64 bits as u, uniform in [0, 1))."""
     u = int(doc_hash[:16], 16) / 2**64
     if u < val_fraction:
         return "val"
     return "test" if u < val_fraction + test_fraction else "train"
+
+
+def assign_splits(docs: dict[str, tuple[str, bool]], val_fraction: float, test_fraction: float) -> dict[str, str]:
+    """Each document's split from {doc_hash: (domain, held_out)} (the rules in the module docstring)."""
+    splits = {h: "test" if held_out else hash_split(h, val_fraction, test_fraction)
+              for h, (_, held_out) in docs.items()}
+    by_domain: dict[str, list[str]] = {}
+    for h, (domain, _) in docs.items():
+        by_domain.setdefault(domain, []).append(h)
+    for hashes in by_domain.values():
+        if len(hashes) < MIN_EVAL_DOMAIN:
+            continue
+        # hex order of the hash is u's order: val takes the lowest, test the highest, so the two
+        # promotions never compete for one document and each moves only for a more extreme one
+        train = sorted(h for h in hashes if splits[h] == "train")
+        for split, pick in (("val", 0), ("test", -1)):
+            if train and not any(splits[h] == split for h in hashes):
+                splits[train.pop(pick)] = split
+    return splits
 
 
 def plan_ingest(cfg: PrepConfig) -> IngestPlan:
@@ -87,7 +114,8 @@ def plan_ingest(cfg: PrepConfig) -> IngestPlan:
         urls = [r.url for r in inputs[source.name]]
         for n, start in enumerate(range(0, len(urls), source.files_per_unit)):
             units.append(_unit(cfg, source, tuple(urls[start : start + source.files_per_unit]), folder, n))
-    return IngestPlan(folder=folder, key=key, units=units)
+    return IngestPlan(folder=folder, key=key, units=units, val_fraction=cfg.ingest.val_fraction,
+                      test_fraction=cfg.ingest.test_fraction)
 
 
 def _unit(cfg: PrepConfig, source: SourceConfig, urls: tuple[str, ...], folder: str, n: int) -> IngestUnit:
@@ -96,19 +124,19 @@ def _unit(cfg: PrepConfig, source: SourceConfig, urls: tuple[str, ...], folder: 
         urls=urls,
         encodings=tuple(cfg.ingest.encodings),
         turn_marker=cfg.ingest.turn_marker,
-        val_fraction=cfg.ingest.val_fraction,
-        test_fraction=cfg.ingest.test_fraction,
         min_chars=cfg.ingest.min_chars,
         out=os.path.join(folder, "units", f"{source.name}-{n:05d}.jsonl"),
     )
 
 
 def ingest_unit(unit: IngestUnit) -> dict:
-    """Read the unit's inputs, normalize (NFC), hash, split; write them as one JSONL file."""
+    """Read the unit's inputs, normalize (NFC), hash, flag held-out ones; write them as one JSONL file."""
     source = SourceConfig(**unit.source)
     docs = nbytes = 0
+    empty: list[str] = []
     with atomic_open(unit.out, durable=False) as f:
         for url in unit.urls:
+            before = docs
             for raw in read_input(source, url, list(unit.encodings), unit.turn_marker):
                 text = unicodedata.normalize("NFC", raw.text)
                 if len(text.strip()) < unit.min_chars:
@@ -118,17 +146,24 @@ def ingest_unit(unit: IngestUnit) -> dict:
                 record = {
                     "doc_hash": doc_hash,
                     "domain": source.domain,
+                    "holdout": any(fnmatch.fnmatch(raw.name, pat) for pat in source.holdout),
                     "lang": raw.lang,
                     "name": raw.name,
                     "source": source.name,
-                    "split": split_of(doc_hash, raw.name, source.holdout, unit.val_fraction, unit.test_fraction),
                     "text": text,
                 }
-                f.write(json.dumps(record, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+                f.write(_line(record))
                 docs += 1
                 nbytes += len(data)
-    info = {"documents": docs, "bytes": nbytes}
+            if docs == before:
+                empty.append(url)
+    info = {"documents": docs, "bytes": nbytes, "source": source.name, "inputs": len(unit.urls),
+            "empty_inputs": empty}
     return mark_done(unit.out, info)
+
+
+def _line(record: dict) -> bytes:
+    return json.dumps(record, sort_keys=True, ensure_ascii=False).encode() + b"\n"
 
 
 def ingest_done(folder: str) -> dict | None:
@@ -153,41 +188,79 @@ def run_ingest(cfg: PrepConfig, executor: Executor, force: bool = False) -> tupl
         return plan, dict(done, ran=0, seconds=0.0)
     result = run_units("ingest", ingest_unit, plan.units, executor, force)
     start = time.perf_counter()
-    manifest = _merge(plan)
+    manifest = _merge(plan, result.records)
     seconds = result.seconds + time.perf_counter() - start
     return plan, dict(manifest, ran=result.ran, seconds=seconds)
 
 
-def _merge(plan: IngestPlan) -> dict:
-    """Concatenate units into per-split files, dropping exact duplicates; manifest last."""
-    seen: set[str] = set()
+def _winners(plan: IngestPlan) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[str, bool]], int]:
+    """Which copy of each distinct document is kept ((unit, line) of the first held-out copy, else
+    of the first copy), each document's (domain, held_out), and how many copies are dropped."""
+    winner: dict[str, tuple[int, int]] = {}
+    docs: dict[str, tuple[str, bool]] = {}
+    lines = 0
+    for u, unit in enumerate(plan.units):
+        with open(unit.out, "rb") as f:
+            for i, line in enumerate(f):
+                record = json.loads(line)
+                h, held_out = record["doc_hash"], record["holdout"]
+                lines += 1
+                if h not in winner or (held_out and not docs[h][1]):
+                    winner[h], docs[h] = (u, i), (record["domain"], held_out)
+    return winner, docs, lines - len(winner)
+
+
+def _warnings(plan: IngestPlan, records: list[dict]) -> list[str]:
+    """Sources that gave no document next to ones that did, and inputs that gave none."""
+    per_source: dict[str, list[dict]] = {}
+    for rec in records:
+        per_source.setdefault(rec["source"], []).append(rec)
+    out = []
+    for name, recs in per_source.items():
+        empty = [url for r in recs for url in r["empty_inputs"]]
+        if sum(r["documents"] for r in recs) == 0:
+            out.append(f"source {name!r} gave no documents ({len(empty)} input(s), e.g. {empty[0]}); "
+                       "check its urls, exclude patterns and ingest.min_chars")
+        elif empty:
+            out.append(f"source {name!r}: {len(empty)} input(s) gave no documents, e.g. {empty[0]}")
+    return out
+
+
+def _empty_corpus(records: list[dict]) -> PrepError:
+    empty = [url for r in records for url in r["empty_inputs"]]
+    named = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+    return PrepError(
+        f"the corpus is empty: sources {sorted({r['source'] for r in records})} gave no documents "
+        f"(empty or below ingest.min_chars: {named}); check their urls, exclude patterns and ingest.min_chars"
+    )
+
+
+def _merge(plan: IngestPlan, records: list[dict]) -> dict:
+    """Concatenate units into per-split files, one copy per document, splits assigned; manifest last."""
+    winner, docs, duplicates = _winners(plan)
+    if not docs:
+        raise _empty_corpus(records)
+    splits = assign_splits(docs, plan.val_fraction, plan.test_fraction)
     stats = {s: {"documents": 0, "bytes": 0} for s in SPLITS}
     domains: dict[str, int] = {}
-    duplicates = 0
     paths = {s: os.path.join(plan.folder, f"{s}.jsonl") for s in SPLITS}
     offsets: dict[str, list[int]] = {s: [0] for s in SPLITS}
     with atomic_open(paths["train"]) as tr, atomic_open(paths["val"]) as va, atomic_open(paths["test"]) as te:
         out = {"train": tr, "val": va, "test": te}
-        for unit in plan.units:
+        for u, unit in enumerate(plan.units):
             with open(unit.out, "rb") as f:
-                for line in f:
+                for i, line in enumerate(f):
                     record = json.loads(line)
-                    if record["doc_hash"] in seen:
-                        duplicates += 1
+                    if winner[record["doc_hash"]] != (u, i):
                         continue
-                    seen.add(record["doc_hash"])
-                    split = record["split"]
-                    out[split].write(line)
-                    offsets[split].append(offsets[split][-1] + len(line))
+                    split = record["split"] = splits[record["doc_hash"]]
+                    data = _line(record)
+                    out[split].write(data)
+                    offsets[split].append(offsets[split][-1] + len(data))
                     stats[split]["documents"] += 1
                     stats[split]["bytes"] += len(record["text"].encode())
                     domains[record["domain"]] = domains.get(record["domain"], 0) + 1
-    total = sum(s["documents"] for s in stats.values())
-    if total == 0:
-        raise PrepError(
-            f"the corpus is empty: sources {[u.source['name'] for u in plan.units]} gave no documents; "
-            "check their urls, exclude patterns and ingest.min_chars"
-        )
+    total = len(docs)
     for split in SPLITS:
         with atomic_open(os.path.join(plan.folder, f"{split}.offsets.npy")) as f:
             np.save(f, np.asarray(offsets[split], dtype=np.uint64), allow_pickle=False)
@@ -201,6 +274,7 @@ def _merge(plan: IngestPlan) -> dict:
         "bytes": sum(s["bytes"] for s in stats.values()),
         "duplicates_dropped": duplicates,
         "domains": dict(sorted(domains.items())),
+        "warnings": _warnings(plan, records),
     }
     with atomic_open(os.path.join(plan.folder, MANIFEST)) as f:
         f.write(canonical_json(manifest))

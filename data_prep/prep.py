@@ -18,6 +18,7 @@ from data_prep.atomic import PrepError, ensure_dir, read_done, remove_stale_temp
 from data_prep.config import PrepConfig
 from data_prep.executor import Executor, LocalExecutor
 from data_prep.ingest import SPLITS, IngestPlan, ingest_done, plan_ingest, run_ingest
+from data_prep.publish import is_published, publish_shards, remote_folder
 from data_prep.shards import MANIFEST
 from data_prep.tokenize_shard import ShardPlan, plan_shards, run_shards, shards_folder
 from data_prep.tokenizer import run_tokenizer, tokenizer_done, tokenizer_folder, tokenizer_key
@@ -32,6 +33,7 @@ class PrepResult:
 
     folders: dict[str, str]
     summaries: dict[str, str]
+    warnings: list[str] = field(default_factory=list)  # e.g. a source that gave no documents
 
 
 def _mb(n: int) -> str:
@@ -57,6 +59,9 @@ def run_prep(cfg: PrepConfig, stage: str | None = None, force: bool = False, exe
                  f"{ing['documents']} documents, {_mb(ing['bytes'])}, {ing['duplicates_dropped']} duplicates "
                  f"dropped, " + ", ".join(f"{s} {ing['splits'][s]['documents']}" for s in SPLITS),
                  ing["bytes"] / 1e6, "MB/s")
+        for warning in ing.get("warnings", []):
+            result.warnings.append(warning)
+            log(f"ingest: warning: {warning}")
     elif ingest_done(plan.folder) is None:
         raise PrepError(f"ingest has not finished in {plan.folder}; run `rmat prep CONFIG --stage ingest` first")
 
@@ -84,6 +89,11 @@ def run_prep(cfg: PrepConfig, stage: str | None = None, force: bool = False, exe
         _summary(result, log, "shards", where.shards.folder, man["ran"], time.perf_counter() - t0,
                  f"{len(man['shards'])} shards, {sum(s['documents'] for s in man['splits'].values())} documents, "
                  f"{tokens} tokens ({man['dtype']})", tokens, "tokens/s")
+        if cfg.publish_to:
+            t0 = time.perf_counter()
+            pub = publish_shards(where.shards.folder, cfg.publish_to)
+            _summary(result, log, "publish", pub["url"], pub["uploaded"], time.perf_counter() - t0,
+                     f"{pub['uploaded']} shards uploaded, {pub['skipped']} already there", pub["bytes"] / 1e6, "MB/s")
     return result
 
 
@@ -149,6 +159,10 @@ def prep_status(cfg: PrepConfig) -> list[StageStatus]:
     manifest = os.path.exists(os.path.join(where.shards.folder, MANIFEST))
     complete = not missing and manifest
     detail = "done" if complete else _units(len(missing), units) + ("" if manifest else ", then the manifest")
+    if complete and cfg.publish_to:
+        url = remote_folder(cfg.publish_to, where.shards.folder)
+        complete = is_published(where.shards.folder, url)
+        detail = "done" if complete else f"to publish to {url}"
     return [*statuses, StageStatus("shards", where.shards.folder, complete, detail, missing)]
 
 

@@ -18,10 +18,10 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import sentencepiece as spm
 
 from data_prep.atomic import PrepError, atomic_open, canonical_json, ensure_dir, key_of, mark_done
 from data_prep.config import PrepConfig
+from data_prep.encode import DocumentEncoder
 from data_prep.executor import Executor
 from data_prep.ingest import SPLITS
 from data_prep.shards import FORMAT, MANIFEST, VERSION, dtype_for, sample_key, shard_name, write_shard
@@ -40,6 +40,7 @@ class ShardUnit:
     documents: int
     model: str
     dtype: str
+    sample_tokens: int
     out: str
 
 
@@ -48,6 +49,7 @@ class ShardPlan:
     folder: str
     key: str
     units: list[ShardUnit]
+    sample_tokens: int
 
 
 def shard_key(cfg: PrepConfig, ingest_key: str, tok_key: str) -> str:
@@ -75,14 +77,15 @@ def plan_shards(cfg: PrepConfig, ingest_folder: str, ingest_key: str, tok_folder
             if offsets[doc] - offsets[first] >= cfg.shard.target_shard_bytes or doc == len(offsets) - 1:
                 units.append(ShardUnit(split=split, index=index, source=os.path.join(ingest_folder, f"{split}.jsonl"),
                                        start=offsets[first], end=offsets[doc], documents=doc - first, model=model,
-                                       dtype=dtype, out=os.path.join(folder, shard_name(split, index))))
+                                       dtype=dtype, sample_tokens=cfg.shard.sample_tokens,
+                                       out=os.path.join(folder, shard_name(split, index))))
                 first, index = doc, index + 1
-    return ShardPlan(folder=folder, key=key, units=units)
+    return ShardPlan(folder=folder, key=key, units=units, sample_tokens=cfg.shard.sample_tokens)
 
 
 @functools.lru_cache(maxsize=2)
-def _processor(model: str) -> spm.SentencePieceProcessor:
-    return spm.SentencePieceProcessor(model_file=model)
+def _encoder(model: str) -> DocumentEncoder:
+    return DocumentEncoder(model)
 
 
 def shard_unit(unit: ShardUnit) -> dict:
@@ -92,12 +95,11 @@ def shard_unit(unit: ShardUnit) -> dict:
         records = [json.loads(line) for line in f.read(unit.end - unit.start).splitlines()]
     if len(records) != unit.documents:
         raise PrepError(f"{unit.source} changed since it was planned; rerun `rmat prep` (ingest is rebuilt)")
-    # one thread per unit: parallelism comes from the executor's workers
-    encoded = _processor(unit.model).encode([r["text"] for r in records], num_threads=1)
+    encoded = _encoder(unit.model).encode([r["text"] for r in records])
     dtype = np.dtype(unit.dtype)
     delay = float(os.environ.get("RMAT_PREP_SAMPLE_DELAY", "0") or 0)
 
-    def samples():
+    def documents():
         for record, ids in zip(records, encoded, strict=True):
             meta = {"doc_hash": record["doc_hash"], "domain": record["domain"], "lang": record["lang"],
                     "source": record["source"], "tokens": len(ids)}
@@ -106,7 +108,7 @@ def shard_unit(unit: ShardUnit) -> dict:
                 time.sleep(delay)
 
     with atomic_open(unit.out, durable=False) as f:
-        docs, tokens = write_shard(f, samples())
+        docs, tokens = write_shard(f, documents(), sample_tokens=unit.sample_tokens)
     info = {"split": unit.split, "index": unit.index, "documents": docs, "tokens": tokens,
             "bytes": os.path.getsize(unit.out)}
     return mark_done(unit.out, info)
@@ -127,6 +129,7 @@ def build_manifest(plan: ShardPlan, records: list[dict], tok_folder: str, tok_in
         "version": VERSION,
         "config_hash": plan.key,
         "dtype": dtype_for(vocab_size).name,
+        "sample_tokens": plan.sample_tokens,
         "vocab_size": vocab_size,
         "special_ids": tok_info["special_ids"],
         "loader_adds": ["bos", "eos"],

@@ -8,6 +8,7 @@ or deleted is submitted again, and one whose output is whole is skipped however 
 
 from __future__ import annotations
 
+from data_prep.publish import remote_folder
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stages import Stage, evaluate, export, prep, train
 
@@ -15,7 +16,8 @@ from pipeline.stages import Stage, evaluate, export, prep, train
 def build_graph(cfg: PipelineConfig, cluster: str) -> list[Stage]:
     """Every stage in dependency order, with its completeness read from disk."""
     data = prep.stages(cfg, cluster)
-    t = train.train_config(cfg, data[-1].output)
+    shards = data[-1].output  # the local shard folder, or its published copy when data.publish_to is set
+    t = train.train_config(cfg, remote_folder(cfg.data.publish_to, shards) if cfg.data.publish_to else shards)
     training = train.stage(cfg, t)
     evaluation = evaluate.stage(cfg, t, training.complete)
     return [*data, training, evaluation, export.stage(cfg, t, evaluation.complete)]

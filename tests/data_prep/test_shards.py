@@ -21,9 +21,9 @@ def samples(n: int = 5):
             for i in range(n)]
 
 
-def shard_bytes(items) -> bytes:
+def shard_bytes(items, sample_tokens: int = 0) -> bytes:
     buf = io.BytesIO()
-    write_shard(buf, items)
+    write_shard(buf, items, sample_tokens=sample_tokens)
     return buf.getvalue()
 
 
@@ -46,15 +46,16 @@ def test_gnu_tar_lists_members_with_fixed_owner_and_time(tmp_path):
     listing = subprocess.run(["tar", "tvf", str(path)], capture_output=True, text=True, check=True).stdout.splitlines()
     assert len(listing) == 4
     assert all(line.startswith("-rw-r--r-- rmat/rmat") and "1970-01-01 00:00" in line for line in listing)
-    assert [line.split()[-1] for line in listing] == ["doc0000.npy", "doc0000.json", "doc0001.npy", "doc0001.json"]
+    assert [line.split()[-1] for line in listing] == ["000000.npy", "000000.json", "000001.npy", "000001.json"]
 
 
 def test_webdataset_reads_the_shard(tmp_path):
     path = tmp_path / "s.tar"
     path.write_bytes(shard_bytes(samples(3)))
     got = list(wds.WebDataset(str(path), shardshuffle=False).decode())
-    assert [g["__key__"] for g in got] == ["doc0000", "doc0001", "doc0002"]
+    assert [g["__key__"] for g in got] == ["000000", "000001", "000002"]
     np.testing.assert_array_equal(got[1]["npy"], samples(3)[1][1])
+    assert [d["key"] for d in got[1]["json"]["docs"]] == ["doc0001"]
 
 
 def test_reader_opens_shards_through_fsspec():
@@ -69,7 +70,7 @@ def test_shard_cut_at_a_sample_boundary_is_reported_as_truncated(tmp_path):
         third_sample = tar.getmembers()[4].offset  # the header of the third sample's first member
     path = tmp_path / "train-000007.tar"
     path.write_bytes(full[:third_sample])
-    with pytest.raises(ShardError, match="train-000007.tar holds 2 samples but the manifest says 3"):
+    with pytest.raises(ShardError, match="train-000007.tar holds 2 documents but the manifest says 3"):
         list(iter_shard(str(path), expected_docs=3))
 
 
@@ -142,6 +143,6 @@ def test_corrupt_manifest_error_names_the_folder(tmp_path):
 
 
 def test_manifest_missing_a_key_is_invalid(tmp_path):
-    (tmp_path / "manifest.json").write_text(json.dumps({"format": "rmat-shards", "version": 1}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "rmat-shards", "version": 2}))
     with pytest.raises(ShardError, match="invalid: key 'config_hash'"):
         read_manifest(str(tmp_path))
