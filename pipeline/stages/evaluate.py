@@ -13,18 +13,12 @@ import time
 from dataclasses import asdict
 from typing import Optional
 
-import torch
-import torch.distributed as dist
-
 from data_prep.atomic import read_json, write_atomic
-from model import RMAT
 from orchestration.distributed import DistributedCall
 from pipeline.pipeline_config import EvaluateConfig, PipelineConfig
 from pipeline.stages import Stage
-from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig
-from pipeline.train.evaluate import evaluate
-from pipeline.train.loader import open_split, read_documents
+from pipeline.train.files import latest_meta
 from pipeline.train.tracking import saved_run_id, tracking_uri
 
 REPORT = "final_eval.json"
@@ -38,12 +32,17 @@ def report_path(t: TrainConfig) -> str:
 def complete(t: TrainConfig, e: EvaluateConfig) -> bool:
     """A report of this evaluation config on the training's final checkpoint exists."""
     report = read_json(report_path(t))
-    meta = checkpoint.latest_meta(t.run_dir) if report else None
+    meta = latest_meta(t.run_dir) if report else None
     return bool(report and meta and report["config"] == asdict(e) and report["checkpoint"] == meta["tag"])
 
 
-def split_metrics(model: RMAT, t: TrainConfig, e: EvaluateConfig, split: str) -> dict[str, float]:
+def split_metrics(model, t: TrainConfig, e: EvaluateConfig, split: str) -> dict[str, float]:
     """``{split}/loss``, ``{split}/ppl``, per domain and per position bucket (a collective)."""
+    import torch
+
+    from pipeline.train.evaluate import evaluate
+    from pipeline.train.loader import open_split, read_documents
+
     info = open_split(t.data.shards, split)
     docs = read_documents(info, e.max_docs)
     metrics = evaluate(model, docs, t.model, e.batch_size, e.bucket_tokens, info.bos_id, info.eos_id,
@@ -53,9 +52,14 @@ def split_metrics(model: RMAT, t: TrainConfig, e: EvaluateConfig, split: str) ->
 
 def run(t: TrainConfig, e: EvaluateConfig) -> Optional[str]:
     """One process of the evaluate job (RANK etc. exported); rank 0 logs, writes the report, returns a summary."""
+    # torch only where a job evaluates: `rmat status` reads this module's `complete` and must stay fast
+    import torch.distributed as dist
+
+    from pipeline.train import checkpoint
+
     dist.init_process_group("gloo")
     try:
-        meta = checkpoint.latest_meta(t.run_dir)
+        meta = latest_meta(t.run_dir)
         if meta is None:
             raise FileNotFoundError(f"{t.run_dir}: no checkpoint to evaluate; run the train stage first")
         model = checkpoint.load_model(t.run_dir, meta["tag"])

@@ -23,9 +23,7 @@ from pipeline.config import to_dict
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stages import Stage
 from pipeline.train.config import TrainConfig
-from pipeline.train.launch import launch
-from pipeline.train.loader import manifest_hash
-from pipeline.train.loop import FINAL_METRICS
+from pipeline.train.files import FINAL_METRICS, manifest_hash
 
 TRAINED_ON = "trained_on.json"
 
@@ -62,6 +60,8 @@ def run(t: TrainConfig) -> Optional[str]:
     Training checkpoints and returns on SIGUSR2/SIGTERM; the caller (DistributedCall) then
     sees it incomplete and requeues the job, which resumes from ``checkpoints/latest``.
     """
+    from pipeline.train.launch import launch  # torch and DeepSpeed: only where a job trains
+
     launch(t)
     if os.environ.get("RANK", "0") != "0":
         return None

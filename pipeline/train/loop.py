@@ -32,12 +32,9 @@ from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.engine import build_engine, init_distributed, measure_peak_tflops, set_threads, state_dtype
 from pipeline.train.evaluate import evaluate
+from pipeline.train.files import EVAL_LOG, FINAL_METRICS, LOSS_LOG
 from pipeline.train.loader import TrainLoader, open_split, read_documents
 from pipeline.train.tracking import RunSpec, TrackedRun, Tracker, forget_unfinished_attempt, tracking_uri
-
-LOSS_LOG = "losses.jsonl"
-EVAL_LOG = "evals.jsonl"
-FINAL_METRICS = "final_metrics.json"
 
 
 class StopRequest:
