@@ -37,7 +37,7 @@ def complete(t: TrainConfig, e: EvaluateConfig) -> bool:
 
 
 def split_metrics(model, t: TrainConfig, e: EvaluateConfig, split: str) -> dict[str, float]:
-    """``{split}/loss``, ``{split}/ppl``, per domain and per position bucket (a collective)."""
+    """``{split}/loss``, ``{split}/ppl``, per domain and per position bucket (a collective, on the model's device)."""
     import torch
 
     from pipeline.train.evaluate import evaluate
@@ -45,24 +45,34 @@ def split_metrics(model, t: TrainConfig, e: EvaluateConfig, split: str) -> dict[
 
     info = open_split(t.data.shards, split)
     docs = read_documents(info, e.max_docs)
+    device = next(model.parameters()).device
     metrics = evaluate(model, docs, t.model, e.batch_size, e.bucket_tokens, info.bos_id, info.eos_id,
-                       torch.float32, torch.device("cpu"))
+                       torch.float32, device)
     return {f"{split}/{k.removeprefix('val/')}": v for k, v in metrics.items()}
 
 
 def run(t: TrainConfig, e: EvaluateConfig) -> Optional[str]:
     """One process of the evaluate job (RANK etc. exported); rank 0 logs, writes the report, returns a summary."""
     # torch only where a job evaluates: `rmat status` reads this module's `complete` and must stay fast
+    import torch
     import torch.distributed as dist
 
     from pipeline.train import checkpoint
+    from pipeline.train.engine import job_device, set_threads
 
-    dist.init_process_group("gloo")
+    # The cores SLURM gave this task, not one thread per core of the node: other jobs run there too.
+    threads = set_threads(0, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    device = job_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    print(f"evaluate: rank {dist.get_rank()} of {dist.get_world_size()}, {threads} thread(s), device {device}",
+          flush=True)
     try:
         meta = latest_meta(t.run_dir)
         if meta is None:
             raise FileNotFoundError(f"{t.run_dir}: no checkpoint to evaluate; run the train stage first")
-        model = checkpoint.load_model(t.run_dir, meta["tag"])
+        model = checkpoint.load_model(t.run_dir, meta["tag"]).to(device)
         metrics = {k: v for split in e.splits for k, v in split_metrics(model, t, e, split).items()}
         if dist.get_rank() != 0:
             return None

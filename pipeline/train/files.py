@@ -15,6 +15,7 @@ from typing import Optional
 LOSS_LOG = "losses.jsonl"
 EVAL_LOG = "evals.jsonl"
 FINAL_METRICS = "final_metrics.json"
+TIMINGS = "timings.json"  # the last attempt's start-up and checkpoint seconds: what a time limit must leave room for
 
 
 def checkpoint_root(run_dir: str) -> str:

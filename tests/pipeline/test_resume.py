@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -44,7 +46,7 @@ def runs(shards, tmp_path_factory) -> dict:
     out = run_train(killed, shards, f"steps={STEPS}", f"checkpoint.every={EVERY}")
     assert out.returncode == 0, out.stderr[-3000:]
     return {"reference": reference, "killed": killed, "logged_before_kill": logged_before_kill,
-            "resumed_from": resumed_from}
+            "resumed_from": resumed_from, "resumed_stdout": out.stdout}
 
 
 def test_sigkill_then_resume_gives_bitwise_equal_losses(runs):
@@ -105,3 +107,13 @@ def test_only_the_last_k_checkpoints_are_kept(runs):
     assert steps == ["step_00000020", "step_00000024"]  # checkpoint.keep=2 of 5, 10, 15, 20, 24
     with open(os.path.join(root, "latest")) as f:
         assert f.read() == "step_00000024"
+
+
+def test_training_says_how_long_its_start_up_and_last_checkpoint_took(runs):
+    out = runs["resumed_stdout"]
+    assert re.search(r"rmat train: start-up took \d+\.\d s \(1 thread\(s\) per process, 2 process\(es\), "
+                     rf"device cpu, from step {runs['resumed_from']}\)", out), out
+    assert re.search(rf"rmat train: checkpoint at step {STEPS} took \d+\.\d\d s", out), out
+    with open(os.path.join(runs["killed"], "timings.json")) as f:
+        timings = json.load(f)
+    assert timings["checkpoint_step"] == STEPS and 0 < timings["checkpoint_s"] < timings["startup_s"], timings
