@@ -19,7 +19,7 @@ from pipeline.pipeline_config import EvaluateConfig, PipelineConfig
 from pipeline.stages import Stage
 from pipeline.train.config import TrainConfig
 from pipeline.train.files import latest_meta
-from pipeline.train.tracking import saved_run_id, tracking_uri
+from pipeline.train.tracking import deliver, tracking_uri
 
 REPORT = "final_eval.json"
 
@@ -86,13 +86,16 @@ def run(t: TrainConfig, e: EvaluateConfig) -> Optional[str]:
 
 
 def _log_to_mlflow(t: TrainConfig, step: int, metrics: dict[str, float]) -> None:
-    """The final metrics (``final/<split>/...``) in the training's own MLflow run."""
+    """The final metrics (``final/<split>/...``) in the training's own MLflow run.
+
+    What the training could not send first (its run created if it never reached MLflow):
+    a tracker outage during training delays the metrics, and never leaves the pipeline
+    unable to finish. If MLflow still cannot take them, the job fails saying where they wait.
+    """
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    run_id = saved_run_id(t.run_dir)
-    if run_id is None:
-        raise FileNotFoundError(f"{t.run_dir}: the training never reached MLflow (no run id); rerun it")
+    run_id = deliver(t.run_dir)
     client, now = MlflowClient(tracking_uri(t.tracking.tracking_uri, t.run_dir)), int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(f"final/{k}", float(v), now, step) for k, v in metrics.items()])
 

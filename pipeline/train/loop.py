@@ -38,15 +38,21 @@ from pipeline.train.tracking import RunSpec, TrackedRun, Tracker, forget_unfinis
 
 
 class StopRequest:
-    """SIGTERM/SIGUSR2 (SLURM's warning before the end): checkpoint at the next step and exit."""
+    """SIGTERM/SIGUSR2 (SLURM's warning before the end): checkpoint at the next step and exit.
+
+    The handler this one replaces hears the signal too: whoever runs the training (a job
+    wrapper) tells a cancel (SIGTERM) from a time limit (SIGUSR2) by it.
+    """
 
     def __init__(self) -> None:
         self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR2):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGUSR2)}
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
 
 
 @dataclass
@@ -106,8 +112,9 @@ class Trainer:
     def _restore(self) -> None:
         resumed = self.cfg.resume and checkpoint.load(self.engine, self.cfg.run_dir, self.rank, self.world,
                                                       self.checkpointed())
+        self.abandoned_run_id = None
         if not resumed and self.rank == 0:
-            forget_unfinished_attempt(self.cfg.run_dir)
+            self.abandoned_run_id = forget_unfinished_attempt(self.cfg.run_dir)
 
     def save_checkpoint(self) -> None:
         """Save a checkpoint of this step on every rank (collective); rank 0 says how long it took."""
@@ -138,7 +145,7 @@ class Trainer:
             uri=tracking_uri(cfg.tracking.tracking_uri, cfg.run_dir), experiment=cfg.tracking.experiment,
             run_dir=cfg.run_dir, run_id=self.tracked.run_id, run_name=os.path.basename(os.path.abspath(cfg.run_dir)),
             params=flatten(to_dict(cfg)), tags=tags, flush_seconds=cfg.tracking.flush_seconds,
-            request_timeout_s=cfg.tracking.request_timeout_s))
+            request_timeout_s=cfg.tracking.request_timeout_s, abandoned_run_id=self.abandoned_run_id))
 
     def _step_metrics(self, result: StepResult, seconds: float) -> dict[str, float]:
         self.peak_rss = max(self.peak_rss, psutil.Process().memory_info().rss)
@@ -232,7 +239,7 @@ class Trainer:
         # KILLED until the run is complete: a resumed run sets it RUNNING again.
         if not self.tracker.close(artifacts=[config_path, final_path], status="FINISHED" if done else "KILLED"):
             print(f"rmat train: the tracker was unreachable; unsent points wait in {self.tracker.outbox} "
-                  "and go out at the next start")
+                  "and go out when this training starts again or its pipeline's evaluate stage runs")
         return final
 
 
