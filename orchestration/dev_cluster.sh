@@ -93,7 +93,7 @@ write_configs() {
     echo "MpiDefault=none"
     echo "MailProg=/bin/true"
     echo "ReturnToService=2"
-    echo "KillWait=5"  # a cancelled job's processes get SIGKILL 5 s after SIGTERM (default 30): cancels end fast
+    echo "KillWait=30"  # SIGKILL 30 s after a cancel's SIGTERM (the default): a cancelled training checkpoints first
     echo "SlurmdParameters=config_overrides"
     echo "DependencyParameters=kill_invalid_depend"
     echo "SchedulerParameters=bf_interval=5,sched_interval=5"

@@ -244,6 +244,7 @@ def deliver(run_dir: str) -> str:
                                     "and no run id); rerun it")
         return run_id
     sender = _Sender(RunSpec(**spec))
+    sender.resumed = False  # no training resumes here: the run keeps the status the training gave it
     close = _read_json(os.path.join(outbox, CLOSE_FILE))
     try:
         sender.connect()

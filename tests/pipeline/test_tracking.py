@@ -117,3 +117,4 @@ def test_points_a_training_could_not_send_are_delivered_with_its_run_by_the_next
     history = client.get_metric_history(run_id, "train/loss")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, 11))
     assert not [n for n in os.listdir(tmp_path / "mlflow_outbox") if n.endswith(".jsonl")]
+    assert deliver(str(tmp_path)) == run_id and client.get_run(run_id).info.status == "FINISHED"  # left as it was
