@@ -17,9 +17,8 @@ from dataclasses import asdict, fields
 import torch
 
 from model.config import RMATConfig
+from model.export_layout import CONFIG, EXPORT, TOKENIZER, WEIGHTS
 
-WEIGHTS, CONFIG, TOKENIZER, TOKENIZER_MODEL, EXPORT = (
-    "model.safetensors", "config.json", "tokenizer.json", "tokenizer.model", "export.json")
 TIED = "lm_head.weight"  # written once as tok_emb.weight when the embeddings are tied
 
 

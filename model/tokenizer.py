@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from model.pretrained import TOKENIZER, TOKENIZER_MODEL, ExportedFolderError, read_json_file, verify_folder
+from model.export_layout import TOKENIZER, TOKENIZER_MODEL
+from model.pretrained import ExportedFolderError, read_json_file, verify_folder
 
 
 @dataclass

@@ -4,11 +4,16 @@
 #
 #   orchestration/dev_cluster.sh up      # install missing Debian packages (root), start, wait for idle nodes
 #   orchestration/dev_cluster.sh status  # which of its daemons run; sinfo
-#   orchestration/dev_cluster.sh down    # stop exactly the daemons this script started
+#   orchestration/dev_cluster.sh down    # stop exactly the daemons this script started, undo its /etc/hosts lines
 #   orchestration/dev_cluster.sh env     # the line to eval: export SLURM_CONF=...
 #
 # Everything (configs, state, logs, sockets, the database) lives under RMAT_SLURM_DIR
-# (default /tmp/rmat-slurm). Idempotent: `up` on a running cluster changes nothing.
+# (default /tmp/rmat-slurm). Outside it, `up` changes the machine in two ways, and says so:
+# it installs missing Debian packages, and it adds "127.0.0.1 n1" (and n2) to /etc/hosts
+# where those names do not resolve (torch's MASTER_ADDR is the first node's name); `down`
+# removes exactly the lines `up` added. Every daemon runs in its own session (setsid), so
+# a signal to the caller's process group (a test harness stopping its children) never
+# reaches one of them. Idempotent: `up` on a running cluster changes nothing.
 set -euo pipefail
 
 ROOT=${RMAT_SLURM_DIR:-/tmp/rmat-slurm}
@@ -24,6 +29,7 @@ DB_PASS=rmat-dev-only
 
 conf=$ROOT/etc/slurm.conf
 munge_socket=$ROOT/munge/munge.socket
+hosts_added=$ROOT/hosts-added  # the /etc/hosts lines `up` added, for `down` to remove
 
 log() { echo "dev_cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -46,8 +52,25 @@ install_packages() {
 ensure_hosts() {
   # torch's MASTER_ADDR is the first node's name: it must resolve.
   for n in "${NODES[@]}"; do
-    getent hosts "$n" >/dev/null || echo "127.0.0.1 $n" >>/etc/hosts
+    getent hosts "$n" >/dev/null && continue
+    echo "127.0.0.1 $n" >>/etc/hosts
+    echo "127.0.0.1 $n" >>"$hosts_added"
+    log "added '127.0.0.1 $n' to /etc/hosts (down removes it)"
   done
+}
+
+remove_hosts() {
+  [ -f "$hosts_added" ] || return 0
+  # Rewritten in place, not renamed over: /etc/hosts may be a bind mount (containers).
+  local kept; kept=$(grep -vxF -f "$hosts_added" /etc/hosts || true)
+  printf '%s\n' "$kept" >/etc/hosts
+  log "removed from /etc/hosts: $(paste -sd, "$hosts_added")"
+  rm -f "$hosts_added"
+}
+
+detached() {
+  # Its own session and process group, no terminal, stdin/stdout closed: the caller's signals never reach it.
+  setsid -f "$@" </dev/null >/dev/null
 }
 
 write_configs() {
@@ -70,7 +93,7 @@ write_configs() {
     echo "MpiDefault=none"
     echo "MailProg=/bin/true"
     echo "ReturnToService=2"
-    echo "KillWait=5"  # a cancelled job's processes get SIGKILL 5 s after SIGTERM (default 30): cancels end fast
+    echo "KillWait=30"  # SIGKILL 30 s after a cancel's SIGTERM (the default): a cancelled training checkpoints first
     echo "SlurmdParameters=config_overrides"
     echo "DependencyParameters=kill_invalid_depend"
     echo "SchedulerParameters=bf_interval=5,sched_interval=5"
@@ -119,18 +142,19 @@ start_munge() {
   chmod 400 "$ROOT/munge/munge.key"
   runuser -u munge -- test -x "$ROOT/munge" \
     || die "user munge cannot reach $ROOT/munge; choose an RMAT_SLURM_DIR whose parent folders all may enter"
-  runuser -u munge -- /usr/sbin/munged --socket="$munge_socket" --key-file="$ROOT/munge/munge.key" \
+  detached runuser -u munge -- /usr/sbin/munged --socket="$munge_socket" --key-file="$ROOT/munge/munge.key" \
     --pid-file="$ROOT/munge/munged.pid" --log-file="$ROOT/munge/munged.log" --seed-file="$ROOT/munge/munged.seed"
+  wait_for "munged" "test -S $munge_socket"
 }
 
 start_mariadb() {
   pid_alive "$ROOT/run/mariadb.pid" && return
   if [ ! -d "$ROOT/mysql/mysql" ]; then
-    mariadb-install-db --user=root --datadir="$ROOT/mysql" >/dev/null
+    mariadb-install-db --no-defaults --user=root --datadir="$ROOT/mysql" >/dev/null
   fi
-  mariadbd --user=root --datadir="$ROOT/mysql" --port="$DB_PORT" --bind-address=127.0.0.1 \
+  detached mariadbd --no-defaults --user=root --datadir="$ROOT/mysql" --port="$DB_PORT" --bind-address=127.0.0.1 \
     --socket="$ROOT/run/mysql.sock" --pid-file="$ROOT/run/mariadb.pid" --log-error="$ROOT/log/mariadb.log" \
-    >/dev/null 2>&1 &
+    2>/dev/null
   for _ in $(seq 60); do
     mariadb --socket="$ROOT/run/mysql.sock" -uroot -e "select 1" >/dev/null 2>&1 && break
     sleep 0.5
@@ -146,14 +170,14 @@ start_mariadb() {
 start_slurm() {
   export SLURM_CONF=$conf
   if ! pid_alive "$ROOT/run/slurmdbd.pid"; then
-    slurmdbd  # reads slurmdbd.conf beside $SLURM_CONF
+    detached slurmdbd  # reads slurmdbd.conf beside $SLURM_CONF
     wait_for "slurmdbd" "sacctmgr -n list cluster"
   fi
   sacctmgr -n list cluster format=cluster | grep -qw "$CLUSTER" || sacctmgr -i add cluster "$CLUSTER" >/dev/null
-  pid_alive "$ROOT/run/slurmctld.pid" || slurmctld
+  pid_alive "$ROOT/run/slurmctld.pid" || detached slurmctld
   wait_for "slurmctld" "scontrol ping"
   for n in "${NODES[@]}"; do
-    pid_alive "$ROOT/run/slurmd-$n.pid" || slurmd -N "$n"
+    pid_alive "$ROOT/run/slurmd-$n.pid" || detached slurmd -N "$n"
   done
   wait_for "idle nodes" "test \$(sinfo -h -N -t idle,mix,alloc -o %N | sort -u | wc -l) -eq ${#NODES[@]}"
 }
@@ -192,6 +216,7 @@ cmd_down() {
   stop_pidfile "$ROOT/run/slurmdbd.pid"
   stop_pidfile "$ROOT/run/mariadb.pid"
   stop_pidfile "$ROOT/munge/munged.pid"
+  remove_hosts
   log "down"
 }
 

@@ -4,11 +4,18 @@
 job with torch's env:// variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)
 exported from ``submitit.helpers.TorchDistributedEnvironment``. ``fn`` owns SIGUSR2/SIGTERM:
 all of its ranks must agree to stop, save a checkpoint together and return (a handler on
-rank 0 alone, as submitit installs, would leave the other ranks in a collective).
-After ``fn`` returns, ``finished(*finished_args)`` says whether the work is done; if not,
-rank 0 hands the signal back to submitit, which requeues the job (at most
-``Resources.max_requeues`` times); the requeued job builds a new process group and ``fn``
-resumes from its own checkpoint.
+rank 0 alone, as submitit installs, would leave the other ranks in a collective), and its
+handlers must pass each signal on to the handler they replaced, which records it here.
+After ``fn`` returns, ``finished(*finished_args)`` says whether the work is done. If not,
+the signal says why it stopped:
+
+- SIGUSR2, SLURM's warning before a time limit or a preemption (``--signal=USR2@...``):
+  rank 0 hands it back to submitit, which requeues the job (at most
+  ``Resources.max_requeues`` times); the requeued job builds a new process group and ``fn``
+  resumes from its own checkpoint.
+- SIGTERM alone, ``scancel`` (``rmat cancel``): the job ends for good with its checkpoint on
+  disk; a later submission resumes from it. Requeued, a cancel would come back 15 s later,
+  every time, since a requeue after a signal does not count against ``max_requeues``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 import submitit
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
 
 class DistributedCall(submitit.helpers.Checkpointable):
@@ -31,10 +40,22 @@ class DistributedCall(submitit.helpers.Checkpointable):
 
     def __call__(self) -> Any:
         env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        requeue = signal.getsignal(signal.SIGUSR2)  # submitit's: checkpoint() and requeue, on rank 0 only
+        submitits = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}  # USR2: checkpoint() and requeue
+        received: list[int] = []
+
+        def record(signum: int, frame: Any) -> None:
+            received.append(signum)
+            if signal.getsignal(signum) is record and callable(submitits[signum]):
+                submitits[signum](signum, frame)  # fn has not taken the signal over yet (still starting)
+
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, record)
         result = self.fn(*self.args)
         if self.finished(*self.finished_args):
             return result
+        if signal.SIGUSR2 not in received:
+            return None  # cancelled (or stopped for no signal): the job ends, a later submission resumes
+        requeue = submitits[signal.SIGUSR2]
         signal.signal(signal.SIGUSR2, requeue)
         if env.rank == 0:
             # The checkpoint is on disk already; submitit pickles this call again and requeues the job.

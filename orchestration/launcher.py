@@ -19,6 +19,7 @@ import submitit
 from orchestration.resources import Resources
 
 CLUSTERS = ("slurm", "local", "debug")
+CPUS_ENV = "RMAT_CPUS_PER_TASK"  # the cores each task of a job was given (its Resources.cpus_per_task)
 # Clusters with a scheduler and accounting: every job is queued at once, starts when its dependencies
 # succeeded, and accounting knows how it ended. The others run a job as it is submitted, and the
 # submitter waits for it and records how it ended.
@@ -69,20 +70,20 @@ class Launcher:
     def submit(self, fn: Callable[..., Any], *args: Any, resources: Resources, name: str,
                after: Sequence[str] = ()) -> submitit.Job:
         """Submit ``fn(*args)`` as one job (of ``resources.nodes`` x ``tasks_per_node`` tasks)."""
-        with submission_env():
+        with submission_env(resources):
             return self.executor(resources, name, after).submit(fn, *args)
 
     def submit_array(self, fn: Callable[..., Any], args: Sequence[tuple], resources: Resources, name: str,
                      parallelism: int = 0) -> list[submitit.Job]:
         """Submit ``fn(*a)`` for each ``a`` in ``args`` as one job array (one task each)."""
         ex = self.executor(resources, name, array_parallelism=parallelism)
-        with submission_env(), ex.batch():
+        with submission_env(resources), ex.batch():
             jobs = [ex.submit(fn, *a) for a in args]
         return jobs
 
 
 @contextlib.contextmanager
-def submission_env() -> Iterator[None]:
+def submission_env(resources: Resources) -> Iterator[None]:
     """The environment a job is submitted with (sbatch and local jobs pass it on).
 
     A job submitted from a job inherits SLURM_* variables (task counts, memory, GPUs)
@@ -90,19 +91,22 @@ def submission_env() -> Iterator[None]:
     SLURM_CONF is kept: it names the cluster, not the job. Calls are pickled by reference,
     so the job must import them from the same trees as this process: PYTHONPATH becomes
     this process's sys.path (the project's tree must not lose to another installed copy).
+    CPUS_ENV tells every task how many cores it was given, where no SLURM_CPUS_PER_TASK
+    does (local processes): a task that starts one thread per core of a shared machine
+    crawls (an evaluation of a tiny model took minutes instead of seconds).
     """
     keep = {k: os.environ[k] for k in ("SLURM_CONF",) if k in os.environ}
-    path = os.environ.get("PYTHONPATH")
     keep["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    keep[CPUS_ENV] = str(resources.cpus_per_task)
+    outer = {k: os.environ[k] for k in keep if k in os.environ}
     with submitit.helpers.clean_env():
         os.environ.update(keep)
         try:
             yield
         finally:
-            for key in keep:  # clean_env restores the outer values of what it hid
+            for key in keep:  # clean_env restores the outer values of what it hid; these, we do
                 os.environ.pop(key, None)
-            if path is not None:
-                os.environ["PYTHONPATH"] = path
+            os.environ.update(outer)
 
 
 def refresh(jobs: Sequence[submitit.Job]) -> None:

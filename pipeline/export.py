@@ -24,8 +24,9 @@ from data_prep.atomic import canonical_json, read_json, sha256_file, tmp_path
 from data_prep.encoder import tokenizer_model
 from data_prep.shards import ShardError, read_manifest
 from model import RMAT
+from model.export_layout import CONFIG, EXPORT, TOKENIZER, TOKENIZER_MODEL, WEIGHTS
 from model.onnx_graphs import export_onnx
-from model.pretrained import CONFIG, EXPORT, TIED, TOKENIZER, TOKENIZER_MODEL, WEIGHTS, config_to_dict
+from model.pretrained import TIED, config_to_dict
 from pipeline.config import load_config
 from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from model import RMAT
+from model.export_layout import CONFIG
 from model.onnx_graphs import SEGMENT_FILE, STEP_FILE
-from model.pretrained import CONFIG, ExportedFolderError, config_from_dict, read_json_file, verify_folder
+from model.pretrained import ExportedFolderError, config_from_dict, read_json_file, verify_folder
 from model.rmat import sample
 from model.tokenizer import ExportedTokenizer, load_exported
 

@@ -19,9 +19,9 @@ from data_prep.byte_shards import write_byte_shards
 from data_prep.shards import MANIFEST
 from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig
+from pipeline.train.files import EVAL_LOG, LOSS_LOG
 from pipeline.train.launch import launch
 from pipeline.train.loader import open_split, read_documents
-from pipeline.train.loop import EVAL_LOG, LOSS_LOG
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.yaml")
 # About 3 MB of text: 200 training documents in 4 shards, 16 held out for validation.

@@ -47,18 +47,22 @@ def status(run_dir: Path) -> str:
     lines = [f"run {run_dir}"]
     graph = build_graph(cfg, records[0].cluster if records else "slurm")
     grouped = latest_per_stage(records)
+    # Columns as wide as their longest entry ("CANCELLED by 0", a unit task's words): job ids line up.
+    shown = [r for jobs in grouped.values() for r in jobs]
+    width = max([12, *(len(state[r.job_id]) for r in shown)])
+    label_width = max([10, *(len(s.name) for s in graph), *(len(f"  {r.what}") for r in shown if r.kind == "units")])
     for stage in graph:
         output = f"output {'complete' if stage.complete else 'incomplete: ' + stage.detail}"
         jobs = grouped.get(stage.name, [])
         if not jobs:
-            lines.append(f"{stage.name:<10} {'-':<12} (not submitted)  {output}")
+            lines.append(f"{stage.name:<{label_width}} {'-':<{width}} (not submitted)  {output}")
             continue
         for i, r in enumerate(jobs):
             label = stage.name if i == 0 else f"  {r.what}"
-            lines.append(f"{label:<10} {state[r.job_id]:<12} job {r.job_id}  log {r.logs()[0]}"
+            lines.append(f"{label:<{label_width}} {state[r.job_id]:<{width}} job {r.job_id}  log {r.logs()[0]}"
                          + (f"  {output}" if i == 0 else ""))
             if state[r.job_id].startswith(("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")):
-                lines.append(f"{'':<12}error: {last_error(r)}  (stderr {r.logs()[1]})")
+                lines.append(f"{'':<{label_width + 2}}error: {last_error(r)}  (stderr {r.logs()[1]})")
     return "\n".join(lines)
 
 

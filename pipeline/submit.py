@@ -15,7 +15,7 @@ import submitit
 from data_prep.atomic import write_atomic
 from orchestration.launcher import Launcher
 from orchestration.records import RecordBook, last_error
-from pipeline.config import to_yaml
+from pipeline.config import ConfigError, to_yaml
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stage_graph import build_graph
 from pipeline.stages import Stage
@@ -33,9 +33,13 @@ class Submitted:
 
 
 def plan(cfg: PipelineConfig, cluster: str) -> tuple[list[Stage], list[Stage]]:
-    """(stages to submit, stages already complete)."""
+    """(stages to submit, stages already complete); refused if a time limit cannot work on a scheduler."""
     graph = build_graph(cfg, cluster)
-    return [s for s in graph if not s.complete], [s for s in graph if s.complete]
+    todo = [s for s in graph if not s.complete]
+    refused = [s.refused for s in todo if s.refused]
+    if refused and Launcher(cluster, ".").scheduled:
+        raise ConfigError(refused[0] + "; nothing submitted")
+    return todo, [s for s in graph if s.complete]
 
 
 def describe(todo: list[Stage], done: list[Stage], cluster: str) -> str:
@@ -46,6 +50,8 @@ def describe(todo: list[Stage], done: list[Stage], cluster: str) -> str:
         after = [a for a in s.after if a in {t.name for t in todo}]
         lines.append(f"{s.name:<10} {s.detail}; after {', '.join(after) or 'nothing'}")
         lines.append(f"{'':<10} {launcher.describe(s.resources, s.name, [f'<{a}>' for a in after])}")
+        if s.time_budget and launcher.scheduled:
+            lines.append(f"{'':<10} {s.time_budget}")
     if not todo:
         lines.append("nothing to submit: every stage is complete")
     return "\n".join(lines)

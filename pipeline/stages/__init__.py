@@ -27,3 +27,5 @@ class Stage:
     complete: bool = False
     detail: str = ""  # what is done or missing, for people
     output: str = ""  # the stage's output folder
+    time_budget: str = ""  # where a job's time limit interrupts it: what each attempt spends besides working
+    refused: str = ""  # why its time limit cannot work under a scheduler; ``rmat submit`` then submits nothing

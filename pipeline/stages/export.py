@@ -13,13 +13,11 @@ import shutil
 from typing import Optional
 
 from data_prep.atomic import read_json, tmp_path
-from model.pretrained import EXPORT
-from pipeline.export import export_run
+from model.export_layout import EXPORT
 from pipeline.pipeline_config import PipelineConfig
-from pipeline.serving import log_exported_model
 from pipeline.stages import Stage
-from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig
+from pipeline.train.files import checkpoint_root, latest_meta
 
 FORMATS = ("safetensors", "onnx")
 
@@ -30,14 +28,20 @@ def export_folder(t: TrainConfig, tag: str) -> str:
 
 def complete(t: TrainConfig) -> bool:
     """The export of the training's final (``latest``) checkpoint is in place and names it."""
-    meta = checkpoint.latest_meta(t.run_dir) if os.path.isdir(checkpoint.checkpoint_root(t.run_dir)) else None
+    meta = latest_meta(t.run_dir) if os.path.isdir(checkpoint_root(t.run_dir)) else None
     info = read_json(os.path.join(export_folder(t, meta["tag"]), EXPORT)) if meta else None
     return bool(info and info.get("checkpoint") == meta["tag"])
 
 
 def run(t: TrainConfig) -> Optional[str]:
     """The export job: export, log to MLflow, then rename into place; returns a summary."""
-    meta = checkpoint.latest_meta(t.run_dir)
+    # torch, onnx and MLflow only where a job exports: `rmat status` reads `complete` and must stay fast
+    from pipeline.export import export_run
+    from pipeline.serving import log_exported_model
+    from pipeline.train.engine import set_threads
+
+    set_threads(0, 1)  # the cores the job asked for
+    meta = latest_meta(t.run_dir)
     if meta is None:
         raise FileNotFoundError(f"{t.run_dir}: no checkpoint to export; run the train stage first")
     final = export_folder(t, meta["tag"])
@@ -53,7 +57,7 @@ def run(t: TrainConfig) -> Optional[str]:
 def stage(cfg: PipelineConfig, t: TrainConfig, evaluated: bool) -> Stage:
     """The export after evaluation; complete only while the evaluation is (``evaluated``)."""
     done = evaluated and complete(t)
-    meta = checkpoint.latest_meta(t.run_dir) if os.path.isdir(checkpoint.checkpoint_root(t.run_dir)) else None
+    meta = latest_meta(t.run_dir) if os.path.isdir(checkpoint_root(t.run_dir)) else None
     output = export_folder(t, meta["tag"]) if meta else os.path.join(t.run_dir, "export")
     detail = "done" if done else f"{'+'.join(FORMATS)} of the final checkpoint into {output}"
     return Stage("export", run, (t,), cfg.slurm.export, ["evaluate"], complete=done, detail=detail, output=output)

@@ -13,21 +13,24 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from typing import Optional
 
 from data_prep.atomic import key_of, read_json, write_atomic
 from data_prep.shards import ShardError, read_manifest
 from orchestration.distributed import DistributedCall
+from orchestration.resources import Resources
 from pipeline.config import to_dict
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stages import Stage
 from pipeline.train.config import TrainConfig
-from pipeline.train.launch import launch
-from pipeline.train.loader import manifest_hash
-from pipeline.train.loop import FINAL_METRICS
+from pipeline.train.files import FINAL_METRICS, TIMINGS, manifest_hash
 
 TRAINED_ON = "trained_on.json"
+# Until a training measured its own (timings.json): a cold start of torch, DeepSpeed and the process
+# group took 15 s on a loaded 2-core node; a checkpoint of a small model, a few seconds.
+ASSUMED_STARTUP_S, ASSUMED_CHECKPOINT_S = 60, 20
 
 
 def train_config(cfg: PipelineConfig, shards: str) -> TrainConfig:
@@ -62,6 +65,8 @@ def run(t: TrainConfig) -> Optional[str]:
     Training checkpoints and returns on SIGUSR2/SIGTERM; the caller (DistributedCall) then
     sees it incomplete and requeues the job, which resumes from ``checkpoints/latest``.
     """
+    from pipeline.train.launch import launch  # torch and DeepSpeed: only where a job trains
+
     launch(t)
     if os.environ.get("RANK", "0") != "0":
         return None
@@ -74,8 +79,36 @@ def run(t: TrainConfig) -> Optional[str]:
     return f"trained {final['step']} steps, val loss {final.get('val/loss', float('nan')):.4f} ({t.run_dir})"
 
 
+def time_budget(t: TrainConfig, r: Resources) -> tuple[str, str]:
+    """(what each attempt of the job spends besides training, why its time limit cannot work or "").
+
+    SLURM sends the warning ``signal_delay_s`` before the limit; an attempt starts up, trains,
+    then checkpoints after the warning. Unless the limit leaves at least as much time to train
+    as all of that takes, most of every attempt is overhead, and a start-up slower than usual
+    makes attempts that train a step or none and use up ``max_requeues``. The seconds are those
+    this training measured on its last attempt (``timings.json``), else generous guesses.
+    """
+    measured = read_json(os.path.join(t.run_dir, TIMINGS)) or {}
+    startup, checkpoint = measured.get("startup_s"), measured.get("checkpoint_s")
+    parts = [(startup, ASSUMED_STARTUP_S, "start-up"), (checkpoint, ASSUMED_CHECKPOINT_S, "a checkpoint")]
+    seconds = [value if value is not None else guess for value, guess, _ in parts]
+    overhead = seconds[0] + r.signal_delay_s + seconds[1]
+    words = [f"{what} {s:.0f} s ({'measured' if value is not None else 'assumed'})"
+             for (value, _, what), s in zip(parts, seconds, strict=True)]
+    budget = (f"time_min {r.time_min} min = {r.time_min * 60} s per attempt, of which {overhead:.0f} s do not "
+              f"train: {words[0]} + signal_delay_s {r.signal_delay_s} s + {words[1]}")
+    if r.time_min * 60 >= 2 * overhead:
+        return budget, ""
+    needed = math.ceil(2 * overhead / 60)
+    return budget, (f"slurm.train.time_min={r.time_min} leaves too little time to train: {budget}; "
+                    f"give slurm.train.time_min >= {needed} (twice that), or a "
+                    "smaller slurm.train.signal_delay_s")
+
+
 def stage(cfg: PipelineConfig, t: TrainConfig) -> Stage:
     """nodes x tasks ranks of ``run`` after the shards, requeued after a preemption until ``complete``."""
     done = complete(t)
+    budget, refused = time_budget(t, cfg.slurm.train)
     return Stage("train", DistributedCall(run, (t,), complete, (t,)), (), cfg.slurm.train, ["shards"],
-                 complete=done, detail="done" if done else f"{t.steps} steps into {t.run_dir}", output=t.run_dir)
+                 complete=done, detail="done" if done else f"{t.steps} steps into {t.run_dir}", output=t.run_dir,
+                 time_budget=budget, refused=refused)

@@ -27,6 +27,7 @@ from data_prep.atomic import atomic_open, write_atomic
 from model import RMAT
 from pipeline.config import ConfigError, load_config, to_dict, to_yaml
 from pipeline.train.config import TrainConfig
+from pipeline.train.files import checkpoint_root, latest_meta
 
 TAG = re.compile(r"^step_(\d{8})$")
 CONFIG = "config.yaml"
@@ -57,10 +58,6 @@ class RNGStates:
             torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def checkpoint_root(run_dir: str) -> str:
-    return os.path.join(run_dir, "checkpoints")
-
-
 def save(engine, cfg: TrainConfig, step: int, rank: int, world_size: int, state: dict[str, Stateful]) -> str:
     """Save step ``step`` from every rank (collective); returns the checkpoint folder."""
     root, tag = checkpoint_root(cfg.run_dir), f"step_{step:08d}"
@@ -84,18 +81,6 @@ def _prune(root: str, latest_step: int, keep: int) -> None:
     done = [s for s in steps if s <= latest_step]
     for s in done[:-keep]:
         shutil.rmtree(os.path.join(root, f"step_{s:08d}"), ignore_errors=True)
-
-
-def latest_meta(run_dir: str) -> Optional[dict]:
-    """``{"step", "world_size", "tag"}`` of the checkpoint ``latest`` names, or None."""
-    root = checkpoint_root(run_dir)
-    pointer = os.path.join(root, "latest")
-    if not os.path.isfile(pointer):
-        return None
-    with open(pointer) as f:
-        tag = f.read().strip()
-    with open(os.path.join(root, tag, "meta.json")) as f:
-        return {**json.load(f), "tag": tag}
 
 
 def check_world_size(run_dir: str, world_size: int) -> None:

@@ -81,7 +81,10 @@ def evaluate(engine, docs: list[tuple[np.ndarray, str]], model_cfg: RMATConfig, 
                 acc.add(m, nll, counted, [DOMAINS.index(domain) for _, domain in mine],
                         position_bucket(torch.arange(i * s, (i + 1) * s), bucket), past_first=i > 0)
     engine.train()
-    dist.all_reduce(acc.flat)
+    # NCCL reduces only tensors on the GPU; gloo takes either.
+    totals = acc.flat.to(device)
+    dist.all_reduce(totals)
+    acc.flat.copy_(totals.cpu())
     return acc.metrics(modes, bucket)
 
 

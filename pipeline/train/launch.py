@@ -19,6 +19,7 @@ from data_prep.atomic import remove_stale_temps
 from pipeline.config import ConfigError
 from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig, check_for_world
+from pipeline.train.engine import allocated_cpus
 from pipeline.train.loader import check_train_data, open_split
 
 DIST_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -53,7 +54,7 @@ def launch(cfg: TrainConfig, nproc: int = 1) -> None:
     if nproc < 1:
         raise ConfigError(f"--nproc {nproc}: need at least one process")
     preflight(cfg, nproc)
-    threads = cfg.engine.threads_per_proc or max(1, (os.cpu_count() or 1) // nproc)
+    threads = cfg.engine.threads_per_proc or allocated_cpus(nproc)
     # Children inherit these before they import torch, so OpenMP starts with the right pool.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(nproc),
                       LOCAL_WORLD_SIZE=str(nproc), OMP_NUM_THREADS=str(threads))

@@ -10,8 +10,6 @@ shard, sample, token offset): that is all a checkpoint needs to continue the str
 
 from __future__ import annotations
 
-import hashlib
-import json
 import posixpath
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import numpy as np
 from data_prep.shards import ShardError, iter_shard, read_manifest
 from pipeline.config import ConfigError
 from pipeline.streams import BatchStream, RowStream, Segment
+from pipeline.train.files import manifest_hash
 
 
 @dataclass
@@ -59,11 +58,6 @@ def open_split(folder: str, split: str) -> SplitInfo:
     return SplitInfo(folder=folder, shards=shards, bos_id=int(special["bos"]), eos_id=int(special["eos"]),
                      vocab_size=int(manifest["vocab_size"]),
                      tokenizer_hash=str(manifest["tokenizer"].get("sha256", "")), manifest_hash=manifest_hash(manifest))
-
-
-def manifest_hash(manifest: dict) -> str:
-    """The manifest's own hash identifies the data: it lists every shard's sha256."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
 def check_train_data(info: SplitInfo, world_size: int, batch_size: int, model_vocab: int) -> None:

@@ -32,24 +32,27 @@ from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.engine import build_engine, init_distributed, measure_peak_tflops, set_threads, state_dtype
 from pipeline.train.evaluate import evaluate
+from pipeline.train.files import EVAL_LOG, FINAL_METRICS, LOSS_LOG, TIMINGS
 from pipeline.train.loader import TrainLoader, open_split, read_documents
 from pipeline.train.tracking import RunSpec, TrackedRun, Tracker, forget_unfinished_attempt, tracking_uri
 
-LOSS_LOG = "losses.jsonl"
-EVAL_LOG = "evals.jsonl"
-FINAL_METRICS = "final_metrics.json"
-
 
 class StopRequest:
-    """SIGTERM/SIGUSR2 (SLURM's warning before the end): checkpoint at the next step and exit."""
+    """SIGTERM/SIGUSR2 (SLURM's warning before the end): checkpoint at the next step and exit.
+
+    The handler this one replaces hears the signal too: whoever runs the training (a job
+    wrapper) tells a cancel (SIGTERM) from a time limit (SIGUSR2) by it.
+    """
 
     def __init__(self) -> None:
         self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR2):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGUSR2)}
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
 
 
 @dataclass
@@ -65,7 +68,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, local_procs: int) -> None:
         self.cfg = cfg
         self.stop = StopRequest()  # before the slow start-up, so that an early SIGTERM is not fatal
-        set_threads(cfg.engine.threads_per_proc, local_procs)
+        self.threads = set_threads(cfg.engine.threads_per_proc, local_procs)
         init_distributed()
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -87,6 +90,11 @@ class Trainer:
         self._restore()
         self.tracker = self._start_tracker() if self.rank == 0 else None
         self.peak_rss = 0
+        # From the process's start (interpreter, imports, process group, engine, resume): a job's time
+        # limit must leave room for this on every attempt, so the user is told what it was.
+        self.timings = {"startup_s": round(time.time() - psutil.Process().create_time(), 1)}
+        self._say(f"start-up took {self.timings['startup_s']:.1f} s ({self.threads} thread(s) per process, "
+                  f"{self.world} process(es), device {self.device}, from step {self.step})")
 
     # ---- resume ----------------------------------------------------------------------
 
@@ -104,14 +112,24 @@ class Trainer:
     def _restore(self) -> None:
         resumed = self.cfg.resume and checkpoint.load(self.engine, self.cfg.run_dir, self.rank, self.world,
                                                       self.checkpointed())
+        self.abandoned_run_id = None
         if not resumed and self.rank == 0:
-            forget_unfinished_attempt(self.cfg.run_dir)
+            self.abandoned_run_id = forget_unfinished_attempt(self.cfg.run_dir)
 
     def save_checkpoint(self) -> None:
-        """Save a checkpoint of this step on every rank (collective)."""
+        """Save a checkpoint of this step on every rank (collective); rank 0 says how long it took."""
+        start = time.perf_counter()
         if self.tracker is not None:
             self.tracker.persist()  # the points of every step this checkpoint covers survive a kill
         checkpoint.save(self.engine, self.cfg, self.step, self.rank, self.world, self.checkpointed())
+        self.timings.update(checkpoint_s=round(time.perf_counter() - start, 2), checkpoint_step=self.step)
+        self._say(f"checkpoint at step {self.step} took {self.timings['checkpoint_s']:.2f} s")
+        if self.rank == 0:
+            write_atomic(os.path.join(self.cfg.run_dir, TIMINGS), json.dumps(self.timings, indent=1).encode())
+
+    def _say(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"rmat train: {message}", flush=True)
 
     # ---- tracking --------------------------------------------------------------------
 
@@ -127,7 +145,7 @@ class Trainer:
             uri=tracking_uri(cfg.tracking.tracking_uri, cfg.run_dir), experiment=cfg.tracking.experiment,
             run_dir=cfg.run_dir, run_id=self.tracked.run_id, run_name=os.path.basename(os.path.abspath(cfg.run_dir)),
             params=flatten(to_dict(cfg)), tags=tags, flush_seconds=cfg.tracking.flush_seconds,
-            request_timeout_s=cfg.tracking.request_timeout_s))
+            request_timeout_s=cfg.tracking.request_timeout_s, abandoned_run_id=self.abandoned_run_id))
 
     def _step_metrics(self, result: StepResult, seconds: float) -> dict[str, float]:
         self.peak_rss = max(self.peak_rss, psutil.Process().memory_info().rss)
@@ -155,8 +173,8 @@ class Trainer:
             memory[g] = state.detach()
             loss_sum, tokens = loss_sum + loss.item() * n, tokens + n
         # One collective for the global loss and for whether any rank was asked to stop.
-        totals = torch.tensor([loss_sum, tokens, float(self.stop.requested)], dtype=torch.float64)
-        dist.all_reduce(totals)
+        totals = torch.tensor([loss_sum, tokens, float(self.stop.requested)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(totals)  # on the engine's device: NCCL reduces only GPU tensors
         return StepResult(loss=float(totals[0] / max(totals[1], 1)), tokens=int(totals[1]), stop=totals[2] > 0)
 
     def run(self) -> Optional[dict[str, float]]:
@@ -221,7 +239,7 @@ class Trainer:
         # KILLED until the run is complete: a resumed run sets it RUNNING again.
         if not self.tracker.close(artifacts=[config_path, final_path], status="FINISHED" if done else "KILLED"):
             print(f"rmat train: the tracker was unreachable; unsent points wait in {self.tracker.outbox} "
-                  "and go out at the next start")
+                  "and go out when this training starts again or its pipeline's evaluate stage runs")
         return final
 
 

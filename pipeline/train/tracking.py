@@ -7,22 +7,32 @@ outbox, oldest file first, with ``MlflowClient.log_batch``, deleting each file o
 MLflow has it. Being a process, the MLflow client never competes with training for
 the GIL or stops it for a garbage collection. When the tracking server is down or
 hangs, short timeouts make a send fail fast and the files wait for the next try, or
-for the next start. At a checkpoint the loop moves the queue to the outbox itself,
-so every point of every step a checkpoint covers survives a kill.
+for the next start (a resumed training, or the pipeline's evaluate stage, which sends
+them itself). At a checkpoint the loop moves the queue to the outbox itself, so every
+point of every step a checkpoint covers survives a kill.
+
+Exactly one point per step and metric, whatever was killed: a resumed training redoes
+the steps after its checkpoint, and logs again only the points that neither reached
+MLflow (``sent.json``, the last step sent per metric) nor wait in the outbox. A fresh
+start that abandons an attempt without a checkpoint marks that attempt's run KILLED.
+The embedded sqlite store is created under a temporary name and renamed into place, so
+a kill during its (seconds-long) migrations never leaves a store that cannot open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import queue
 import re
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from data_prep.atomic import write_atomic
@@ -30,6 +40,8 @@ from data_prep.atomic import write_atomic
 OUTBOX = "mlflow_outbox"
 RUN_ID_FILE = "mlflow_run_id"
 CLOSE_FILE = "close.json"  # in the outbox: the training is over, finish the run
+SPEC_FILE = "run_spec.json"  # in the outbox: how to create the run, for whoever sends the outbox next
+SENT_FILE = "sent.json"  # in the outbox: per metric, the last step MLflow has
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 MAX_PARAMS_PER_BATCH = 100
 MAX_FILES_PER_FLUSH = 5  # while training: a backlog goes out a few files per flush, not in one burst
@@ -65,11 +77,34 @@ class TrackedRun:
         self.run_id = state["run_id"] or saved_run_id(self.run_dir)
 
 
-def forget_unfinished_attempt(run_dir: str) -> None:
-    """A fresh start: drop the unsent points and the run id of an attempt that left no checkpoint."""
+def forget_unfinished_attempt(run_dir: str) -> Optional[str]:
+    """A fresh start: drop the unsent points and the run id of an attempt that left no checkpoint.
+
+    Returns that attempt's MLflow run id, if it made one: the new run's sender marks it KILLED.
+    """
+    abandoned = saved_run_id(run_dir)
     shutil.rmtree(os.path.join(run_dir, OUTBOX), ignore_errors=True)
     if os.path.exists(os.path.join(run_dir, RUN_ID_FILE)):
         os.remove(os.path.join(run_dir, RUN_ID_FILE))
+    return abandoned
+
+
+def logged_steps(outbox: str) -> dict[str, int]:
+    """Per metric, the last step already logged: sent to MLflow (``sent.json``) or waiting in the outbox."""
+    last = dict(_read_json(os.path.join(outbox, SENT_FILE)) or {})
+    if not os.path.isdir(outbox):
+        return last
+    for name in pending_files(outbox):
+        last = logged_steps_of(_read_points(os.path.join(outbox, name)), last)
+    return last
+
+
+def logged_steps_of(points: Iterable[tuple], last: dict[str, int]) -> dict[str, int]:
+    """``last`` (metric -> last step) moved on by ``points`` (key, value, time, step)."""
+    out = dict(last)
+    for key, _value, _time, step in points:
+        out[key] = max(step, out.get(key, step))
+    return out
 
 
 def pending_files(outbox: str) -> list[str]:
@@ -90,6 +125,7 @@ class RunSpec:
     tags: dict[str, str] = field(default_factory=dict)
     flush_seconds: float = 2.0
     request_timeout_s: int = 5
+    abandoned_run_id: Optional[str] = None  # a run an earlier attempt left RUNNING: marked KILLED
 
 
 class Tracker:
@@ -102,6 +138,9 @@ class Tracker:
         stale = os.path.join(self.outbox, CLOSE_FILE)
         if os.path.exists(stale):
             os.remove(stale)
+        _atomic_text(os.path.join(self.outbox, SPEC_FILE), json.dumps(asdict(spec)))
+        # Steps a killed attempt logged past its checkpoint are redone now: their points are logged once.
+        self._logged = logged_steps(self.outbox)
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._seq = max((int(OUTBOX_FILE.match(n).group(1)) for n in pending_files(self.outbox)), default=-1) + 1
@@ -119,9 +158,11 @@ class Tracker:
         return self.spec.run_id or saved_run_id(self.spec.run_dir)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Queue one point per metric; never blocks, never raises for the tracker's sake."""
+        """Queue one point per metric not logged at this step before; never blocks or raises for the tracker."""
         now = int(time.time() * 1000)
-        self._queue.put([(k, float(v), now, step) for k, v in metrics.items()])
+        points = [(k, float(v), now, step) for k, v in metrics.items() if step > self._logged.get(k, -1)]
+        if points:
+            self._queue.put(points)
 
     def persist(self) -> None:
         """Move every queued point to the outbox on disk (milliseconds; no network)."""
@@ -169,6 +210,108 @@ def _atomic_text(path: str, text: str) -> None:
     write_atomic(path, text.encode(), durable=False)
 
 
+def _read_json(path: str) -> Optional[dict]:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _read_points(path: str) -> list[tuple]:
+    with open(path) as f:
+        return [tuple(json.loads(line)) for line in f if line.strip()]
+
+
+class TrackerUnreachable(RuntimeError):
+    """The tracking store could not take what waits in the outbox; it stays there for the next try."""
+
+
+def deliver(run_dir: str) -> str:
+    """Send what a training left in its outbox, in this process; returns the MLflow run id.
+
+    Creates the run if the training never reached MLflow, sends every waiting point, and
+    finishes the run as the training asked when it closed. The pipeline's evaluate stage
+    calls this first, so that a tracker outage during training delays the run's metrics
+    and never leaves the pipeline unable to finish. Raises ``TrackerUnreachable``, naming
+    the store and the outbox, if the store cannot take them (retry once it is back).
+    """
+    outbox = os.path.join(run_dir, OUTBOX)
+    spec = _read_json(os.path.join(outbox, SPEC_FILE))
+    if spec is None:
+        run_id = saved_run_id(run_dir)
+        if run_id is None:
+            raise FileNotFoundError(f"{run_dir}: the training never started its tracker (no {OUTBOX}/{SPEC_FILE} "
+                                    "and no run id); rerun it")
+        return run_id
+    sender = _Sender(RunSpec(**spec))
+    sender.resumed = False  # no training resumes here: the run keeps the status the training gave it
+    close = _read_json(os.path.join(outbox, CLOSE_FILE))
+    try:
+        sender.connect()
+        sender.send(None)
+        if close is not None:
+            sender.finish(close["artifacts"], close["status"])
+    except Exception as e:
+        raise TrackerUnreachable(f"MLflow at {spec['uri']} did not take the training's points ({e}); they wait "
+                                 f"in {outbox}: rerun once it answers") from e
+    return sender.run_id
+
+
+def ensure_sqlite_store(uri: str) -> None:
+    """An embedded sqlite store that opens: created under a temporary name, then renamed into place.
+
+    MLflow creates a store by running dozens of migrations on the file itself, over
+    seconds; a process killed among them left a file every later open failed on ("table
+    ... already exists"). One left so by an earlier version, which holds no run, is moved
+    aside (``NAME.broken-TIME``) and created again; one that holds runs is never touched.
+    """
+    path = uri.removeprefix("sqlite:///")
+    if os.path.exists(path):
+        problem = _schema_problem(path)
+        if problem is None:
+            return
+        if _count_runs(path):
+            raise TrackerUnreachable(f"{path}: the MLflow store does not open ({problem}) and holds runs; "
+                                     "repair or move it, then rerun")
+        os.replace(path, f"{path}.broken-{int(time.time())}")
+    tmp = f"{path}.tmp-{os.getpid()}"  # data_prep.atomic's temporary mark: a killed creator's file is removed
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates the tables: every migration
+    os.replace(tmp, path)
+
+
+def _schema_problem(path: str) -> Optional[str]:
+    """None if the sqlite file holds MLflow's whole schema at its newest revision, else what is wrong.
+
+    Checked on an engine of its own: MLflow keeps one store per URI in a process, and one
+    opened on the broken file would go on reading it after the file was replaced.
+    """
+    import sqlalchemy
+    from mlflow.store.db.utils import _all_tables_exist, _verify_schema  # what MLflow checks when it opens a store
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+    try:
+        if not _all_tables_exist(engine):
+            return "some of MLflow's tables are missing"
+        _verify_schema(engine)
+    except Exception as e:  # MLflow raises SQLAlchemy's and its own errors alike
+        return str(e).splitlines()[0][:300]
+    finally:
+        engine.dispose()
+    return None
+
+
+def _count_runs(path: str) -> int:
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 # ---- the sender process ------------------------------------------------------------------
 
 
@@ -201,11 +344,7 @@ def run_sender(spec: RunSpec, parent_pid: int) -> None:
 
 
 def _read_close(outbox: str) -> Optional[dict]:
-    path = os.path.join(outbox, CLOSE_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return _read_json(os.path.join(outbox, CLOSE_FILE))
 
 
 class _Sender:
@@ -221,7 +360,12 @@ class _Sender:
         if self.client is None:
             from mlflow.tracking import MlflowClient
 
+            if self.spec.uri.startswith("sqlite:///"):
+                ensure_sqlite_store(self.spec.uri)
             self.client = MlflowClient(self.spec.uri)
+        if self.spec.abandoned_run_id is not None:
+            self.client.set_terminated(self.spec.abandoned_run_id, "KILLED")
+            self.spec.abandoned_run_id = None
         if self.run_id is None:
             self.run_id = self._create_run()
             _atomic_text(os.path.join(self.spec.run_dir, RUN_ID_FILE), self.run_id)
@@ -252,12 +396,15 @@ class _Sender:
 
         for name in pending_files(self.outbox)[:max_files]:
             path = os.path.join(self.outbox, name)
-            with open(path) as f:
-                metrics = [Metric(*json.loads(line)) for line in f if line.strip()]
+            points = _read_points(path)
+            metrics = [Metric(*p) for p in points]
             for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
                 self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
-            # A kill (or a timed-out request that the server still carries out) before this removal
-            # sends the file again: a duplicate point, never a lost one.
+            # Recorded before the file goes, so that the steps it held count as logged whichever
+            # survives a kill. A kill before the removal sends the file again: the same points (key,
+            # value, time, step), which MLflow's SQL stores keep once.
+            sent = logged_steps_of(points, _read_json(os.path.join(self.outbox, SENT_FILE)) or {})
+            _atomic_text(os.path.join(self.outbox, SENT_FILE), json.dumps(sent))
             os.remove(path)
 
     def finish(self, artifacts: list[str], status: str) -> None:

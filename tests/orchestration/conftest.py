@@ -4,16 +4,29 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "orchestration" / "dev_cluster.sh"
+HOSTS = Path("/etc/hosts")
 
 
 def dev_cluster(command: str, root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "RMAT_SLURM_DIR": str(root)}
     return subprocess.run(["bash", str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=600)
+
+
+@dataclass
+class FirstStart:
+    """What the machine looked like before the session's cluster came up, and what ``up`` said."""
+
+    hosts: str = ""  # /etc/hosts
+    stderr: str = ""
+
+
+FIRST_START = FirstStart()
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +36,9 @@ def slurm_cluster():
         pytest.skip("the dev cluster installs Debian packages and starts daemons as root")
     # Not under pytest's 0700 tmp tree: munged runs as user munge and must reach its folder.
     root = Path(tempfile.mkdtemp(prefix="rmat-slurm-", dir="/tmp"))
+    FIRST_START.hosts = HOSTS.read_text()
     up = dev_cluster("up", root)
+    FIRST_START.stderr = up.stderr
     if up.returncode != 0:
         dev_cluster("down", root)  # whatever daemons did start must not outlive the session
         pytest.fail(f"the dev cluster did not come up (is another one using its ports?):\n{up.stderr}")

@@ -1,9 +1,9 @@
 """A small real distributed program for the requeue test: gloo all_reduce steps with a checkpoint.
 
 It behaves as training does under SLURM: every rank stops on SIGUSR2/SIGTERM at the same
-step (agreed through the collective), rank 0 saves the state, and a restart continues
-from it. Each step's value depends on every earlier one, so a resume that lost or
-repeated anything would show in the values.
+step (agreed through the collective) and passes the signal on to the handler it replaced,
+rank 0 saves the state, and a restart continues from it. Each step's value depends on
+every earlier one, so a resume that lost or repeated anything would show in the values.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def run_steps(state_path: str, log_path: str, steps: int, step_s: float) -> int:
 
     stop = []
     for sig in (signal.SIGUSR2, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.append(1))
+        signal.signal(sig, _stop_and_pass_on(stop, signal.getsignal(sig)))
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     step, value = 0, 0.0
@@ -51,6 +51,15 @@ def run_steps(state_path: str, log_path: str, steps: int, step_s: float) -> int:
     dist.barrier()
     dist.destroy_process_group()
     return step
+
+
+def _stop_and_pass_on(stop: list, previous):
+    """Note the stop, and pass the signal on to the handler it replaces (DistributedCall's contract)."""
+    def handler(signum, frame) -> None:
+        stop.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+    return handler
 
 
 def finished(state_path: str, steps: int) -> bool:

@@ -23,7 +23,7 @@ STEPS = 100
 # A model that takes ~0.04 s a step on 2 shared cores: 100 steps leave seconds to signal it mid-run.
 TRAIN = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "segment_len": 32, "chunk_len": 16, "mem_slots": 4},
          "data": {"batch_size": 2, "tbptt_segments": 2}, "optim": {"warmup_steps": 5},
-         "engine": {"threads_per_proc": 1}, "checkpoint": {"every": 0, "keep": 2},
+         "engine": {"threads_per_proc": 0}, "checkpoint": {"every": 0, "keep": 2},  # threads: cpus_per_task (1)
          "eval": {"every": 0, "max_docs": 8, "batch_size": 2}, "steps": STEPS}
 EVALUATE = {"max_docs": 8, "batch_size": 2, "passkey": {"distances": []}}  # segments of 32: too short for it
 
@@ -78,6 +78,14 @@ def test_every_stage_completes_and_the_mlflow_run_has_training_and_final_metrics
     assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == STEPS
     assert run.data.metrics["final/test/loss"] == report["metrics"]["test/loss"]
+
+
+def test_training_and_evaluation_run_as_many_threads_as_cpus_per_task(pipeline):
+    _, run_dir, _, _ = pipeline
+    logs = {r.stage: Path(r.logs()[0]).read_text() for r in RecordBook(run_dir / "jobs").all()
+            if r.stage in ("train", "evaluate")}
+    assert "(1 thread(s) per process, 2 process(es), device cpu, from step 0)" in logs["train"], logs["train"]
+    assert "evaluate: rank 0 of 1, 1 thread(s), device cpu" in logs["evaluate"], logs["evaluate"]
 
 
 def test_resubmitting_a_complete_pipeline_submits_nothing(pipeline):
@@ -136,6 +144,54 @@ def test_preempted_training_checkpoints_is_requeued_and_resumes_exactly(pipeline
     assert losses(run_dir) == losses(reference)  # every step once, bit for bit as the uninterrupted run
     assert " COMPLETED " in next(line for line in rmat("status", str(run_dir))[1].splitlines()
                                  if line.startswith("evaluate"))
+
+
+def test_cancel_ends_training_for_good_and_a_later_submit_resumes_it_exactly(pipeline):
+    _, reference, root, _ = pipeline
+    config = pipeline_config(root, "cancel")  # same data (skipped) and training config, another run folder
+    code, out = rmat("submit", str(config))
+    assert code == 0, out
+    run_dir = root / "runs" / "cancel"
+    (train,) = [r for r in RecordBook(run_dir / "jobs").all() if r.stage == "train"]
+    _wait_for_steps(run_dir, 10, deadline=time.time() + 240)
+    code, out = rmat("cancel", str(run_dir))
+    assert code == 0 and f"cancelled train job {train.job_id} (RUNNING)" in out, out
+    cancelled = time.time()
+    states = wait_until_finished(run_dir, timeout_s=60)
+    ended = time.time() - cancelled
+    assert {r.stage: states[r.job_id].split()[0] for r in RecordBook(run_dir / "jobs").all()
+            if r.stage in ("train", "evaluate")} == {"train": "CANCELLED", "evaluate": "CANCELLED"}, states
+    while time.time() < cancelled + 30:  # a requeued job was RUNNING again ~15 s after its cancel
+        queued = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True).stdout.strip()
+        assert not queued, f"the cancelled training came back: {queued}"
+        time.sleep(1)
+    assert not _processes_of_job(train.job_id)
+    stopped_at = int(next(run_dir.glob("train-*/checkpoints/latest")).read_text().removeprefix("step_"))
+    assert 10 <= stopped_at < STEPS and losses(run_dir)[-1][0] == stopped_at  # checkpointed where it stopped
+    print(f"\ncancel at step {stopped_at}: every job ended {ended:.1f} s after the cancel")
+
+    code, out = rmat("submit", str(config))
+    assert code == 0 and [line.split()[0] for line in out.splitlines() if " job " in line] == ["train", "evaluate"]
+    wait_until_finished(run_dir, timeout_s=300)
+    assert losses(run_dir) == losses(reference)  # resumed from the checkpoint, bit for bit
+
+
+def _wait_for_steps(run_dir: Path, steps: int, deadline: float) -> None:
+    while not (log := next(run_dir.glob("train-*/losses.jsonl"), None)) or len(log.read_text().splitlines()) < steps:
+        assert time.time() < deadline, f"training never reached step {steps}"
+        time.sleep(0.1)
+
+
+def _processes_of_job(job_id: str) -> list[int]:
+    """Processes on this machine that run in SLURM job ``job_id`` (its tasks and what they started)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"SLURM_JOB_ID={job_id}".encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 def _wait_for_checkpoint(run_dir: Path, timeout_s: float = 60) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -13,6 +15,9 @@ from pipeline.train.checkpoint import latest_meta
 from tests.pipeline.conftest import REPO, read_jsonl, run_train, train_command
 
 STEPS, EVERY, KILL_AFTER = 24, 5, 13
+# The outbox takes points every 0.1 s, so that those of the steps past the checkpoint reach it (and MLflow)
+# before the kill: the resumed run redoes those steps and must not log them again.
+FAST_OUTBOX = "tracking.flush_seconds=0.1"
 
 
 def _losses(run_dir: str) -> dict[int, str]:
@@ -21,7 +26,7 @@ def _losses(run_dir: str) -> dict[int, str]:
 
 
 def _kill_at_step(run_dir: str, shards: str, step: int) -> None:
-    proc = subprocess.Popen(train_command(run_dir, shards, f"steps={STEPS}", f"checkpoint.every={EVERY}"),
+    proc = subprocess.Popen(train_command(run_dir, shards, f"steps={STEPS}", f"checkpoint.every={EVERY}", FAST_OUTBOX),
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = os.path.join(run_dir, "losses.jsonl")
     deadline = time.monotonic() + 240
@@ -41,10 +46,10 @@ def runs(shards, tmp_path_factory) -> dict:
     _kill_at_step(killed, shards, KILL_AFTER)
     logged_before_kill = len(read_jsonl(os.path.join(killed, "losses.jsonl")))
     resumed_from = latest_meta(killed)["step"]
-    out = run_train(killed, shards, f"steps={STEPS}", f"checkpoint.every={EVERY}")
+    out = run_train(killed, shards, f"steps={STEPS}", f"checkpoint.every={EVERY}", FAST_OUTBOX)
     assert out.returncode == 0, out.stderr[-3000:]
     return {"reference": reference, "killed": killed, "logged_before_kill": logged_before_kill,
-            "resumed_from": resumed_from}
+            "resumed_from": resumed_from, "resumed_stdout": out.stdout}
 
 
 def test_sigkill_then_resume_gives_bitwise_equal_losses(runs):
@@ -63,8 +68,31 @@ def test_resumed_run_continues_the_same_mlflow_run(runs):
     client = MlflowClient(f"sqlite:///{runs['killed']}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("rmat").experiment_id])
     assert run.info.status == "FINISHED"
-    steps = {m.step for m in client.get_metric_history(run.info.run_id, "train/loss")}
-    assert steps == set(range(1, STEPS + 1))
+    for key in ("train/loss", "perf/step_time_s"):  # exactly one point per step: the redone steps add none
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+        assert steps == list(range(1, STEPS + 1)), key
+
+
+def test_a_run_killed_before_its_first_checkpoint_leaves_its_mlflow_run_killed_not_running(shards, tmp_path):
+    run_dir = str(tmp_path)
+    proc = subprocess.Popen(train_command(run_dir, shards, "steps=1000000", "checkpoint.every=0"), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    run_id_file, deadline = os.path.join(run_dir, "mlflow_run_id"), time.monotonic() + 240
+    while not os.path.exists(run_id_file):  # the first attempt reached MLflow
+        assert proc.poll() is None and time.monotonic() < deadline, "the first attempt never reached MLflow"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with open(run_id_file) as f:
+        first = f.read().strip()
+    out = run_train(run_dir, shards, "steps=3", "checkpoint.every=0")  # no checkpoint: a fresh start
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("rmat").experiment_id])
+    assert sorted((r.info.run_id == first, r.info.status) for r in runs) == [(False, "FINISHED"), (True, "KILLED")]
 
 
 def test_resume_with_another_world_size_is_refused(runs, shards):
@@ -105,3 +133,13 @@ def test_only_the_last_k_checkpoints_are_kept(runs):
     assert steps == ["step_00000020", "step_00000024"]  # checkpoint.keep=2 of 5, 10, 15, 20, 24
     with open(os.path.join(root, "latest")) as f:
         assert f.read() == "step_00000024"
+
+
+def test_training_says_how_long_its_start_up_and_last_checkpoint_took(runs):
+    out = runs["resumed_stdout"]
+    assert re.search(r"rmat train: start-up took \d+\.\d s \(1 thread\(s\) per process, 2 process\(es\), "
+                     rf"device cpu, from step {runs['resumed_from']}\)", out), out
+    assert re.search(rf"rmat train: checkpoint at step {STEPS} took \d+\.\d\d s", out), out
+    with open(os.path.join(runs["killed"], "timings.json")) as f:
+        timings = json.load(f)
+    assert timings["checkpoint_step"] == STEPS and 0 < timings["checkpoint_s"] < timings["startup_s"], timings

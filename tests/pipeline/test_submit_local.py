@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from orchestration.records import RecordBook
+from pipeline.pipeline_config import load_pipeline
+from pipeline.submit import plan
 from tests.pipeline.conftest import pipeline_yaml, rmat
 
 STAGES = ["ingest", "tokenizer", "shards", "train", "evaluate", "export"]
@@ -28,10 +31,11 @@ def test_dry_run_shows_stages_resources_and_sbatch_parameters_and_submits_nothin
     assert lines[6].startswith("train      20 steps into ") and lines[6].endswith("; after shards")
     assert lines[7].split() == ["sbatch", "--job-name=train", "--time=120", "--nodes=1", "--ntasks-per-node=2",
                                 "--cpus-per-task=1", "--dependency=afterok:<shards>", "--signal=USR2@90"]
-    assert lines[8].startswith("evaluate   splits val, test into ") and lines[8].endswith("; after train")
-    assert "--dependency=afterok:<train>" in lines[9]
-    assert lines[10].startswith("export     safetensors+onnx of the final checkpoint into ")
-    assert lines[10].endswith("; after evaluate") and "--dependency=afterok:<evaluate>" in lines[11]
+    assert lines[8].split()[:7] == ["time_min", "120", "min", "=", "7200", "s", "per"]
+    assert lines[9].startswith("evaluate   splits val, test into ") and lines[9].endswith("; after train")
+    assert "--dependency=afterok:<train>" in lines[10]
+    assert lines[11].startswith("export     safetensors+onnx of the final checkpoint into ")
+    assert lines[11].endswith("; after evaluate") and "--dependency=afterok:<evaluate>" in lines[12]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
@@ -42,6 +46,8 @@ def test_local_cluster_runs_the_whole_pipeline_then_resubmit_skips_it(tmp_path):
     records = RecordBook(tmp_path / "runs" / "t" / "jobs").all()
     assert [(r.stage, r.state) for r in records if r.kind == "stage"] == [(s, "COMPLETED") for s in STAGES]
     assert any(r.kind == "units" for r in records)  # units ran as their own local processes
+    evaluate_log = Path(next(r for r in records if r.stage == "evaluate").logs()[0]).read_text()
+    assert "evaluate: rank 0 of 1, 1 thread(s), device cpu" in evaluate_log  # its cpus_per_task, not every core
     code, status = rmat("status", str(tmp_path / "runs" / "t"))
     assert code == 0 and status.count("output complete") == 6
     (train_dir,) = (tmp_path / "runs" / "t").glob("train-*")
@@ -61,3 +67,28 @@ def test_local_cluster_runs_the_whole_pipeline_then_resubmit_skips_it(tmp_path):
     _, dry = rmat("submit", config, "--cluster", "local", "--dry-run")
     assert [line.split()[0] for line in dry.splitlines() if " complete, skipped" not in line
             and not line.startswith(" ")] == ["train", "evaluate", "export"], dry
+
+
+def test_a_time_limit_that_leaves_too_little_time_to_train_is_refused_with_the_numbers(tmp_path, capsys):
+    config = pipeline_yaml(tmp_path, train={"tasks_per_node": 2, "max_requeues": 1, "time_min": 1,
+                                            "signal_delay_s": 30})
+    for dry in ([], ["--dry-run"]):
+        code, _ = rmat("submit", config, *dry)
+        message = capsys.readouterr().err
+        assert code == 2 and "slurm.train.time_min=1 leaves too little time to train" in message, message
+        assert ("time_min 1 min = 60 s per attempt, of which 110 s do not train: start-up 60 s (assumed) + "
+                "signal_delay_s 30 s + a checkpoint 20 s (assumed)") in message
+        assert "slurm.train.time_min >= 4" in message and "nothing submitted" in message
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_the_time_budget_uses_what_the_last_attempt_of_the_training_measured(tmp_path):
+    config = pipeline_yaml(tmp_path, train={"tasks_per_node": 2, "max_requeues": 1, "time_min": 1,
+                                            "signal_delay_s": 10})
+    train_dir = Path(plan(load_pipeline(config), "local")[0][3].output)  # no time limit there
+    train_dir.mkdir(parents=True)
+    (train_dir / "timings.json").write_text(json.dumps({"startup_s": 12.4, "checkpoint_s": 0.6}))
+    code, out = rmat("submit", config, "--dry-run")
+    assert code == 0, out
+    assert ("of which 23 s do not train: start-up 12 s (measured) + signal_delay_s 10 s + a checkpoint 1 s "
+            "(measured)") in out, out
