@@ -10,7 +10,9 @@ the server between calls, never in the request.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import mlflow
 import numpy as np
@@ -76,10 +78,24 @@ def log_exported_model(folder: str, run_dir: str, configured_uri: str = "") -> s
         raise FileNotFoundError(f"{folder}/segment.onnx: missing; export with --format safetensors,onnx")
     example = pd.DataFrame({"prompt": ["def main():"], "session": [""]})
     signature = infer_signature(example, ["text"], params=PARAMS)
-    mlflow.set_tracking_uri(tracking_uri(configured_uri, run_dir))
-    with mlflow.start_run(run_id=run_id):
+    with _tracking_at(tracking_uri(configured_uri, run_dir)), mlflow.start_run(run_id=run_id):
         mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=MemoryCarryingModel(), artifacts={ARTIFACT: folder},
                                 signature=signature,
                                 # Named, not inferred: inference would import and time the whole environment.
                                 pip_requirements=["onnxruntime", "numpy", "pandas", "torch", "sentencepiece"])
     return f"runs:/{run_id}/{MODEL_NAME}"
+
+
+@contextlib.contextmanager
+def _tracking_at(uri: str) -> Iterator[None]:
+    """MLflow's fluent API pointed at ``uri`` for one block, then back as it was.
+
+    ``mlflow.set_tracking_uri`` also exports $MLFLOW_TRACKING_URI, which every process
+    started later would inherit: a training launched next would log into this run's store.
+    """
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None unsets the variable again

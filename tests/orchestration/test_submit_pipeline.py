@@ -171,7 +171,8 @@ def test_cancel_ends_training_for_good_and_a_later_submit_resumes_it_exactly(pip
     print(f"\ncancel at step {stopped_at}: every job ended {ended:.1f} s after the cancel")
 
     code, out = rmat("submit", str(config))
-    assert code == 0 and [line.split()[0] for line in out.splitlines() if " job " in line] == ["train", "evaluate"]
+    resubmitted = [line.split()[0] for line in out.splitlines() if " job " in line]
+    assert code == 0 and resubmitted == ["train", "evaluate", "export"]
     wait_until_finished(run_dir, timeout_s=300)
     assert losses(run_dir) == losses(reference)  # resumed from the checkpoint, bit for bit
 

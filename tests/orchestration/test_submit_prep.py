@@ -46,7 +46,7 @@ def test_cancel_stops_running_and_queued_jobs(slurm_cluster, tmp_path):
     time.sleep(2)  # the unit is running its `sleep`
     start = time.time()
     code, out = rmat("cancel", str(run_dir))
-    assert code == 0 and out.count("cancelled") == 6, out  # ingest driver, its unit, the four later stages
+    assert code == 0 and out.count("cancelled") == 7, out  # ingest driver, its unit, the five later stages
     state = wait_until_finished(run_dir, timeout_s=60)
     assert all(s.startswith("CANCELLED") for s in state.values()), state
     assert time.time() - start < 60

@@ -216,6 +216,12 @@ def test_export_never_overwrites_an_existing_folder(zero2, capsys):
     assert RMAT.from_pretrained(zero2[1]) is not None
 
 
+def test_logging_the_model_leaves_no_tracking_uri_for_later_processes(zero2, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    log_exported_model(zero2[1], zero2[0])
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # a training started next logs to its own store
+
+
 def test_mlflow_serves_the_logged_model_over_http_carrying_memory_between_calls(zero2, tmp_path):
     run_dir, folder = zero2
     uri = log_exported_model(folder, run_dir)
