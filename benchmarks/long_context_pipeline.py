@@ -9,15 +9,17 @@ held-out samples, read segment by segment with the memory carried.
 Each sample is one document of exactly d + 2 segments once the loader puts BOS before it
 (the sample's last token is dropped, and kept filler so that no answer is lost), so every
 row starts a document on the same step and a window of d + 2 segments holds one whole
-sample. Unlike the benchmark's own loop, the pipeline takes its loss on every token; only
-the answers can be learned (filler, keys and values are drawn at random), so that loss's
-floor is near ln 64 and the answers carry a small share of the gradient.
+sample. Each document carries its answers as loss spans (data_prep.shards.loss_spans), so
+that the pipeline, like the benchmark's own loop, takes its loss at the answers only;
+``--loss all`` leaves them out to measure the loss on every token instead (only the answers
+can be learned there: filler, keys and values are random, so that loss's floor is near
+ln 64 and the answers carry a small share of the gradient).
 
 Beside each pipeline run, the benchmark's own loop trains the same model on the same cell
 for the same steps (loss at the answers, backprop through the whole sample): the
 reference the pipeline is to match.
 
-    python benchmarks/long_context_pipeline.py --n 1 --d 2 --tbptt 2,4 --seeds 3 --steps 1500
+    python benchmarks/long_context_pipeline.py --n 1 --d 2 --tbptt 2,4 --seeds 3 --steps 1500 [--loss all]
     python benchmarks/long_context_pipeline.py --smoke      # CI: seconds
 """
 
@@ -52,19 +54,29 @@ def task_of(n: int, d: int) -> Task:
     return Task(n, d, TINY["segment_len"], tail=1)
 
 
-def write_task_shards(folder: Path, task: Task, n_train: int, n_val: int, seed: int) -> None:
-    """``n_train`` + ``n_val`` samples as documents of (d + 2) * S - 1 ids, the format of the shard stage."""
+def answer_spans(targets: torch.Tensor) -> list[list[int]]:
+    """Loss spans of a sample's answers: the answer to the key at sample position p is the
+    document's id p + 1 (the document is the sample less its last token), predicted at target p + 1."""
+    return [[int(p) + 1, int(p) + 2] for p in torch.nonzero(targets != IGNORE).flatten()]
+
+
+def write_task_shards(folder: Path, task: Task, n_train: int, n_val: int, seed: int, answers_only: bool) -> None:
+    """``n_train`` + ``n_val`` samples as documents of (d + 2) * S - 1 ids, the format of the shard stage,
+    with the answers as loss spans when ``answers_only``."""
     gen = torch.Generator().manual_seed(seed)
 
+    def meta(split: str, i: int, row: torch.Tensor, targets: torch.Tensor) -> dict:
+        m = {"source": "mqar", "domain": "documents", "doc_hash": f"{split}{i}", "tokens": len(row) - 1}
+        return {**m, "loss_spans": answer_spans(targets)} if answers_only else m
+
     def shards(n_docs: int, split: str) -> list[list[tuple[str, np.ndarray, dict]]]:
-        tokens, _ = task.sample(n_docs, gen)
-        docs = [(f"{split}{i:07d}", row[:-1].numpy().astype(np.uint16),
-                 {"source": "mqar", "domain": "documents", "doc_hash": f"{split}{i}", "tokens": len(row) - 1})
+        tokens, targets = task.sample(n_docs, gen)
+        docs = [(f"{split}{i:07d}", row[:-1].numpy().astype(np.uint16), meta(split, i, row, targets[i]))
                 for i, row in enumerate(tokens)]
         return [docs[i:i + DOCS_PER_SHARD] for i in range(0, n_docs, DOCS_PER_SHARD)]
 
     write_id_shards(str(folder), {"train": shards(n_train, "train"), "val": shards(n_val, "val")},
-                    VOCAB + 2, BOS_ID, EOS_ID, f"mqar-{task.n_pairs}-{task.distance}-{seed}",
+                    VOCAB + 2, BOS_ID, EOS_ID, f"mqar-{task.n_pairs}-{task.distance}-{seed}-{int(answers_only)}",
                     {"sha256": "mqar-v1", "model": "", "model_type": "mqar"})
 
 
@@ -107,15 +119,16 @@ def pipeline_accuracy(run_dir: Path, task: Task, seed: int, n_samples: int = 102
 
 def run_point(out: Path, n: int, d: int, tbptt: int, seed: int, args: argparse.Namespace) -> dict:
     task = task_of(n, d)
-    point = out / f"n{n}-d{d}-w{tbptt}-s{seed}"
+    point = out / f"n{n}-d{d}-w{tbptt}-s{seed}-{args.loss}"
     shards = point / "shards"
     docs_per_step = args.batch * max(1, tbptt // task.n_segments)
     if not (shards / "manifest.json").exists():
-        write_task_shards(shards, task, args.steps * docs_per_step + args.batch, 64, seed)
+        write_task_shards(shards, task, args.steps * docs_per_step + args.batch, 64, seed, args.loss == "answers")
     seconds = rmat_train(train_config(shards, point / "run", tbptt, args.steps, args.batch, args.lr, seed),
                          point / "train.yaml")
-    return {"trainer": "rmat train", "n": n, "d": d, "tbptt": tbptt, "seed": seed, "steps": args.steps,
-            "accuracy": pipeline_accuracy(point / "run", task, seed), "seconds": round(seconds, 1)}
+    return {"trainer": f"rmat train, loss at {args.loss}", "n": n, "d": d, "tbptt": tbptt, "seed": seed,
+            "steps": args.steps, "accuracy": pipeline_accuracy(point / "run", task, seed),
+            "seconds": round(seconds, 1)}
 
 
 def reference_point(n: int, d: int, seed: int, args: argparse.Namespace) -> dict:
@@ -148,6 +161,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--loss", choices=["answers", "all"], default="answers",
+                   help="the pipeline's loss at the answers (loss spans) or on every token")
     p.add_argument("--out", default="runs/benchmarks/long_context_pipeline")
     p.add_argument("--smoke", action="store_true", help="a few steps of one seed: the path works, in seconds")
     args = p.parse_args()
@@ -162,7 +177,7 @@ def main() -> None:
     records = []
     for seed in range(args.seeds):
         for window in [0, *args.tbptt]:  # 0: the benchmark's loop, the reference
-            trainer = "rmat train" if window else "benchmark loop"
+            trainer = f"rmat train, loss at {args.loss}" if window else "benchmark loop"
             r = done.get((trainer, args.n, args.d, window, seed, args.steps))
             if r is None:
                 r = run_point(out, args.n, args.d, window, seed, args) if window else \

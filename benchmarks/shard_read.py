@@ -59,7 +59,7 @@ def read_all(folder: str) -> tuple[int, int]:
     """(documents, tokens) of the train split, read as the training loader reads it."""
     info = open_split(folder, "train")
     cache = ShardCache(info)
-    docs = [d for shard in info.shards for d in cache.documents(shard)]
+    docs = [d for shard in info.shards for d in cache.documents(shard)[0]]
     return len(docs), sum(int(d.size) for d in docs)
 
 

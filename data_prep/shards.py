@@ -11,7 +11,10 @@ Sample ``n`` of a shard is two members, written in this order:
   document (part) in the order of the ids, its key (the first 24 hex digits of its sha256),
   where this part starts in the document (``offset``), how many ids it has here
   (``length``), the document's total ids (``size``) and its metadata ``meta``
-  (``source``, ``domain``, ``lang``, ``doc_hash``, ``tokens``; sorted keys).
+  (``source``, ``domain``, ``lang``, ``doc_hash``, ``tokens``; sorted keys). An optional
+  ``loss_spans`` ``[[start, end], ...]`` limits the training loss to those target positions
+  (position p predicts the document's id p; p = size predicts the EOS the loader appends):
+  for documents made to teach one skill, such as recall tasks whose filler is random.
 
 A document longer than the room left in a sample continues at offset ``offset + length``
 at the start of the next sample. Members have mtime 0, uid/gid 0, uname/gname ``rmat``, mode
@@ -113,6 +116,7 @@ def pack(docs: Iterable[tuple[str, np.ndarray, dict]], sample_tokens: int) -> It
     for key, ids, meta in docs:
         if "." in key or "/" in key:
             raise ShardError(f"document key {key!r} must not contain '.' or '/'")
+        loss_spans(meta, ids.size, f"document {key!r}")  # refused before anything is written
         offset = 0
         while True:
             take = ids.size - offset if sample_tokens == 0 else min(room, ids.size - offset)
@@ -243,6 +247,25 @@ def iter_shard(path: str, expected_docs: int | None = None) -> Iterator[tuple[st
             f"shard {path} holds {count} documents but the manifest says {expected_docs}: "
             "it is truncated or stale; rerun `rmat prep` to rebuild it"
         )
+
+
+def loss_spans(meta: dict, size: int, where: str) -> np.ndarray | None:
+    """A document's ``meta["loss_spans"]`` as an int64 [k, 2] array of (start, end), or None when absent.
+
+    Spans must be sorted, non-empty, disjoint and inside the document's targets
+    [0, size]; anything else is a ShardError naming ``where`` (shard and key).
+    """
+    raw = meta.get("loss_spans")
+    if raw is None:
+        return None
+    spans = np.asarray(raw, dtype=np.int64) if isinstance(raw, list) and raw else None
+    if spans is None or spans.ndim != 2 or spans.shape[1] != 2:
+        raise ShardError(f"{where}: loss_spans must be a non-empty list of [start, end] pairs, got {raw!r}")
+    starts, ends = spans[:, 0], spans[:, 1]
+    if starts[0] < 0 or ends[-1] > size + 1 or (ends <= starts).any() or (starts[1:] < ends[:-1]).any():
+        raise ShardError(f"{where}: loss_spans {raw!r} must be sorted, disjoint, non-empty ranges within "
+                         f"[0, {size + 1}) (the document has {size} ids and an EOS); fix the code that wrote them")
+    return spans
 
 
 # --------------------------------------------------------------------------- manifest

@@ -52,7 +52,7 @@ def _losses(run_dir: str) -> dict[str, float]:
 def sample(cfg: TrainConfig, prompt_bytes: int = 64, new_bytes: int = 120) -> str:
     """The final checkpoint's model continuing the start of a validation document."""
     model = checkpoint.load_model(cfg.run_dir).eval()
-    ids, _ = read_documents(open_split(cfg.data.shards, cfg.data.val_split), 1)[0]
+    ids, _, _ = read_documents(open_split(cfg.data.shards, cfg.data.val_split), 1)[0]
     out = model.generate(torch.from_numpy(ids[:prompt_bytes].astype(np.int64)), new_bytes, temperature=0.8,
                          top_k=20)
     return bytes(out.clamp(max=255).tolist()).decode("utf-8", errors="replace")

@@ -3,7 +3,8 @@
 Each row reads one contiguous stream of documents. A document always starts at a
 segment boundary, so ``reset`` (empty the row's memory) falls before its first segment
 and training sees documents the way evaluation does: from an empty memory. The tail of
-a document's last segment is padding that the loss ignores.
+a document's last segment is padding that the loss ignores, and so is every target
+outside a document's loss spans when it has them (data_prep.shards.loss_spans).
 """
 
 from __future__ import annotations
@@ -27,26 +28,32 @@ class Segment:
     reset: Tensor
 
 
+Spans = np.ndarray | None  # a document's loss spans, int64 [k, 2] (start, end); None: every target
+
+
 class RowStream:
     """One row: documents ``docs[order[i]]`` read in turn, cycling forever.
 
-    Each document is [bos] + ids + [eos]; position i predicts position i + 1. The
-    position (document index, offset) is the whole state: ``state_dict`` restores it.
+    Each document is [bos] + ids + [eos]; position i predicts position i + 1, counted in
+    the loss unless the document's ``spans`` leave it out. The position (document index,
+    offset) is the whole state: ``state_dict`` restores it.
     """
 
     def __init__(self, docs: Sequence[np.ndarray], order: Sequence[int], segment_len: int,
-                 bos_id: int, eos_id: int) -> None:
+                 bos_id: int, eos_id: int, spans: Sequence[Spans] | None = None) -> None:
         if len(order) == 0:
             raise ValueError("a row stream needs at least one document")
         self.docs, self.order, self.segment_len = docs, list(order), segment_len
+        self.spans = spans
         self.bos_id, self.eos_id = bos_id, eos_id
         self.doc_index, self.offset = 0, 0
 
     def next_segment(self) -> tuple[np.ndarray, np.ndarray, bool]:
         """(inputs [S], targets [S], reset) for the next segment of this row."""
-        doc = self.docs[self.order[self.doc_index % len(self.order)]]
+        i = self.order[self.doc_index % len(self.order)]
         start = self.offset
-        inputs, targets, last = segment_window(doc, start, self.segment_len, self.bos_id, self.eos_id)
+        inputs, targets, last = segment_window(self.docs[i], start, self.segment_len, self.bos_id, self.eos_id,
+                                               None if self.spans is None else self.spans[i])
         if last:
             self.doc_index, self.offset = self.doc_index + 1, 0
         else:
@@ -60,13 +67,14 @@ class RowStream:
         self.doc_index, self.offset = int(state["doc_index"]), int(state["offset"])
 
 
-def segment_window(doc: np.ndarray, start: int, segment_len: int, bos_id: int, eos_id: int
-                   ) -> tuple[np.ndarray, np.ndarray, bool]:
+def segment_window(doc: np.ndarray, start: int, segment_len: int, bos_id: int, eos_id: int,
+                   spans: Spans = None) -> tuple[np.ndarray, np.ndarray, bool]:
     """Inputs and targets [S] of the segment of [bos] + doc + [eos] that begins at token ``start``.
 
-    Past the document's end, inputs are eos and targets IGNORE_INDEX. The third value says
-    whether this is the document's last segment. Only the window is copied: copying the
-    whole document per segment would make a long document cost O(N^2 / S).
+    Past the document's end, inputs are eos and targets IGNORE_INDEX; so are targets outside
+    ``spans`` when given. The third value says whether this is the document's last segment.
+    Only the window is copied: copying the whole document per segment would make a long
+    document cost O(N^2 / S).
     """
     n = len(doc) + 2
     end = min(start + segment_len + 1, n)
@@ -79,6 +87,12 @@ def segment_window(doc: np.ndarray, start: int, segment_len: int, bos_id: int, e
     targets = np.full(segment_len, IGNORE_INDEX, dtype=np.int64)
     inputs[:len(piece) - 1] = piece[:-1]
     targets[:len(piece) - 1] = piece[1:]
+    if spans is not None:
+        counted = np.zeros(segment_len, dtype=bool)
+        near = spans[(spans[:, 1] > start) & (spans[:, 0] < start + segment_len)]
+        for lo, hi in np.clip(near - start, 0, segment_len):
+            counted[lo:hi] = True
+        targets[~counted] = IGNORE_INDEX
     return inputs, targets, end == n
 
 

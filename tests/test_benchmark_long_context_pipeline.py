@@ -11,10 +11,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from long_context import N_FILLER  # noqa: E402
+from long_context import N_FILLER, N_KEYS  # noqa: E402
 from long_context_pipeline import BOS_ID, EOS_ID, task_of, write_task_shards  # noqa: E402
 
-from pipeline.streams import RowStream  # noqa: E402
+from pipeline.streams import IGNORE_INDEX, RowStream  # noqa: E402
 from pipeline.train.loader import open_split, read_documents  # noqa: E402
 
 
@@ -25,8 +25,8 @@ def test_a_task_sample_keeps_its_last_token_filler_so_dropping_it_loses_no_answe
 
 def test_the_loader_reads_each_sample_as_d_plus_2_whole_segments_pairs_first_questions_last(tmp_path):
     task = task_of(4, 2)
-    write_task_shards(tmp_path, task, n_train=6, n_val=2, seed=0)
-    docs = [d for d, _ in read_documents(open_split(str(tmp_path), "train"), 100)]
+    write_task_shards(tmp_path, task, n_train=6, n_val=2, seed=0, answers_only=False)
+    docs = [d for d, _, _ in read_documents(open_split(str(tmp_path), "train"), 100)]
     assert len(docs) == 6
     row = RowStream(docs, range(len(docs)), task.segment_len, BOS_ID, EOS_ID)
     for _ in docs:
@@ -37,6 +37,22 @@ def test_the_loader_reads_each_sample_as_d_plus_2_whole_segments_pairs_first_que
         assert segments[-1][1][-1] == EOS_ID  # the document ends exactly with its last segment
 
 
+def test_with_answers_only_the_loader_counts_exactly_the_answers_of_the_last_segment(tmp_path):
+    task = task_of(4, 2)
+    write_task_shards(tmp_path, task, n_train=6, n_val=2, seed=0, answers_only=True)
+    docs = read_documents(open_split(str(tmp_path), "train"), 100)
+    row = RowStream([d for d, _, _ in docs], range(len(docs)), task.segment_len, BOS_ID, EOS_ID,
+                    [spans for _, _, spans in docs])
+    for _ in docs:
+        segments = [row.next_segment() for _ in range(task.n_segments)]
+        assert all((targets == IGNORE_INDEX).all() for _, targets, _ in segments[:-1])
+        inputs, targets, _ = segments[-1]
+        counted = targets != IGNORE_INDEX
+        assert counted.sum() == 4
+        assert (inputs[counted] >= N_FILLER).all() and (inputs[counted] < N_FILLER + N_KEYS).all()  # asked at a key
+        assert (targets[counted] >= N_FILLER + N_KEYS).all()  # and the value is the answer
+
+
 @pytest.mark.slow
 def test_smoke_run_trains_with_rmat_train_and_prints_both_trainers(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "long_context_pipeline.py"), "--smoke", "--out", str(tmp_path)]
@@ -44,5 +60,5 @@ def test_smoke_run_trains_with_rmat_train_and_prints_both_trainers(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "benchmark loop" in out.stdout and "rmat train" in out.stdout
     records = [json.loads(line) for line in (tmp_path / "smoke" / "results.jsonl").read_text().splitlines()]
-    assert [r["trainer"] for r in records] == ["benchmark loop", "rmat train"]
-    assert (tmp_path / "smoke" / "n1-d2-w4-s0" / "run" / "final_metrics.json").exists()
+    assert [r["trainer"] for r in records] == ["benchmark loop", "rmat train, loss at answers"]
+    assert (tmp_path / "smoke" / "n1-d2-w4-s0-answers" / "run" / "final_metrics.json").exists()

@@ -63,7 +63,7 @@ def passkey(model, t: TrainConfig, e: EvaluateConfig) -> dict[str, float]:
     if not p.distances:
         return {}
     info = open_split(t.data.shards, p.split)
-    docs = [d for d, _ in read_documents(info, e.max_docs)]
+    docs = [d for d, _, _ in read_documents(info, e.max_docs)]
     metrics = passkey_metrics(model, docs, shard_encoder(t.data.shards), p.distances, p.samples, p.seed,
                               t.model.segment_len, info.bos_id, info.eos_id, with_reset=t.model.has_memory)
     return {f"{p.split}/{k}": v for k, v in metrics.items()}

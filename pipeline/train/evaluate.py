@@ -17,19 +17,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from model import MemoryState, RMATConfig
-from pipeline.streams import IGNORE_INDEX, segment_window
+from pipeline.streams import IGNORE_INDEX, Spans, segment_window
 
 DOMAINS = ("documents", "code", "dialogue")
 
 
 def segment_batch(docs: list[np.ndarray], index: int, segment_len: int, bos_id: int, eos_id: int,
-                  rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and targets [rows, S] of segment ``index`` of each document; missing rows are padding."""
+                  rows: int, spans: list[Spans] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets [rows, S] of segment ``index`` of each document (targets outside a
+    document's loss spans left out); missing rows are padding."""
     inputs = np.full((rows, segment_len), eos_id, dtype=np.int64)
     targets = np.full((rows, segment_len), IGNORE_INDEX, dtype=np.int64)
     for r, doc in enumerate(docs):
         if index * segment_len < len(doc) + 1:  # the document still has targets here
-            inputs[r], targets[r], _ = segment_window(doc, index * segment_len, segment_len, bos_id, eos_id)
+            inputs[r], targets[r], _ = segment_window(doc, index * segment_len, segment_len, bos_id, eos_id,
+                                                      None if spans is None else spans[r])
     return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 
@@ -37,7 +39,7 @@ MODES = ("carried", "reset", "foreign")
 
 
 @torch.no_grad()
-def evaluate(engine, docs: list[tuple[np.ndarray, str]], model_cfg: RMATConfig, rows: int, bucket_tokens: int,
+def evaluate(engine, docs: list[tuple[np.ndarray, str, Spans]], model_cfg: RMATConfig, rows: int, bucket_tokens: int,
              bos_id: int, eos_id: int, dtype: torch.dtype, device: torch.device) -> dict[str, float]:
     """Val metrics summed over all ranks: ``val/loss``, ``val/ppl``, per domain, per position bucket.
 
@@ -53,7 +55,7 @@ def evaluate(engine, docs: list[tuple[np.ndarray, str]], model_cfg: RMATConfig, 
     rank, world = dist.get_rank(), dist.get_world_size()
     s = model_cfg.segment_len
     bucket = bucket_tokens or s
-    n_buckets = int(position_bucket(torch.tensor(max(len(d) for d, _ in docs)), bucket)) + 1
+    n_buckets = int(position_bucket(torch.tensor(max(len(d) for d, _, _ in docs)), bucket)) + 1
     modes = MODES if model_cfg.has_memory else MODES[:1]
     acc = _Totals(len(modes), n_buckets)
     engine.eval()
@@ -61,13 +63,14 @@ def evaluate(engine, docs: list[tuple[np.ndarray, str]], model_cfg: RMATConfig, 
     for start in range(0, len(docs), group_size):
         group = docs[start:start + group_size]
         mine = group[rank::world]
-        n_segments = max(math.ceil((len(d) + 1) / s) for d, _ in group)
+        n_segments = max(math.ceil((len(d) + 1) / s) for d, _, _ in group)
         empty = MemoryState.empty(model_cfg.n_layers, rows, model_cfg.mem_slots, model_cfg.d_model,
                                   device=device, dtype=dtype)
         state = empty
         others = _other_rows(len(mine), rows)
         for i in range(n_segments):
-            inputs, targets = segment_batch([d for d, _ in mine], i, s, bos_id, eos_id, rows)
+            inputs, targets = segment_batch([d for d, _, _ in mine], i, s, bos_id, eos_id, rows,
+                                            [spans for _, _, spans in mine])
             inputs, counted = inputs.to(device), targets != IGNORE_INDEX
             starts = {"carried": state, "reset": empty, "foreign": state.select_rows(others)}
             for m, mode in enumerate(modes):
@@ -78,7 +81,7 @@ def evaluate(engine, docs: list[tuple[np.ndarray, str]], model_cfg: RMATConfig, 
                     continue  # one document has no other's memory to read (the forward still ran: ZeRO-3)
                 nll = F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(),
                                       ignore_index=IGNORE_INDEX, reduction="none").view(rows, s).double().cpu()
-                acc.add(m, nll, counted, [DOMAINS.index(domain) for _, domain in mine],
+                acc.add(m, nll, counted, [DOMAINS.index(domain) for _, domain, _ in mine],
                         position_bucket(torch.arange(i * s, (i + 1) * s), bucket), past_first=i > 0)
     engine.train()
     # NCCL reduces only tensors on the GPU; gloo takes either.

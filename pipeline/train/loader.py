@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import fsspec
 import numpy as np
 
-from data_prep.shards import ShardError, iter_shard, read_manifest
+from data_prep.shards import ShardError, iter_shard, loss_spans, read_manifest
 from pipeline.config import ConfigError
-from pipeline.streams import BatchStream, RowStream, Segment
+from pipeline.streams import BatchStream, RowStream, Segment, Spans
 from pipeline.train.files import manifest_hash
 
 
@@ -77,18 +77,27 @@ def check_train_data(info: SplitInfo, world_size: int, batch_size: int, model_vo
                           f"eos {info.eos_id}) but model.vocab_size={model_vocab}")
 
 
+def document_spans(url: str, key: str, ids: np.ndarray, meta: dict) -> Spans:
+    """The loss spans of one document read from shard ``url`` (None: its every target counts)."""
+    return loss_spans(meta, ids.size, f"shard {url}, document {key!r}")
+
+
 class ShardCache:
-    """The documents of the last few shards read, so rows sharing a shard read it once."""
+    """The documents (and loss spans) of the last few shards read, so rows sharing a shard read it once."""
 
     def __init__(self, info: SplitInfo, capacity: int = 4) -> None:
         self.info, self.capacity = info, capacity
-        self._docs: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+        self._docs: OrderedDict[str, tuple[list[np.ndarray], list[Spans] | None]] = OrderedDict()
 
-    def documents(self, shard: dict) -> list[np.ndarray]:
+    def documents(self, shard: dict) -> tuple[list[np.ndarray], list[Spans] | None]:
+        """The shard's documents' ids, and their loss spans (None when no document has any)."""
         name = shard["path"]
         if name not in self._docs:
-            docs = iter_shard(self.info.url(shard), shard["documents"])
-            self._docs[name] = [ids for _, ids, _ in docs]  # stored dtype: 4x smaller than int64
+            url = self.info.url(shard)
+            docs = list(iter_shard(url, shard["documents"]))
+            spans = [document_spans(url, key, ids, meta) for key, ids, meta in docs]
+            # Ids keep their stored dtype: 4x smaller than int64.
+            self._docs[name] = ([ids for _, ids, _ in docs], None if all(s is None for s in spans) else spans)
             if len(self._docs) > self.capacity:
                 self._docs.popitem(last=False)
         self._docs.move_to_end(name)
@@ -119,8 +128,8 @@ class ShardRow:
             before = sum(self.info.shards[i]["documents"] for i in order[:self.shard_pos])
             slots = list(range((self.row - before) % self.rows, shard["documents"], self.rows))
             if slots:
-                stream = RowStream(self.cache.documents(shard), slots, self.segment_len,
-                                   self.info.bos_id, self.info.eos_id)
+                ids, spans = self.cache.documents(shard)
+                stream = RowStream(ids, slots, self.segment_len, self.info.bos_id, self.info.eos_id, spans)
                 stream.load_state_dict(self._pending)
                 return stream
             self._advance()
@@ -177,12 +186,13 @@ class TrainLoader:
             group.load_state_dict(s)
 
 
-def read_documents(info: SplitInfo, max_docs: int) -> list[tuple[np.ndarray, str]]:
-    """The first ``max_docs`` documents of a split with their domain, in manifest order."""
-    docs: list[tuple[np.ndarray, str]] = []
+def read_documents(info: SplitInfo, max_docs: int) -> list[tuple[np.ndarray, str, Spans]]:
+    """The first ``max_docs`` documents of a split with their domain and loss spans, in manifest order."""
+    docs: list[tuple[np.ndarray, str, Spans]] = []
     for shard in info.shards:
-        for _, ids, meta in iter_shard(info.url(shard), shard["documents"]):
-            docs.append((ids, str(meta["domain"])))
+        url = info.url(shard)
+        for key, ids, meta in iter_shard(url, shard["documents"]):
+            docs.append((ids, str(meta["domain"]), document_spans(url, key, ids, meta)))
             if len(docs) == max_docs:
                 return docs
     return docs

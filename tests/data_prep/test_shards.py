@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data_prep.shards import ShardError, iter_shard, read_manifest, write_shard
+from data_prep.shards import ShardError, iter_shard, loss_spans, read_manifest, write_shard
 
 
 def samples(n: int = 5):
@@ -146,3 +146,22 @@ def test_manifest_missing_a_key_is_invalid(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "rmat-shards", "version": 2}))
     with pytest.raises(ShardError, match="invalid: key 'config_hash'"):
         read_manifest(str(tmp_path))
+
+
+def test_loss_spans_are_read_as_start_end_pairs_and_absent_means_none():
+    assert loss_spans({"domain": "code"}, 10, "here") is None
+    assert loss_spans({"loss_spans": [[0, 2], [5, 11]]}, 10, "here").tolist() == [[0, 2], [5, 11]]
+
+
+@pytest.mark.parametrize("spans", [[], [[0]], [[3, 3]], [[4, 6], [0, 2]], [[0, 5], [4, 6]], [[-1, 2]], [[8, 12]],
+                                   "0-2"])
+def test_malformed_loss_spans_raise_naming_the_document(spans):
+    with pytest.raises(ShardError, match="shard s.tar, document 'k'.*loss_spans"):
+        loss_spans({"loss_spans": spans}, 10, "shard s.tar, document 'k'")
+
+
+def test_the_writer_refuses_malformed_loss_spans_before_writing():
+    buf = io.BytesIO()
+    with pytest.raises(ShardError, match="document 'k': loss_spans"):
+        write_shard(buf, [("k", np.arange(5, dtype=np.uint16), {"loss_spans": [[2, 9]]})], sample_tokens=64)
+    assert buf.getvalue() == b""

@@ -33,7 +33,7 @@ def model_reading_its_memory(**overrides) -> RMAT:
 
 def documents(lengths, seed=0):
     rng = np.random.default_rng(seed)
-    return [(rng.integers(0, 97, n).astype(np.int64), "code") for n in lengths]
+    return [(rng.integers(0, 97, n).astype(np.int64), "code", None) for n in lengths]
 
 
 def metrics(model, docs, rows=2):
@@ -43,7 +43,7 @@ def metrics(model, docs, rows=2):
 def past_first_segment_loss(model, docs, start_state):
     """Loss over tokens 16.. of each document; segment i of row r starts from start_state(i, r, states)."""
     total, count = 0.0, 0
-    streams = [torch.from_numpy(np.concatenate([[BOS], d, [EOS]])) for d, _ in docs]
+    streams = [torch.from_numpy(np.concatenate([[BOS], d, [EOS]])) for d, _, _ in docs]
     states = [model.init_state(1) for _ in docs]
     for i in range(2):
         carried = []
@@ -104,10 +104,25 @@ def test_a_position_bucket_is_the_mean_loss_over_its_tokens():
     model = model_reading_its_memory()
     docs = documents([16 * 4 - 1])
     got = metrics(model, docs)
-    stream = torch.from_numpy(np.concatenate([[BOS], docs[0][0], [EOS]]))
+    assert got["val/pos_02_32-64/loss"] == pytest.approx(carried_nll(model, docs[0][0], 4)[32:].mean().item(),
+                                                         rel=1e-5)
+
+
+def carried_nll(model, ids, n_segments):
+    """Per-target loss of one document read segment by segment with the memory carried."""
+    stream = torch.from_numpy(np.concatenate([[BOS], ids, [EOS]]))
     state, nll = model.init_state(1), []
-    for i in range(4):
+    for i in range(n_segments):
         seg = stream[i * 16:i * 16 + 17]
         logits, state = model(seg[None, :-1], state)
         nll.append(F.cross_entropy(logits[0], seg[1:], reduction="none"))
-    assert got["val/pos_02_32-64/loss"] == pytest.approx(torch.cat(nll[2:]).mean().item(), rel=1e-5)
+    return torch.cat(nll)
+
+
+def test_a_document_with_loss_spans_is_scored_on_those_targets_only():
+    model = model_reading_its_memory()
+    (ids, domain, _), = documents([16 * 4 - 1])
+    got = metrics(model, [(ids, domain, np.array([[5, 9], [40, 48]]))])
+    nll = carried_nll(model, ids, 4)
+    assert got["val/loss"] == pytest.approx(torch.cat([nll[5:9], nll[40:48]]).mean().item(), rel=1e-5)
+    assert got["val/pos_02_32-64/loss"] == pytest.approx(nll[40:48].mean().item(), rel=1e-5)

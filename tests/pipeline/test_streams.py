@@ -47,3 +47,17 @@ def test_batch_stream_stacks_rows_and_their_resets():
     assert seg.reset.tolist() == [True, True]
     assert stream.next_segment().reset.tolist() == [True, False]
 
+
+
+def test_loss_spans_leave_every_other_target_out_across_segments():
+    spans = np.array([[1, 2], [3, 6]])  # predict ids 1, 3, 4 and the EOS of a 5-id document
+    r = RowStream([np.arange(5)], [0], 4, BOS, EOS, [spans])
+    (_, first, _), (_, second, _) = r.next_segment(), r.next_segment()
+    assert first.tolist() == [IGNORE_INDEX, 1, IGNORE_INDEX, 3]
+    assert second.tolist() == [4, EOS, IGNORE_INDEX, IGNORE_INDEX]
+
+
+def test_a_document_without_spans_beside_one_with_them_keeps_every_target():
+    r = RowStream([np.arange(3), np.arange(3)], [0, 1], 4, BOS, EOS, [np.array([[0, 1]]), None])
+    assert r.next_segment()[1].tolist() == [0, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]
+    assert r.next_segment()[1].tolist() == [0, 1, 2, EOS]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 
 import numpy as np
+import pytest
 import torch
 
-from data_prep.shards import iter_shard
+from data_prep.byte_shards import write_id_shards
+from data_prep.shards import ShardError, iter_shard
 from pipeline.streams import IGNORE_INDEX
 from pipeline.train.loader import TrainLoader, open_split
 
@@ -65,3 +69,24 @@ def test_loader_position_restores_the_stream_exactly(shards):
             for a, b in zip(original.window(group, 2), restored.window(group, 2), strict=True):
                 assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
                 assert torch.equal(a.reset, b.reset)
+
+
+def rewrite_json_members(shard: str, old: bytes, new: bytes) -> None:
+    """Edit the shard's .json members in place, as a damaged or hand-made shard would be."""
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for member, data in members:
+            data = data.replace(old, new) if member.name.endswith(".json") else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+def test_a_shard_with_malformed_loss_spans_is_refused_naming_shard_and_document(tmp_path):
+    doc = ("doc0", np.arange(1, 40, dtype=np.uint16), {"domain": "code", "loss_spans": [[30, 35]]})
+    write_id_shards(str(tmp_path), {"train": [[doc]], "val": [[doc]]}, 64, 62, 63, "bad-spans",
+                    {"sha256": "t", "model": "", "model_type": "bytes"})
+    rewrite_json_members(str(tmp_path / "train-000000.tar"), b"[[30,35]]", b"[[30,50]]")
+    info = open_split(str(tmp_path), "train")
+    with pytest.raises(ShardError, match=r"train-000000.tar, document 'doc0': loss_spans \[\[30, 50\]\]"):
+        TrainLoader(info, 0, 1, 1, 1, 8, seed=0).window(0, 1)
