@@ -6,7 +6,8 @@ configs/data/quickstart.yaml`` reads that file as the ``data`` section (and the 
 
 The pipeline owns three training keys: ``train.data.shards`` (the shard folder data prep
 computes), ``train.model.vocab_size`` (the tokenizer's ``data.tokenizer.vocab_size``) and
-``train.run_dir`` (``<run_dir>/train-<key>``); see ``pipeline/stages/train.py``.
+``train.run_dir`` (``<run_dir>/train-<key>``); see ``pipeline/stages/train.py``; and one
+data key, ``data.shard.passkey.segment_tokens`` (``train.model.segment_len``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class EvaluateConfig:
 
     splits: list[str] = field(default_factory=lambda: ["val", "test"])
     max_docs: int = 256  # per split, in manifest order
+    max_doc_tokens: int = 0  # read each document's segments that begin within this many tokens; 0: all
     batch_size: int = 8  # documents read side by side per process
     bucket_tokens: int = 0  # loss by position, log-spaced buckets in units of this many tokens; 0: segment_len
     passkey: PasskeyConfig = field(default_factory=PasskeyConfig)
@@ -72,6 +74,8 @@ class EvaluateConfig:
         for key in ("max_docs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}={getattr(self, key)!r}: must be >= 1")
+        if self.max_doc_tokens < 0:
+            raise ValueError(f"max_doc_tokens={self.max_doc_tokens!r}: must be >= 0 (0: whole documents)")
         if self.bucket_tokens < 0:
             raise ValueError(f"bucket_tokens={self.bucket_tokens!r}: must be >= 0")
 
@@ -108,7 +112,19 @@ def load_pipeline(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Pip
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not of the form dotted.key=value (e.g. data.workers=2)")
     merged = _merge(merged, OmegaConf.from_dotlist(list(overrides)), source="command line")
+    _passkey_segments(merged)
     return _to_object(merged, f"{path} with overrides {list(overrides)}")
+
+
+def _passkey_segments(merged: DictConfig) -> None:
+    """A passkey mix counts distances in the training's segments: the pipeline sets them."""
+    mix, segment_len = merged.data.shard.passkey, merged.train.model.segment_len
+    if not mix.per_shard:
+        return
+    if mix.segment_tokens and mix.segment_tokens != segment_len:
+        raise ConfigError(f"data.shard.passkey.segment_tokens={mix.segment_tokens} differs from "
+                          f"train.model.segment_len={segment_len}; leave it out, the pipeline sets it")
+    mix.segment_tokens = segment_len
 
 
 def _to_object(merged: DictConfig, where: str) -> PipelineConfig:

@@ -220,7 +220,8 @@ class Trainer:
     def _evaluate(self) -> dict[str, float]:
         cfg = self.cfg
         metrics = evaluate(self.engine, self.val_docs, cfg.model, cfg.eval.batch_size, cfg.eval.bucket_tokens,
-                           self.val_info.bos_id, self.val_info.eos_id, self.dtype, self.device)
+                           self.val_info.bos_id, self.val_info.eos_id, self.dtype, self.device,
+                           max_tokens=cfg.eval.max_doc_tokens)
         if self.rank == 0:
             self.tracker.log(self.step, metrics)
             _append_line(os.path.join(cfg.run_dir, EVAL_LOG), {"step": self.step, **metrics})

@@ -6,7 +6,10 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from orchestration.records import RecordBook
+from pipeline.config import ConfigError
 from pipeline.pipeline_config import load_pipeline
 from pipeline.submit import plan
 from tests.pipeline.conftest import pipeline_yaml, rmat
@@ -92,3 +95,14 @@ def test_the_time_budget_uses_what_the_last_attempt_of_the_training_measured(tmp
     assert code == 0, out
     assert ("of which 23 s do not train: start-up 12 s (measured) + signal_delay_s 10 s + a checkpoint 1 s "
             "(measured)") in out, out
+
+
+def test_a_passkey_mix_counts_its_distances_in_the_trainings_segments(tmp_path):
+    cfg = load_pipeline(pipeline_yaml(tmp_path), ["data.shard.passkey.per_shard=4"])
+    assert cfg.data.shard.passkey.segment_tokens == cfg.train.model.segment_len == 64
+
+
+def test_a_passkey_mix_with_another_segment_length_is_refused_naming_both_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.shard.passkey.segment_tokens=32 .*train.model.segment_len=64"):
+        load_pipeline(pipeline_yaml(tmp_path),
+                      ["data.shard.passkey.per_shard=4", "data.shard.passkey.segment_tokens=32"])
