@@ -44,9 +44,15 @@ install_packages() {
   [ ${#missing[@]} -eq 0 ] && return
   [ "$(id -u)" = 0 ] || die "missing packages ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}"
   log "installing ${missing[*]}"
-  apt-get -o DPkg::Lock::Timeout=300 update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
-    --no-install-recommends "${missing[@]}" >/dev/null
+  # apt and debconf chatter on stderr ("delaying package configuration, since apt-utils is not
+  # installed") even when all goes well: it is shown only when the install fails.
+  local out
+  if ! out=$( { apt-get -o DPkg::Lock::Timeout=300 update -qq &&
+                DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+                  --no-install-recommends "${missing[@]}"; } 2>&1 >/dev/null ); then
+    printf '%s\n' "$out" >&2
+    die "installing ${missing[*]} failed (apt-get's messages above)"
+  fi
 }
 
 ensure_hosts() {
