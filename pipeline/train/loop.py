@@ -87,6 +87,9 @@ class Trainer:
         self.val_docs = read_documents(self.val_info, cfg.eval.max_docs)
         self.peak_tflops = cfg.engine.peak_tflops or measure_peak_tflops(self.device)
         self.step, self.tracked = 0, TrackedRun(cfg.run_dir)
+        # Loss tokens seen so far, the axis that compares runs of other batch or segment sizes fairly.
+        # None after resuming a checkpoint written before it was counted: unknown, so not logged.
+        self.tokens: Optional[int] = 0
         self._restore()
         self.tracker = self._start_tracker() if self.rank == 0 else None
         self.peak_rss = 0
@@ -98,11 +101,11 @@ class Trainer:
 
     # ---- resume ----------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step}
+    def state_dict(self) -> dict[str, Optional[int]]:
+        return {"step": self.step, "tokens": self.tokens}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.step = int(state["step"])
+    def load_state_dict(self, state: dict[str, Optional[int]]) -> None:
+        self.step, self.tokens = int(state["step"]), state.get("tokens")
 
     def checkpointed(self) -> dict[str, checkpoint.Stateful]:
         """Everything a bit-exact continuation needs besides DeepSpeed's own state; the RNGs last."""
@@ -157,7 +160,10 @@ class Trainer:
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             metrics["train/grad_norm"] = float(grad_norm)
-        return metrics
+        return metrics | self._tokens_metric()
+
+    def _tokens_metric(self) -> dict[str, float]:
+        return {} if self.tokens is None else {"train/tokens": float(self.tokens)}
 
     # ---- the loop --------------------------------------------------------------------
 
@@ -195,6 +201,8 @@ class Trainer:
             result = self.train_step()
             seconds, last_end = time.perf_counter() - last_end, time.perf_counter()
             self.step += 1
+            if self.tokens is not None:
+                self.tokens += result.tokens
             if self.rank == 0:
                 _append_line(log_path, {"step": self.step, "loss": result.loss, "loss_hex": result.loss.hex(),
                                         "step_time_s": seconds})
@@ -222,7 +230,9 @@ class Trainer:
         metrics = evaluate(self.engine, self.val_docs, cfg.model, cfg.eval.batch_size, cfg.eval.bucket_tokens,
                            self.val_info.bos_id, self.val_info.eos_id, self.dtype, self.device)
         if self.rank == 0:
-            self.tracker.log(self.step, metrics)
+            # Every evaluation on the tokens axis: a step whose train metrics were not logged gets its count here.
+            logged_this_step = self.step > 0 and self.step % cfg.tracking.log_every == 0
+            self.tracker.log(self.step, metrics if logged_this_step else metrics | self._tokens_metric())
             _append_line(os.path.join(cfg.run_dir, EVAL_LOG), {"step": self.step, **metrics})
         return metrics
 
