@@ -4,9 +4,10 @@ A pipeline YAML may name other config files instead of repeating them: ``data:
 configs/data/quickstart.yaml`` reads that file as the ``data`` section (and the same for
 ``train``); keys given in the YAML's own section or in overrides still apply on top.
 
-The pipeline owns three training keys: ``train.data.shards`` (the shard folder data prep
-computes), ``train.model.vocab_size`` (the tokenizer's ``data.tokenizer.vocab_size``) and
-``train.run_dir`` (``<run_dir>/train-<key>``); see ``pipeline/stages/train.py``.
+The pipeline owns these training keys: ``train.data.shards`` (the shard folder data prep
+computes), ``train.model.vocab_size`` (the tokenizer's ``data.tokenizer.vocab_size``),
+``train.tracking.run_name`` and ``train.run_dir`` (``<run_dir>/train-<key>``); see
+``pipeline/stages/train.py``.
 """
 
 from __future__ import annotations

@@ -144,9 +144,10 @@ class Trainer:
                 "tokenizer_hash": self.train_info.tokenizer_hash, "world_size": str(self.world),
                 "deepspeed_version": deepspeed.__version__, "torch_version": torch.__version__,
                 "zero_stage": str(cfg.engine.zero_stage), "n_params": str(self.n_params)}
+        run_name = cfg.tracking.run_name or os.path.basename(os.path.abspath(cfg.run_dir))
         return Tracker(RunSpec(
             uri=tracking_uri(cfg.tracking.tracking_uri, cfg.run_dir), experiment=cfg.tracking.experiment,
-            run_dir=cfg.run_dir, run_id=self.tracked.run_id, run_name=os.path.basename(os.path.abspath(cfg.run_dir)),
+            run_dir=cfg.run_dir, run_id=self.tracked.run_id, run_name=run_name,
             params=flatten(to_dict(cfg)), tags=tags, flush_seconds=cfg.tracking.flush_seconds,
             request_timeout_s=cfg.tracking.request_timeout_s, abandoned_run_id=self.abandoned_run_id))
 

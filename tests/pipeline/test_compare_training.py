@@ -18,8 +18,8 @@ def trained(shards, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("compare")
     uri = f"sqlite:///{folder}/mlflow.db"
     for name, steps, pool in (("long", LONG, "mean"), ("short", SHORT, "attn")):
-        out = run_train(str(folder / name), shards, f"steps={steps}", f"model.pool={pool}", f"eval.every={EVERY}",
-                        nproc=1, env={"MLFLOW_TRACKING_URI": uri})
+        out = run_train(str(folder / f"run-{name}"), shards, f"steps={steps}", f"model.pool={pool}",
+                        f"eval.every={EVERY}", f"tracking.run_name={name}", nproc=1, env={"MLFLOW_TRACKING_URI": uri})
         assert out.returncode == 0, out.stderr[-3000:]
     return {"uri": uri, "report": folder / "report"}
 
@@ -34,7 +34,12 @@ def compared(trained) -> tuple[dict, str]:
 
 def test_the_diff_names_exactly_the_keys_the_two_trainings_were_given_differently(compared):
     numbers, _ = compared
-    assert numbers["differing_params"] == ["model.pool", "run_dir", "steps"]
+    assert numbers["differing_params"] == ["model.pool", "run_dir", "steps", "tracking.run_name"]
+
+
+def test_each_run_bears_the_name_its_training_was_given(compared):
+    numbers, _ = compared
+    assert [r["name"] for r in numbers["runs"]] == ["long", "short"]
 
 
 def test_the_val_losses_and_the_budget_are_the_points_training_logged(trained, compared):
