@@ -16,6 +16,7 @@ from data_prep.atomic import write_atomic
 from orchestration.launcher import Launcher
 from orchestration.records import RecordBook, last_error
 from pipeline.config import ConfigError, to_yaml
+from pipeline.lineage import end_submission, start_submission
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stage_graph import build_graph
 from pipeline.stages import Stage
@@ -32,9 +33,10 @@ class Submitted:
     state: str = ""  # final state, where this command waited for the job
 
 
-def plan(cfg: PipelineConfig, cluster: str) -> tuple[list[Stage], list[Stage]]:
-    """(stages to submit, stages already complete); refused if a time limit cannot work on a scheduler."""
-    graph = build_graph(cfg, cluster)
+def plan(cfg: PipelineConfig, cluster: str, parent_run_id: str = "") -> tuple[list[Stage], list[Stage]]:
+    """(stages to submit, stages already complete); refused if a time limit cannot work on a scheduler.
+    The stages' MLflow runs are children of the submission's run ``parent_run_id``."""
+    graph = build_graph(cfg, cluster, parent_run_id)
     todo = [s for s in graph if not s.complete]
     refused = [s.refused for s in todo if s.refused]
     if refused and Launcher(cluster, ".").scheduled:
@@ -58,14 +60,29 @@ def describe(todo: list[Stage], done: list[Stage], cluster: str) -> str:
 
 
 def submit(cfg: PipelineConfig, cluster: str, log=print) -> list[Submitted]:
-    """Submit every incomplete stage; on SLURM return at once, elsewhere after the stages ran."""
+    """Submit every incomplete stage; on SLURM return at once, elsewhere after the stages ran.
+
+    A submission with work to do is a parent run in the pipeline's MLflow store, whose
+    children are the runs of its stages; it ends FAILED if a stage failed (or could not be
+    submitted), else FINISHED: here once every stage ran, on a scheduler once every job is queued.
+    """
     todo, done = plan(cfg, cluster)
     for s in done:
         log(f"{s.name:<10} complete, skipped")
     if not todo:
         log("nothing to submit: every stage is complete")
         return []
-    _save_config(cfg)
+    lineage = start_submission(cfg, cluster, _save_config(cfg), log)
+    out: list[Submitted] = []
+    try:
+        out = _submit_stages(cfg, cluster, plan(cfg, cluster, lineage.parent_run_id)[0], log)
+    finally:
+        ok = len(out) == len(todo) and all(s.state in ("", "COMPLETED") for s in out)
+        end_submission(lineage, "FINISHED" if ok else "FAILED", log)
+    return out
+
+
+def _submit_stages(cfg: PipelineConfig, cluster: str, todo: list[Stage], log) -> list[Submitted]:
     launcher = Launcher(cluster, os.path.join(cfg.run_dir, "logs"))
     book = RecordBook(os.path.join(cfg.run_dir, "jobs"))
     ids: dict[str, str] = {}
@@ -97,8 +114,9 @@ def _wait(job: submitit.Job, log) -> str:
     return "COMPLETED"
 
 
-def _save_config(cfg: PipelineConfig) -> None:
-    """The run's resolved config, beside its job records: ``rmat status`` reads it back."""
+def _save_config(cfg: PipelineConfig) -> str:
+    """The run's resolved config, beside its job records (``rmat status`` reads it back); its path."""
     os.makedirs(cfg.run_dir, exist_ok=True)
     path = os.path.join(cfg.run_dir, CONFIG_NAME)
     write_atomic(path, to_yaml(cfg).encode())
+    return path

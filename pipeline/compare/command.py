@@ -49,29 +49,28 @@ def resolve(req: CompareRequest) -> tuple[str, RunQuery]:
 
 
 def _pipeline_query(name: str, req: CompareRequest) -> tuple[str, RunQuery]:
-    """A submitted pipeline's training runs, in its store unless another is given."""
+    """A submitted pipeline's training runs: its experiment, in its store unless another is given."""
     from pipeline.config import ConfigError, load_config
+    from pipeline.lineage import lineage_of
     from pipeline.pipeline_config import PipelineConfig
     from pipeline.runs import find_run
-    from pipeline.stage_graph import training_config
     from pipeline.submit import CONFIG_NAME
-    from pipeline.train.tracking import tracking_uri
 
     try:
         folder = find_run(name)
     except ConfigError as e:
         raise CompareError(f"{name!r} is neither an MLflow run id (32 hex digits) nor a submitted pipeline: "
                            f"{e}") from None
-    t = training_config(load_config(PipelineConfig, folder / CONFIG_NAME))
-    uri = req.tracking_uri or tracking_uri(t.tracking.tracking_uri, t.run_dir)
-    return uri, RunQuery(experiment=t.tracking.experiment, filter=req.filter)
+    lineage = lineage_of(load_config(PipelineConfig, folder / CONFIG_NAME))
+    return req.tracking_uri or lineage.uri, RunQuery(experiment=lineage.experiment, filter=req.filter)
 
 
 def run_compare(req: CompareRequest, log=print) -> Optional[list[str]]:
     """Print the comparison; with ``req.out`` also write the report folder and return its files."""
-    from pipeline.compare.store import Store, request_limits
+    from pipeline.compare.store import Store
     from pipeline.compare.summary import compare
     from pipeline.compare.tables import as_text, build_tables, notes
+    from pipeline.train.tracking import request_limits
 
     uri, query = resolve(req)
     with request_limits(req.timeout_s):

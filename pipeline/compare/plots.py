@@ -7,16 +7,14 @@ lengths line up; a long run's train curve is averaged down to ``MAX_POINTS`` poi
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 from pipeline.compare.store import RunData
 from pipeline.compare.summary import TRAIN_LOSS, VAL_LOSS, RunSummary, tokens_axis
 from pipeline.compare.tables import short_id
+from pipeline.figures import panels, png
 
 MAX_POINTS = 500
-DPI = 100
 
 
 def downsample(curve: list[tuple[float, float]], max_points: int = MAX_POINTS) -> list[tuple[float, float]]:
@@ -29,8 +27,7 @@ def downsample(curve: list[tuple[float, float]], max_points: int = MAX_POINTS) -
 
 def loss_curves(runs: list[RunData]) -> bytes:
     """Train loss (left) and val loss (right) of every run against tokens seen, on one x range."""
-    plt = _pyplot()
-    fig, (train_ax, val_ax) = _figure(plt, 2)
+    fig, (train_ax, val_ax) = panels(2)
     for run in runs:
         label = f"{short_id(run.run_id)} {run.name}"
         train = downsample(tokens_axis(run.history, TRAIN_LOSS))
@@ -46,13 +43,12 @@ def loss_curves(runs: list[RunData]) -> bytes:
         if ax.lines:
             ax.legend(fontsize="small")
     val_ax.sharex(train_ax)
-    return _png(plt, fig)
+    return png(fig)
 
 
 def position_losses(summaries: list[RunSummary]) -> bytes:
     """Each run's val loss per position bucket of its last evaluation (does the memory help later tokens?)."""
-    plt = _pyplot()
-    fig, (ax,) = _figure(plt, 1)
+    fig, (ax,) = panels(1)
     buckets = sorted({b for s in summaries for b in s.position_loss})
     for s in summaries:
         xs = [i for i, b in enumerate(buckets) if b in s.position_loss]
@@ -66,26 +62,4 @@ def position_losses(summaries: list[RunSummary]) -> bytes:
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize="small")
-    return _png(plt, fig)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # before pyplot loads a backend that needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _figure(plt, panels: int):
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
-    return fig, list(axes[0])
-
-
-def _png(plt, fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig)

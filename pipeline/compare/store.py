@@ -9,12 +9,13 @@ before MLflow would create an empty one.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional, TypeVar
+
+from pipeline.train.tracking import KIND_TAG
 
 T = TypeVar("T")
 HISTORY_THREADS = 8  # metric histories are one request each: a server answers several at once
@@ -53,22 +54,6 @@ class RunQuery:
     filter: str = ""
 
 
-@contextlib.contextmanager
-def request_limits(timeout_s: float) -> Iterator[None]:
-    """MLflow's HTTP requests time out after ``timeout_s`` and are not retried, inside this block only."""
-    limits = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(timeout_s))), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-    before = {k: os.environ.get(k) for k in limits}
-    os.environ.update(limits)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 class Store:
     """An MLflow tracking store, read only; every failure becomes a ``CompareError`` naming the URI."""
 
@@ -82,7 +67,8 @@ class Store:
         self.client = MlflowClient(uri)
 
     def find(self, query: RunQuery) -> list:
-        """The MLflow runs the query names, in the order given (run ids) or oldest first (experiment)."""
+        """The MLflow runs the query names, in the order given (run ids) or, of an experiment's, the trainings
+        oldest first."""
         if query.run_ids:
             return [self._ask(f"run {run_id}", self.client.get_run, run_id) for run_id in query.run_ids]
         experiment = self._ask(f"experiment {query.experiment!r}", self.client.get_experiment_by_name,
@@ -91,7 +77,9 @@ class Store:
             raise CompareError(f"no experiment {query.experiment!r} in {self.uri}; name one the store holds "
                                "(mlflow experiments search) or pass --tracking-uri")
         what = f"runs of experiment {query.experiment!r}" + (f" with filter {query.filter!r}" if query.filter else "")
-        runs = self._ask(what, self._search, experiment.experiment_id, query.filter)
+        # A pipeline's experiment also holds its submissions' and data-prep stages' runs: not trainings.
+        runs = [r for r in self._ask(what, self._search, experiment.experiment_id, query.filter)
+                if r.data.tags.get(KIND_TAG, "train") == "train"]
         if not runs:
             raise CompareError(f"no {what} in {self.uri}")
         return sorted(runs, key=lambda r: r.info.start_time)

@@ -22,6 +22,7 @@ from data_prep.shards import ShardError, read_manifest
 from orchestration.distributed import DistributedCall
 from orchestration.resources import Resources
 from pipeline.config import to_dict
+from pipeline.lineage import Lineage
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stages import Stage
 from pipeline.train.config import TrainConfig
@@ -33,14 +34,15 @@ TRAINED_ON = "trained_on.json"
 ASSUMED_STARTUP_S, ASSUMED_CHECKPOINT_S = 60, 20
 
 
-def train_config(cfg: PipelineConfig, shards: str) -> TrainConfig:
+def train_config(cfg: PipelineConfig, shards: str, lineage: Lineage) -> TrainConfig:
     """``cfg.train`` with the keys the pipeline owns: shard folder, vocabulary, keyed run folder (the output),
-    and the MLflow run's name."""
+    and where and under which name and parent run MLflow tracks it."""
     t = copy.deepcopy(cfg.train)
     t.data.shards = shards
     t.model.vocab_size = cfg.data.tokenizer.vocab_size
     t.run_dir = os.path.join(cfg.run_dir, f"train-{training_key(t)}")
-    t.tracking.run_name = f"{cfg.name} train"
+    t.tracking.tracking_uri, t.tracking.experiment = lineage.uri, lineage.experiment
+    t.tracking.run_name, t.tracking.parent_run_id = f"{cfg.name} train", lineage.parent_run_id
     return t
 
 

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,7 +33,16 @@ from pipeline.train.engine import build_engine, init_distributed, measure_peak_t
 from pipeline.train.evaluate import evaluate
 from pipeline.train.files import EVAL_LOG, FINAL_METRICS, LOSS_LOG, TIMINGS
 from pipeline.train.loader import TrainLoader, open_split, read_documents
-from pipeline.train.tracking import RunSpec, TrackedRun, Tracker, forget_unfinished_attempt, tracking_uri
+from pipeline.train.tracking import (
+    KIND_TAG,
+    RunSpec,
+    TrackedRun,
+    Tracker,
+    folder_dataset,
+    forget_unfinished_attempt,
+    git_commit,
+    tracking_uri,
+)
 
 
 class StopRequest:
@@ -140,16 +148,18 @@ class Trainer:
         import deepspeed
 
         cfg = self.cfg
-        tags = {"git_commit": _git_commit(), "data_manifest_sha256": self.train_info.manifest_hash,
+        tags = {"git_commit": git_commit(), "data_manifest_sha256": self.train_info.manifest_hash,
                 "tokenizer_hash": self.train_info.tokenizer_hash, "world_size": str(self.world),
                 "deepspeed_version": deepspeed.__version__, "torch_version": torch.__version__,
-                "zero_stage": str(cfg.engine.zero_stage), "n_params": str(self.n_params)}
+                "zero_stage": str(cfg.engine.zero_stage), "n_params": str(self.n_params), KIND_TAG: "train"}
         run_name = cfg.tracking.run_name or os.path.basename(os.path.abspath(cfg.run_dir))
         return Tracker(RunSpec(
             uri=tracking_uri(cfg.tracking.tracking_uri, cfg.run_dir), experiment=cfg.tracking.experiment,
             run_dir=cfg.run_dir, run_id=self.tracked.run_id, run_name=run_name,
             params=flatten(to_dict(cfg)), tags=tags, flush_seconds=cfg.tracking.flush_seconds,
-            request_timeout_s=cfg.tracking.request_timeout_s, abandoned_run_id=self.abandoned_run_id))
+            request_timeout_s=cfg.tracking.request_timeout_s, abandoned_run_id=self.abandoned_run_id,
+            parent_run_id=cfg.tracking.parent_run_id or None,
+            dataset=folder_dataset(cfg.data.shards, self.train_info.manifest_hash)))
 
     def _step_metrics(self, result: StepResult, seconds: float) -> dict[str, float]:
         self.peak_rss = max(self.peak_rss, psutil.Process().memory_info().rss)
@@ -264,15 +274,6 @@ def _to(segment, device: torch.device):
     if device.type == "cpu":
         return segment
     return type(segment)(segment.inputs.to(device), segment.targets.to(device), segment.reset.to(device))
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def train_process(cfg: TrainConfig, local_procs: int) -> Optional[dict[str, float]]:
