@@ -96,6 +96,9 @@ def _add_run_commands(sub) -> None:
                         help="slurm: queue every job with afterok dependencies; local: run them as local processes "
                              "one after another; debug: in this process")
     submit.add_argument("--dry-run", action="store_true", help="print what would be submitted, submit nothing")
+    submit.add_argument("--sweep", action="append", default=[], metavar="KEY=A,B",
+                        help="train once per value (repeat for a grid), e.g. --sweep train.model.pool=mean,attn; "
+                             "replaces the YAML's sweep values of that key")
     for name, what in (("status", "each stage's job state, logs and output completeness"),
                        ("cancel", "cancel a run's queued and running jobs")):
         cmd = sub.add_parser(name, help=what)
@@ -114,9 +117,9 @@ def _run_command(args: argparse.Namespace) -> int:
         if args.command == "cancel":
             runs.cancel(runs.find_run(args.run))
             return 0
-        cfg = load_pipeline(args.config, list(args.overrides))
+        cfg = load_pipeline(args.config, list(args.overrides), args.sweep)
         if args.dry_run:
-            print(submit.describe(*submit.plan(cfg, args.cluster), args.cluster))
+            print(submit.describe(cfg, *submit.plan(cfg, args.cluster), args.cluster))
             return 0
         jobs = submit.submit(cfg, args.cluster)
     except PrepError as e:

@@ -26,6 +26,7 @@ from pipeline.config import ConfigError, _merge, _message, _read_yaml
 from pipeline.train.config import TrainConfig
 
 INCLUDED = ("data", "train")  # sections that may be given as the path of their own YAML file
+SWEPT = "train."  # a sweep varies training keys only: its points share data prep
 
 
 @dataclass
@@ -87,18 +88,27 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    # A grid of trainings over the same data: dotted training keys -> the values each takes (pipeline/sweep.py).
+    sweep: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or os.sep in self.name:
             raise ValueError(f"name={self.name!r}: must be a non-empty folder name")
+        for key, values in self.sweep.items():
+            if not key.startswith(SWEPT):
+                raise ValueError(f"sweep key {key!r}: a sweep varies the training (keys {SWEPT}...); data prep, "
+                                 "evaluation and resources are the same for every point")
+            if not values or len(set(values)) < len(values):
+                raise ValueError(f"sweep key {key!r}: give distinct values, at least one (got {values})")
 
     @property
     def run_dir(self) -> str:
         return os.path.join(self.work_dir, self.name)
 
 
-def load_pipeline(path: str | os.PathLike, overrides: Sequence[str] = ()) -> PipelineConfig:
-    """The pipeline config from its YAML (with included section files) and dotted overrides."""
+def load_pipeline(path: str | os.PathLike, overrides: Sequence[str] = (), sweeps: Sequence[str] = ()) -> PipelineConfig:
+    """The pipeline config from its YAML (with included section files), dotted overrides, and command-line
+    sweeps (``key=a,b``: replace the YAML's ``sweep`` values of that key)."""
     layer = _read_yaml(path)
     for section in INCLUDED:
         value = layer.get(section)
@@ -109,7 +119,25 @@ def load_pipeline(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Pip
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not of the form dotted.key=value (e.g. data.workers=2)")
     merged = _merge(merged, OmegaConf.from_dotlist(list(overrides)), source="command line")
-    return _to_object(merged, f"{path} with overrides {list(overrides)}")
+    merged = _merge(merged, OmegaConf.create({"sweep": parse_sweeps(sweeps)}), source="--sweep")
+    return _to_object(merged, f"{path} with overrides {list(overrides)} and sweeps {list(sweeps)}")
+
+
+def parse_sweeps(args: Sequence[str]) -> dict[str, list[str]]:
+    """``["train.model.pool=mean,attn", ...]`` -> ``{"train.model.pool": ["mean", "attn"], ...}``."""
+    out = {}
+    for arg in args:
+        key, _, values = arg.partition("=")
+        if not key or not values or "" in values.split(","):
+            raise ConfigError(f"--sweep {arg!r}: give key=value,value,... (e.g. --sweep train.model.pool=mean,attn)")
+        out[key] = values.split(",")
+    return out
+
+
+def with_overrides(cfg: PipelineConfig, overrides: Sequence[str], source: str) -> PipelineConfig:
+    """``cfg`` with dotted overrides applied and checked as the YAML's are; errors name ``source``."""
+    merged = _merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)), source=source)
+    return _to_object(merged, source)
 
 
 def _to_object(merged: DictConfig, where: str) -> PipelineConfig:

@@ -34,15 +34,17 @@ TRAINED_ON = "trained_on.json"
 ASSUMED_STARTUP_S, ASSUMED_CHECKPOINT_S = 60, 20
 
 
-def train_config(cfg: PipelineConfig, shards: str, lineage: Lineage) -> TrainConfig:
+def train_config(cfg: PipelineConfig, shards: str, lineage: Lineage, point: str = "") -> TrainConfig:
     """``cfg.train`` with the keys the pipeline owns: shard folder, vocabulary, keyed run folder (the output),
-    and where and under which name and parent run MLflow tracks it."""
+    and where and under which name (the pipeline's, and the sweep ``point``'s values) and parent run MLflow
+    tracks it."""
     t = copy.deepcopy(cfg.train)
     t.data.shards = shards
     t.model.vocab_size = cfg.data.tokenizer.vocab_size
     t.run_dir = os.path.join(cfg.run_dir, f"train-{training_key(t)}")
     t.tracking.tracking_uri, t.tracking.experiment = lineage.uri, lineage.experiment
-    t.tracking.run_name, t.tracking.parent_run_id = f"{cfg.name} train", lineage.parent_run_id
+    t.tracking.run_name = f"{cfg.name} train" + (f" {point}" if point else "")
+    t.tracking.parent_run_id = lineage.parent_run_id
     return t
 
 
