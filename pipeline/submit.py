@@ -90,14 +90,17 @@ def submit(cfg: PipelineConfig, cluster: str, log=print) -> list[Submitted]:
     lineage = start_submission(cfg, cluster, _save_config(cfg), log)
     out: list[Submitted] = []
     try:
-        out = _submit_stages(cfg, cluster, plan(cfg, cluster, lineage.parent_run_id)[0], log)
+        out = submit_stages(cfg, cluster, plan(cfg, cluster, lineage.parent_run_id)[0], log)
     finally:
         ok = len(out) == len(todo) and all(s.state in ("", "COMPLETED") for s in out)
         end_submission(lineage, "FINISHED" if ok else "FAILED", log)
     return out
 
 
-def _submit_stages(cfg: PipelineConfig, cluster: str, todo: list[Stage], log) -> list[Submitted]:
+def submit_stages(cfg: PipelineConfig, cluster: str, todo: list[Stage], log=print) -> list[Submitted]:
+    """Submit ``todo`` in order as jobs recorded in the run folder. On a scheduler each waits for the jobs
+    of the stages it comes after; here each runs to its end, and a failed one leaves out only the stages
+    after it (a sweep's other points go on)."""
     launcher = Launcher(cluster, os.path.join(cfg.run_dir, "logs"))
     book = RecordBook(os.path.join(cfg.run_dir, "jobs"))
     ids: dict[str, str] = {}
