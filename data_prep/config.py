@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sysconfig
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import omegaconf
 from fsspec.core import url_to_fs
@@ -113,15 +113,43 @@ class TokenizerConfig:
 
 
 @dataclass
+class PasskeyMixConfig:
+    """Passkey samples added to every train shard (data_prep/passkey.py), drawn from its own documents.
+
+    Distances are counted in segments of the model that will train on them, so
+    ``segment_tokens`` is its ``segment_len`` (a pipeline sets it from ``train.model``).
+    """
+
+    per_shard: int = 0  # samples added to each train shard; 0: none
+    segment_tokens: int = 0
+    max_distance: int = 8  # segments from the key to the question, drawn from 0..max_distance
+
+    def __post_init__(self) -> None:
+        if self.per_shard < 0 or self.max_distance < 0:
+            raise ValueError("shard.passkey.per_shard and shard.passkey.max_distance must be >= 0")
+        if self.per_shard and self.segment_tokens <= 0:
+            raise ValueError("shard.passkey.segment_tokens must be the training's segment_len (> 0) "
+                             "when shard.passkey.per_shard > 0")
+
+
+@dataclass
 class ShardConfig:
     """Tokenize+shard: documents to token ids in WebDataset tars."""
 
     target_shard_bytes: int = 4_000_000  # of input text per shard (a shard is cut after the doc that reaches it)
     sample_tokens: int = 65_536  # ids per packed sample (data_prep/shards.py); 0: one document per sample
+    passkey: PasskeyMixConfig = field(default_factory=PasskeyMixConfig)
 
     def __post_init__(self) -> None:
         if self.sample_tokens < 0:
             raise ValueError("shard.sample_tokens must be >= 0 (0: one document per sample)")
+
+    def key_fields(self) -> dict:
+        """What names the shard folder; without a passkey mix, the same as before the mix existed."""
+        fields = asdict(self)
+        if not self.passkey.per_shard:
+            del fields["passkey"]
+        return fields
 
 
 @dataclass

@@ -3,6 +3,9 @@
 Output folder ``{out_dir}/shards-{key}`` (key: shard config + ingest key + tokenizer key).
 Each split's documents are cut, in order, into shards of about ``target_shard_bytes`` of
 input; one shard is one unit (``{split}-{index:06d}.tar`` plus its ``.done.json`` sidecar).
+With ``shard.passkey.per_shard``, each train shard holds that many passkey samples more,
+drawn from its own documents (data_prep/passkey.py), spread among them, their answers as
+loss spans.
 ``manifest.json`` (schema in data_prep/shards.py) is written after every shard verifies.
 
 Debug hook for the kill tests: ``RMAT_PREP_SAMPLE_DELAY=<seconds>`` sleeps after each
@@ -12,10 +15,12 @@ sample written, so a SIGKILL can land mid-shard.
 from __future__ import annotations
 
 import functools
+import hashlib
+import heapq
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,6 +29,7 @@ from data_prep.config import PrepConfig
 from data_prep.encode import DocumentEncoder
 from data_prep.executor import Executor
 from data_prep.ingest import SPLITS
+from data_prep.passkey import training_documents
 from data_prep.shards import FORMAT, MANIFEST, VERSION, dtype_for, sample_key, shard_name, write_shard
 from data_prep.units import run_units
 
@@ -42,6 +48,9 @@ class ShardUnit:
     dtype: str
     sample_tokens: int
     out: str
+    passkey_samples: int = 0  # passkey documents added after the shard's own (train shards only)
+    passkey_segment_tokens: int = 0
+    passkey_max_distance: int = 0
 
 
 @dataclass
@@ -53,7 +62,7 @@ class ShardPlan:
 
 
 def shard_key(cfg: PrepConfig, ingest_key: str, tok_key: str) -> str:
-    return key_of({"stage": "shards", "version": VERSION, "shard": asdict(cfg.shard), "ingest": ingest_key,
+    return key_of({"stage": "shards", "version": VERSION, "shard": cfg.shard.key_fields(), "ingest": ingest_key,
                    "tokenizer": tok_key})
 
 
@@ -69,6 +78,7 @@ def plan_shards(cfg: PrepConfig, ingest_folder: str, ingest_key: str, tok_folder
     folder = shards_folder(cfg, ingest_key, tok_key)
     dtype = dtype_for(vocab_size).name
     model = os.path.join(tok_folder, "spm.model")
+    mix = cfg.shard.passkey
     units = []
     for split in SPLITS:
         offsets = np.load(os.path.join(ingest_folder, f"{split}.offsets.npy"), allow_pickle=False).tolist()
@@ -78,7 +88,10 @@ def plan_shards(cfg: PrepConfig, ingest_folder: str, ingest_key: str, tok_folder
                 units.append(ShardUnit(split=split, index=index, source=os.path.join(ingest_folder, f"{split}.jsonl"),
                                        start=offsets[first], end=offsets[doc], documents=doc - first, model=model,
                                        dtype=dtype, sample_tokens=cfg.shard.sample_tokens,
-                                       out=os.path.join(folder, shard_name(split, index))))
+                                       out=os.path.join(folder, shard_name(split, index)),
+                                       passkey_samples=mix.per_shard if split == "train" else 0,
+                                       passkey_segment_tokens=mix.segment_tokens,
+                                       passkey_max_distance=mix.max_distance))
                 first, index = doc, index + 1
     return ShardPlan(folder=folder, key=key, units=units, sample_tokens=cfg.shard.sample_tokens)
 
@@ -99,19 +112,54 @@ def shard_unit(unit: ShardUnit) -> dict:
     dtype = np.dtype(unit.dtype)
     delay = float(os.environ.get("RMAT_PREP_SAMPLE_DELAY", "0") or 0)
 
-    def documents():
-        for record, ids in zip(records, encoded, strict=True):
+    passkeys = passkey_documents(unit, [np.array(ids, dtype=np.int64) for ids in encoded], dtype)
+
+    def corpus():
+        for i, (record, ids) in enumerate(zip(records, encoded, strict=True)):
             meta = {"doc_hash": record["doc_hash"], "domain": record["domain"], "lang": record["lang"],
                     "source": record["source"], "tokens": len(ids)}
-            yield sample_key(record["doc_hash"]), np.array(ids, dtype=dtype), meta
+            yield i + 0.5, (sample_key(record["doc_hash"]), np.array(ids, dtype=dtype), meta)
             if delay:
                 time.sleep(delay)
+
+    # Passkey samples at even places among the documents, so that the rows reading the shard meet
+    # them all along rather than in one burst.
+    places = np.linspace(0, len(records), len(passkeys) + 2)[1:-1]
+    merged = heapq.merge(corpus(), zip(places.tolist(), passkeys, strict=True), key=lambda placed: placed[0])
+
+    def documents():
+        for _, doc in merged:
+            yield doc
 
     with atomic_open(unit.out, durable=False) as f:
         docs, tokens = write_shard(f, documents(), sample_tokens=unit.sample_tokens)
     info = {"split": unit.split, "index": unit.index, "documents": docs, "tokens": tokens,
             "bytes": os.path.getsize(unit.out)}
     return mark_done(unit.out, info)
+
+
+def passkey_documents(unit: ShardUnit, docs: list[np.ndarray], dtype: np.dtype) -> list[tuple[str, np.ndarray, dict]]:
+    """The unit's passkey samples as (key, ids, meta) documents, the answer their loss span.
+
+    Drawn from the shard's own documents with a generator seeded by the shard's name, so a
+    rerun writes the same bytes.
+    """
+    if not unit.passkey_samples:
+        return []
+    sp = _encoder(unit.model).sp
+    rng = np.random.default_rng(list(hashlib.sha256(os.path.basename(unit.out).encode()).digest()[:8]))
+    try:
+        samples = training_documents(docs, sp.encode, unit.passkey_samples, unit.passkey_segment_tokens,
+                                     unit.passkey_max_distance, sp.bos_id(), sp.eos_id(), rng)
+    except ValueError as e:
+        raise PrepError(f"shard.passkey (segment_tokens={unit.passkey_segment_tokens}): {e}") from e
+    out = []
+    for ids, spans in samples:
+        doc_hash = hashlib.sha256(ids.astype("<i8").tobytes()).hexdigest()
+        meta = {"doc_hash": doc_hash, "domain": "documents", "lang": "", "source": "passkey",
+                "tokens": len(ids), "loss_spans": spans}
+        out.append((sample_key(doc_hash), ids.astype(dtype), meta))
+    return out
 
 
 def build_manifest(plan: ShardPlan, records: list[dict], tok_folder: str, tok_info: dict, vocab_size: int) -> dict:

@@ -5,9 +5,11 @@ configs/data/quickstart.yaml`` reads that file as the ``data`` section (and the 
 ``train``); keys given in the YAML's own section or in overrides still apply on top.
 
 The pipeline owns these training keys: ``train.data.shards`` (the shard folder data prep
-computes), ``train.model.vocab_size`` (the tokenizer's ``data.tokenizer.vocab_size``),
-``train.tracking.run_name`` and ``train.run_dir`` (``<run_dir>/train-<key>``); see
-``pipeline/stages/train.py``.
+computes), ``train.model.vocab_size`` (the tokenizer's ``data.tokenizer.vocab_size``), the
+``train.tracking`` keys ``tracking_uri``, ``experiment``, ``run_name`` and ``parent_run_id`` (its
+MLflow store, experiment, name and submission run) and ``train.run_dir``
+(``<run_dir>/train-<key>``); see ``pipeline/stages/train.py``; and one data key,
+``data.shard.passkey.segment_tokens`` (``train.model.segment_len``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pipeline.train.config import TrainConfig
 
 INCLUDED = ("data", "train")  # sections that may be given as the path of their own YAML file
 SWEPT = "train."  # a sweep varies training keys only: its points share data prep
+SEGMENT_LEN = "train.model.segment_len"
 
 
 @dataclass
@@ -64,6 +67,7 @@ class EvaluateConfig:
 
     splits: list[str] = field(default_factory=lambda: ["val", "test"])
     max_docs: int = 256  # per split, in manifest order
+    max_doc_tokens: int = 0  # read each document's segments that begin within this many tokens; 0: all
     batch_size: int = 8  # documents read side by side per process
     bucket_tokens: int = 0  # loss by position, log-spaced buckets in units of this many tokens; 0: segment_len
     passkey: PasskeyConfig = field(default_factory=PasskeyConfig)
@@ -74,6 +78,8 @@ class EvaluateConfig:
         for key in ("max_docs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}={getattr(self, key)!r}: must be >= 1")
+        if self.max_doc_tokens < 0:
+            raise ValueError(f"max_doc_tokens={self.max_doc_tokens!r}: must be >= 0 (0: whole documents)")
         if self.bucket_tokens < 0:
             raise ValueError(f"bucket_tokens={self.bucket_tokens!r}: must be >= 0")
 
@@ -100,6 +106,9 @@ class PipelineConfig:
                                  "evaluation and resources are the same for every point")
             if not values or len(set(values)) < len(values):
                 raise ValueError(f"sweep key {key!r}: give distinct values, at least one (got {values})")
+        if self.data.shard.passkey.per_shard and SEGMENT_LEN in self.sweep:
+            raise ValueError(f"sweep key {SEGMENT_LEN!r}: the points share the data, whose passkey samples "
+                             "(data.shard.passkey) are laid out for one segment length; sweep it without them")
 
     @property
     def run_dir(self) -> str:
@@ -120,6 +129,7 @@ def load_pipeline(path: str | os.PathLike, overrides: Sequence[str] = (), sweeps
         raise ConfigError(f"override {bad[0]!r} is not of the form dotted.key=value (e.g. data.workers=2)")
     merged = _merge(merged, OmegaConf.from_dotlist(list(overrides)), source="command line")
     merged = _merge(merged, OmegaConf.create({"sweep": parse_sweeps(sweeps)}), source="--sweep")
+    _passkey_segments(merged)
     return _to_object(merged, f"{path} with overrides {list(overrides)} and sweeps {list(sweeps)}")
 
 
@@ -138,6 +148,17 @@ def with_overrides(cfg: PipelineConfig, overrides: Sequence[str], source: str) -
     """``cfg`` with dotted overrides applied and checked as the YAML's are; errors name ``source``."""
     merged = _merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)), source=source)
     return _to_object(merged, source)
+
+
+def _passkey_segments(merged: DictConfig) -> None:
+    """A passkey mix counts distances in the training's segments: the pipeline sets them."""
+    mix, segment_len = merged.data.shard.passkey, merged.train.model.segment_len
+    if not mix.per_shard:
+        return
+    if mix.segment_tokens and mix.segment_tokens != segment_len:
+        raise ConfigError(f"data.shard.passkey.segment_tokens={mix.segment_tokens} differs from "
+                          f"train.model.segment_len={segment_len}; leave it out, the pipeline sets it")
+    mix.segment_tokens = segment_len
 
 
 def _to_object(merged: DictConfig, where: str) -> PipelineConfig:

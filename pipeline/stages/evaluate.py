@@ -49,7 +49,7 @@ def split_metrics(model, t: TrainConfig, e: EvaluateConfig, split: str) -> dict[
     docs = read_documents(info, e.max_docs)
     device = next(model.parameters()).device
     metrics = evaluate(model, docs, t.model, e.batch_size, e.bucket_tokens, info.bos_id, info.eos_id,
-                       torch.float32, device)
+                       torch.float32, device, max_tokens=e.max_doc_tokens)
     return {f"{split}/{k.removeprefix('val/')}": v for k, v in metrics.items()}
 
 

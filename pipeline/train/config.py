@@ -62,6 +62,7 @@ class EvalConfig:
 
     every: int = 100  # steps; 0: only at the end
     max_docs: int = 64  # val documents, each from an empty memory
+    max_doc_tokens: int = 0  # read each document's segments that begin within this many tokens; 0: all
     batch_size: int = 8  # rows per rank
     bucket_tokens: int = 0  # loss by position, log-spaced buckets in units of this many tokens; 0: segment_len
 
@@ -114,6 +115,8 @@ class TrainConfig:
         _require(self.eval.every >= 0, "eval.every", self.eval.every, "must be >= 0")
         _require(self.eval.max_docs >= 1, "eval.max_docs", self.eval.max_docs, "must be >= 1")
         _require(self.eval.batch_size >= 1, "eval.batch_size", self.eval.batch_size, "must be >= 1")
+        _require(self.eval.max_doc_tokens >= 0, "eval.max_doc_tokens", self.eval.max_doc_tokens,
+                 "must be >= 0 (0: whole documents)")
         _require(self.tracking.log_every >= 1, "tracking.log_every", self.tracking.log_every, "must be >= 1")
         _require(self.tracking.flush_seconds > 0, "tracking.flush_seconds", self.tracking.flush_seconds,
                  "must be > 0")

@@ -40,8 +40,12 @@ MODES = ("carried", "reset", "foreign")
 
 @torch.no_grad()
 def evaluate(engine, docs: list[tuple[np.ndarray, str, Spans]], model_cfg: RMATConfig, rows: int, bucket_tokens: int,
-             bos_id: int, eos_id: int, dtype: torch.dtype, device: torch.device) -> dict[str, float]:
+             bos_id: int, eos_id: int, dtype: torch.dtype, device: torch.device, max_tokens: int = 0
+             ) -> dict[str, float]:
     """Val metrics summed over all ranks: ``val/loss``, ``val/ppl``, per domain, per position bucket.
+
+    ``max_tokens`` > 0 reads only the segments that begin within each document's first
+    ``max_tokens`` tokens: a few long books otherwise cost more than every other document.
 
     Position buckets are log-spaced in units of ``bucket_tokens`` (0: the segment length):
     the first unit, the second, the 3rd-4th, the 5th-8th, ... so that a book gives a
@@ -55,7 +59,9 @@ def evaluate(engine, docs: list[tuple[np.ndarray, str, Spans]], model_cfg: RMATC
     rank, world = dist.get_rank(), dist.get_world_size()
     s = model_cfg.segment_len
     bucket = bucket_tokens or s
-    n_buckets = int(position_bucket(torch.tensor(max(len(d) for d, _, _ in docs)), bucket)) + 1
+    limit = math.ceil(max_tokens / s) if max_tokens else math.inf  # segments read per document
+    longest = min(max(len(d) for d, _, _ in docs), limit * s)
+    n_buckets = int(position_bucket(torch.tensor(longest), bucket)) + 1
     modes = MODES if model_cfg.has_memory else MODES[:1]
     acc = _Totals(len(modes), n_buckets)
     engine.eval()
@@ -63,7 +69,7 @@ def evaluate(engine, docs: list[tuple[np.ndarray, str, Spans]], model_cfg: RMATC
     for start in range(0, len(docs), group_size):
         group = docs[start:start + group_size]
         mine = group[rank::world]
-        n_segments = max(math.ceil((len(d) + 1) / s) for d, _, _ in group)
+        n_segments = min(max(math.ceil((len(d) + 1) / s) for d, _, _ in group), limit)
         empty = MemoryState.empty(model_cfg.n_layers, rows, model_cfg.mem_slots, model_cfg.d_model,
                                   device=device, dtype=dtype)
         state = empty

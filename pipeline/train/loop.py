@@ -239,7 +239,8 @@ class Trainer:
     def _evaluate(self) -> dict[str, float]:
         cfg = self.cfg
         metrics = evaluate(self.engine, self.val_docs, cfg.model, cfg.eval.batch_size, cfg.eval.bucket_tokens,
-                           self.val_info.bos_id, self.val_info.eos_id, self.dtype, self.device)
+                           self.val_info.bos_id, self.val_info.eos_id, self.dtype, self.device,
+                           max_tokens=cfg.eval.max_doc_tokens)
         if self.rank == 0:
             # Every evaluation on the tokens axis: a step whose train metrics were not logged gets its count here.
             logged_this_step = self.step > 0 and self.step % cfg.tracking.log_every == 0

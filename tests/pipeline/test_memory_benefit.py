@@ -126,3 +126,12 @@ def test_a_document_with_loss_spans_is_scored_on_those_targets_only():
     nll = carried_nll(model, ids, 4)
     assert got["val/loss"] == pytest.approx(torch.cat([nll[5:9], nll[40:48]]).mean().item(), rel=1e-5)
     assert got["val/pos_02_32-64/loss"] == pytest.approx(nll[40:48].mean().item(), rel=1e-5)
+
+
+def test_max_tokens_reads_only_the_segments_that_begin_within_them():
+    model = model_reading_its_memory()
+    (ids, domain, _), = documents([16 * 4 - 1])
+    got = evaluate(model, [(ids, domain, None)], model.cfg, 2, 0, BOS, EOS, torch.float32, torch.device("cpu"),
+                   max_tokens=20)  # segments 0 and 1 begin within 20 tokens
+    assert got["val/loss"] == pytest.approx(carried_nll(model, ids, 2).mean().item(), rel=1e-5)
+    assert not any(k.startswith("val/pos_02") for k in got)

@@ -6,7 +6,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.train.passkey import filler_stream, make_sample, passkey_metrics
+from data_prep.passkey import filler_stream, make_sample
+from pipeline.train.passkey import passkey_metrics
 
 BOS, EOS, S = 256, 257, 128
 
@@ -59,8 +60,8 @@ def test_the_key_lies_in_the_first_segment_and_its_answer_ends_segment_distance(
     assert decode(sample.tokens[-S:]).endswith(f"What is the pass key? The pass key is {key}")
 
 
-def test_a_segment_too_short_for_the_sentences_is_an_error_naming_the_key():
-    with pytest.raises(ValueError, match=r"segment_len=32 .*evaluate\.passkey\.distances=\[\]"):
+def test_a_segment_too_short_for_the_sentences_is_an_error_naming_the_length():
+    with pytest.raises(ValueError, match=r"segment_len=32 is too short"):
         make_sample(filler_stream(held_out_text(), EOS, BOS), encode, 1, 32, BOS, np.random.default_rng(0))
 
 
@@ -94,3 +95,9 @@ def test_one_wrong_digit_is_not_a_retrieval():
     wrong[0, -1] = (wrong[0, -1] - ord("0") + 1) % 10 + ord("0")  # the last digit, off by one
     got = passkey_metrics(Reciter(wrong), held_out_text(), encode, [1], 1, 0, S, BOS, EOS, with_reset=False)
     assert got == {"passkey/d01/accuracy": 0.0}
+
+
+def test_evaluation_with_a_segment_too_short_names_the_setting_that_turns_it_off():
+    with pytest.raises(ValueError, match=r"segment_len=32 .*evaluate\.passkey\.distances=\[\]"):
+        passkey_metrics(Reciter(drawn_tokens(1, 1)), held_out_text(), encode, [1], 1, 0, 32, BOS, EOS,
+                        with_reset=False)

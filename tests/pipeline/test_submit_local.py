@@ -7,8 +7,11 @@ import operator
 import os
 from pathlib import Path
 
+import pytest
+
 from orchestration.records import RecordBook
 from orchestration.resources import Resources
+from pipeline.config import ConfigError
 from pipeline.pipeline_config import load_pipeline
 from pipeline.stages import Stage
 from pipeline.submit import plan, submit_stages
@@ -106,3 +109,14 @@ def test_a_failed_local_stage_leaves_out_only_the_stages_after_it(tmp_path):
     out = submit_stages(cfg, "local", stages, said.append)
     assert [(s.stage, s.state) for s in out] == [("fails", "FAILED"), ("other", "COMPLETED")]
     assert "after-it   not run: after fails" in said and "after-that not run: after after-it" in said
+
+
+def test_a_passkey_mix_counts_its_distances_in_the_trainings_segments(tmp_path):
+    cfg = load_pipeline(pipeline_yaml(tmp_path), ["data.shard.passkey.per_shard=4"])
+    assert cfg.data.shard.passkey.segment_tokens == cfg.train.model.segment_len == 64
+
+
+def test_a_passkey_mix_with_another_segment_length_is_refused_naming_both_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.shard.passkey.segment_tokens=32 .*train.model.segment_len=64"):
+        load_pipeline(pipeline_yaml(tmp_path),
+                      ["data.shard.passkey.per_shard=4", "data.shard.passkey.segment_tokens=32"])

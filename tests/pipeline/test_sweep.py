@@ -120,3 +120,9 @@ def test_a_resubmission_skips_complete_points_and_redoes_only_what_a_point_lost(
     to_run = [line.split()[0] for line in dry.splitlines()
               if line and not line.startswith((" ", "sweep")) and "complete, skipped" not in line]
     assert to_run == ["evaluate-p3", "export-p3"]
+
+
+def test_sweeping_the_segment_length_of_data_with_passkey_samples_is_refused(tmp_path, capsys):
+    code, _ = rmat("submit", pipeline_yaml(tmp_path), "data.shard.passkey.per_shard=4",
+                   "--sweep", "train.model.segment_len=64,128", "--dry-run")
+    assert code == 2 and "sweep key 'train.model.segment_len': the points share the data" in capsys.readouterr().err

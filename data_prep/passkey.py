@@ -1,0 +1,69 @@
+"""Passkey samples (the Landmark-attention protocol): a pass key hidden in text, asked for later.
+
+A sample is text with "The pass key is N. Remember it. N is the pass key." at a random
+place of its first segment, and "What is the pass key? The pass key is N" ending segment
+``distance``. The evaluation (pipeline/train/passkey.py) draws them from held-out text;
+the shard stage can add them to the training data (``shard.passkey``), drawn from each
+train shard's own documents, with the answer as the document's only loss span, so a model
+is taught to keep a fact in its memory for as many segments as the mix asks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
+QUESTION = " What is the pass key? The pass key is"
+ANSWER = " {key}"
+
+
+@dataclass
+class PasskeySample:
+    tokens: np.ndarray  # (distance + 1) * segment_len + 1 ids: BOS first, the answer last
+    answer_len: int  # the answer's ids end the sample
+
+
+def filler_stream(docs: list[np.ndarray], eos_id: int, bos_id: int) -> np.ndarray:
+    """Documents end to end, each between BOS and EOS as the model sees documents in training."""
+    if not docs:
+        raise ValueError("passkey samples need text to hide the key in, and there are no documents")
+    return np.concatenate([np.concatenate([[bos_id], d, [eos_id]]) for d in docs]).astype(np.int64)
+
+
+def make_sample(filler: np.ndarray, encode: Callable[[str], list[int]], distance: int, segment_len: int,
+                bos_id: int, rng: np.random.Generator) -> PasskeySample:
+    """A sample whose pass key lies in segment 0 and whose answer ends segment ``distance``."""
+    key = int(rng.integers(10_000, 100_000))
+    needle, question, answer = (encode(NEEDLE.format(key=key)), encode(QUESTION), encode(ANSWER.format(key=key)))
+    n_tokens = (distance + 1) * segment_len + 1
+    room = segment_len - 1 - len(needle)  # the needle ends inside segment 0, after BOS
+    n_filler = n_tokens - 1 - len(needle) - len(question) - len(answer)
+    if room < 0 or n_filler < 0 or len(question) + len(answer) > segment_len:
+        raise ValueError(f"segment_len={segment_len} is too short for the passkey sentences "
+                         f"({len(needle)} + {len(question) + len(answer)} tokens); use a longer segment")
+    at = int(rng.integers(0, min(room, n_filler) + 1))
+    start = int(rng.integers(0, len(filler)))
+    text = np.take(filler, np.arange(start, start + n_filler), mode="wrap")
+    tokens = np.concatenate([[bos_id], text[:at], needle, text[at:], question, answer]).astype(np.int64)
+    return PasskeySample(tokens, len(answer))
+
+
+def training_documents(docs: list[np.ndarray], encode: Callable[[str], list[int]], count: int, segment_len: int,
+                       max_distance: int, bos_id: int, eos_id: int, rng: np.random.Generator
+                       ) -> list[tuple[np.ndarray, list[list[int]]]]:
+    """``count`` passkey samples over ``docs`` as training documents: (ids, loss spans) each.
+
+    Distances are drawn uniformly from 0..``max_distance`` segments. A document is its
+    sample less the leading BOS (the loader puts it back), so the loader's segments are
+    the sample's; its one loss span is the answer, the document's last ids.
+    """
+    filler = filler_stream(docs, eos_id, bos_id)
+    out = []
+    for _ in range(count):
+        sample = make_sample(filler, encode, int(rng.integers(0, max_distance + 1)), segment_len, bos_id, rng)
+        ids = sample.tokens[1:]
+        out.append((ids, [[len(ids) - sample.answer_len, len(ids)]]))
+    return out
