@@ -28,6 +28,7 @@ from pipeline.train.tracking import (
     experiment_id,
     git_commit,
     log_params,
+    request_limits,
 )
 
 T = TypeVar("T")
@@ -142,8 +143,6 @@ def stage_run(lineage: Lineage, stage: str, params: dict[str, object],
 
 def _tolerant(lineage: Lineage, what: str, log: Callable[[str], None], fn: Callable[..., T]) -> Optional[T]:
     from mlflow.tracking import MlflowClient
-
-    from pipeline.train.tracking import request_limits
 
     try:
         with request_limits(lineage.timeout_s):

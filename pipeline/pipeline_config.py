@@ -130,7 +130,8 @@ def load_pipeline(path: str | os.PathLike, overrides: Sequence[str] = (), sweeps
     merged = _merge(merged, OmegaConf.from_dotlist(list(overrides)), source="command line")
     merged = _merge(merged, OmegaConf.create({"sweep": parse_sweeps(sweeps)}), source="--sweep")
     _passkey_segments(merged)
-    return _to_object(merged, f"{path} with overrides {list(overrides)} and sweeps {list(sweeps)}")
+    where = f"{path} with overrides {list(overrides)}" + (f" and sweeps {list(sweeps)}" if sweeps else "")
+    return _to_object(merged, where)
 
 
 def parse_sweeps(args: Sequence[str]) -> dict[str, list[str]]:

@@ -1,8 +1,8 @@
 """The training stage: its resolved config and run folder, its job, and when it is complete.
 
 The run folder is ``<pipeline run_dir>/train-<key>``, the key a hash of the resolved
-training config but its tracking section, which names the shard folder (itself keyed by everything that
-determines the data). Completeness reads only the training's own outputs: final
+training config but its tracking section; it names the shard folder (itself keyed by
+everything that determines the data). Completeness reads only the training's own outputs: final
 metrics at ``steps``, and ``trained_on.json``, which the job writes last with the hash
 of the manifest it trained on. A deleted shard (a tar) therefore does not make training
 incomplete, however its rerun changes file times; a manifest whose hash differs from
