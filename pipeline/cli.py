@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. engine.zero_stage=3")
     train.add_argument("--nproc", type=int, default=1, help="local processes (ignored under SLURM/torchrun)")
     _add_inference_commands(sub)
+    _add_compare_command(sub)
     # Options may stand anywhere, so dotted overrides may come after them too: argparse leaves those over.
     args, extras = parser.parse_known_args(argv)
     args.overrides = _overrides(parser, args, extras)
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "compare":
+            return _compare(args)
     except ConfigError as e:
         print(f"rmat: config error: {e}", file=sys.stderr)
         return 2
@@ -93,6 +96,9 @@ def _add_run_commands(sub) -> None:
                         help="slurm: queue every job with afterok dependencies; local: run them as local processes "
                              "one after another; debug: in this process")
     submit.add_argument("--dry-run", action="store_true", help="print what would be submitted, submit nothing")
+    submit.add_argument("--sweep", action="append", default=[], metavar="KEY=A,B",
+                        help="train once per value (repeat for a grid), e.g. --sweep train.model.pool=mean,attn; "
+                             "replaces the YAML's sweep values of that key")
     for name, what in (("status", "each stage's job state, logs and output completeness"),
                        ("cancel", "cancel a run's queued and running jobs")):
         cmd = sub.add_parser(name, help=what)
@@ -111,9 +117,9 @@ def _run_command(args: argparse.Namespace) -> int:
         if args.command == "cancel":
             runs.cancel(runs.find_run(args.run))
             return 0
-        cfg = load_pipeline(args.config, list(args.overrides))
+        cfg = load_pipeline(args.config, list(args.overrides), args.sweep)
         if args.dry_run:
-            print(submit.describe(*submit.plan(cfg, args.cluster), args.cluster))
+            print(submit.describe(cfg, *submit.plan(cfg, args.cluster), args.cluster))
             return 0
         jobs = submit.submit(cfg, args.cluster)
     except PrepError as e:
@@ -189,6 +195,35 @@ def _generate(args: argparse.Namespace) -> int:
         return 1
     print(file=sys.stdout)
     print(f"{len(ids)} tokens, {rate:.1f} tokens/s ({args.backend})", file=sys.stderr)
+    return 0
+
+
+def _add_compare_command(sub) -> None:
+    cmp = sub.add_parser("compare", help="runs side by side from an MLflow store: config differences, val loss "
+                                         "final, best and at a common token budget, throughput, loss by position")
+    cmp.add_argument("targets", nargs="*", metavar="RUN_ID|PIPELINE",
+                     help="MLflow run ids, or the name of a submitted pipeline (its training runs)")
+    cmp.add_argument("--experiment", default="", help="every run of this MLflow experiment (with --filter: some)")
+    cmp.add_argument("--filter", default="", help="MLflow search filter, e.g. \"params.`model.pool` = 'attn'\"")
+    cmp.add_argument("--tracking-uri", default="",
+                     help="the store (default: $MLFLOW_TRACKING_URI, else the pipeline's own store)")
+    cmp.add_argument("--all", action="store_true", help="every param, not only those that differ")
+    cmp.add_argument("--out", default="", help="folder for the report: PNG plots, report.md, compare.json")
+    cmp.add_argument("--timeout", type=float, default=10.0,
+                     help="seconds a tracking server may take to answer a request before compare gives up")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pipeline.compare.command import CompareRequest, run_compare
+    from pipeline.compare.store import CompareError
+
+    req = CompareRequest(args.targets, args.experiment, args.filter, args.tracking_uri, args.all, args.out,
+                         args.timeout)
+    try:
+        run_compare(req)
+    except CompareError as e:
+        print(f"rmat compare: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,10 +4,12 @@ A pipeline YAML may name other config files instead of repeating them: ``data:
 configs/data/quickstart.yaml`` reads that file as the ``data`` section (and the same for
 ``train``); keys given in the YAML's own section or in overrides still apply on top.
 
-The pipeline owns three training keys: ``train.data.shards`` (the shard folder data prep
-computes), ``train.model.vocab_size`` (the tokenizer's ``data.tokenizer.vocab_size``) and
-``train.run_dir`` (``<run_dir>/train-<key>``); see ``pipeline/stages/train.py``; and one
-data key, ``data.shard.passkey.segment_tokens`` (``train.model.segment_len``).
+The pipeline owns these training keys: ``train.data.shards`` (the shard folder data prep
+computes), ``train.model.vocab_size`` (the tokenizer's ``data.tokenizer.vocab_size``), the
+``train.tracking`` keys ``tracking_uri``, ``experiment``, ``run_name`` and ``parent_run_id`` (its
+MLflow store, experiment, name and submission run) and ``train.run_dir``
+(``<run_dir>/train-<key>``); see ``pipeline/stages/train.py``; and one data key,
+``data.shard.passkey.segment_tokens`` (``train.model.segment_len``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pipeline.config import ConfigError, _merge, _message, _read_yaml
 from pipeline.train.config import TrainConfig
 
 INCLUDED = ("data", "train")  # sections that may be given as the path of their own YAML file
+SWEPT = "train."  # a sweep varies training keys only: its points share data prep
+SEGMENT_LEN = "train.model.segment_len"
 
 
 @dataclass
@@ -90,18 +94,30 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    # A grid of trainings over the same data: dotted training keys -> the values each takes (pipeline/sweep.py).
+    sweep: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or os.sep in self.name:
             raise ValueError(f"name={self.name!r}: must be a non-empty folder name")
+        for key, values in self.sweep.items():
+            if not key.startswith(SWEPT):
+                raise ValueError(f"sweep key {key!r}: a sweep varies the training (keys {SWEPT}...); data prep, "
+                                 "evaluation and resources are the same for every point")
+            if not values or len(set(values)) < len(values):
+                raise ValueError(f"sweep key {key!r}: give distinct values, at least one (got {values})")
+        if self.data.shard.passkey.per_shard and SEGMENT_LEN in self.sweep:
+            raise ValueError(f"sweep key {SEGMENT_LEN!r}: the points share the data, whose passkey samples "
+                             "(data.shard.passkey) are laid out for one segment length; sweep it without them")
 
     @property
     def run_dir(self) -> str:
         return os.path.join(self.work_dir, self.name)
 
 
-def load_pipeline(path: str | os.PathLike, overrides: Sequence[str] = ()) -> PipelineConfig:
-    """The pipeline config from its YAML (with included section files) and dotted overrides."""
+def load_pipeline(path: str | os.PathLike, overrides: Sequence[str] = (), sweeps: Sequence[str] = ()) -> PipelineConfig:
+    """The pipeline config from its YAML (with included section files), dotted overrides, and command-line
+    sweeps (``key=a,b``: replace the YAML's ``sweep`` values of that key)."""
     layer = _read_yaml(path)
     for section in INCLUDED:
         value = layer.get(section)
@@ -112,8 +128,27 @@ def load_pipeline(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Pip
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not of the form dotted.key=value (e.g. data.workers=2)")
     merged = _merge(merged, OmegaConf.from_dotlist(list(overrides)), source="command line")
+    merged = _merge(merged, OmegaConf.create({"sweep": parse_sweeps(sweeps)}), source="--sweep")
     _passkey_segments(merged)
-    return _to_object(merged, f"{path} with overrides {list(overrides)}")
+    where = f"{path} with overrides {list(overrides)}" + (f" and sweeps {list(sweeps)}" if sweeps else "")
+    return _to_object(merged, where)
+
+
+def parse_sweeps(args: Sequence[str]) -> dict[str, list[str]]:
+    """``["train.model.pool=mean,attn", ...]`` -> ``{"train.model.pool": ["mean", "attn"], ...}``."""
+    out = {}
+    for arg in args:
+        key, _, values = arg.partition("=")
+        if not key or not values or "" in values.split(","):
+            raise ConfigError(f"--sweep {arg!r}: give key=value,value,... (e.g. --sweep train.model.pool=mean,attn)")
+        out[key] = values.split(",")
+    return out
+
+
+def with_overrides(cfg: PipelineConfig, overrides: Sequence[str], source: str) -> PipelineConfig:
+    """``cfg`` with dotted overrides applied and checked as the YAML's are; errors name ``source``."""
+    merged = _merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)), source=source)
+    return _to_object(merged, source)
 
 
 def _passkey_segments(merged: DictConfig) -> None:

@@ -10,7 +10,10 @@ from orchestration.records import JobRecord, RecordBook, last_error, states
 from pipeline.config import ConfigError, load_config
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stage_graph import build_graph
+from pipeline.stages import Stage
 from pipeline.submit import CONFIG_NAME
+from pipeline.sweep import POINT_STAGES, grid
+from pipeline.train.tracking import saved_run_id
 
 DEFAULT_WORK_DIR = "runs/pipelines"
 
@@ -63,7 +66,25 @@ def status(run_dir: Path) -> str:
                          + (f"  {output}" if i == 0 else ""))
             if state[r.job_id].startswith(("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")):
                 lines.append(f"{'':<{label_width + 2}}error: {last_error(r)}  (stderr {r.logs()[1]})")
+    if cfg.sweep:
+        lines += point_lines(cfg, graph, {name: state[jobs[0].job_id] for name, jobs in grouped.items()})
     return "\n".join(lines)
+
+
+def point_lines(cfg: PipelineConfig, graph: list[Stage], job_states: dict[str, str]) -> list[str]:
+    """A line per sweep point: its values, where it stands (complete, or its first incomplete stage and the
+    state of that stage's last job), and its training's MLflow run id."""
+    by_name = {s.name: s for s in graph}
+    rows = []
+    for p in grid(cfg):
+        stages = [by_name[p.stage(name)] for name in POINT_STAGES]
+        pending = next((s for s in stages if not s.complete), None)
+        last_job = f"last job {job_states[pending.name]}" if pending and pending.name in job_states else "not submitted"
+        where = "complete" if pending is None else f"{pending.name} incomplete, {last_job}"
+        rows.append([f"p{p.index}", p.label, where, f"mlflow run {saved_run_id(stages[0].output) or '-'}"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [f"sweep points ({len(rows)})"] + ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+                                              .rstrip() for row in rows]
 
 
 def cancel(run_dir: Path, log=print) -> list[str]:

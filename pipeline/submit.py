@@ -16,9 +16,11 @@ from data_prep.atomic import write_atomic
 from orchestration.launcher import Launcher
 from orchestration.records import RecordBook, last_error
 from pipeline.config import ConfigError, to_yaml
+from pipeline.lineage import end_submission, start_submission
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stage_graph import build_graph
 from pipeline.stages import Stage
+from pipeline.sweep import POINT_STAGES, grid
 
 CONFIG_NAME = "pipeline.yaml"
 
@@ -32,9 +34,10 @@ class Submitted:
     state: str = ""  # final state, where this command waited for the job
 
 
-def plan(cfg: PipelineConfig, cluster: str) -> tuple[list[Stage], list[Stage]]:
-    """(stages to submit, stages already complete); refused if a time limit cannot work on a scheduler."""
-    graph = build_graph(cfg, cluster)
+def plan(cfg: PipelineConfig, cluster: str, parent_run_id: str = "") -> tuple[list[Stage], list[Stage]]:
+    """(stages to submit, stages already complete); refused if a time limit cannot work on a scheduler.
+    The stages' MLflow runs are children of the submission's run ``parent_run_id``."""
+    graph = build_graph(cfg, cluster, parent_run_id)
     todo = [s for s in graph if not s.complete]
     refused = [s.refused for s in todo if s.refused]
     if refused and Launcher(cluster, ".").scheduled:
@@ -42,35 +45,72 @@ def plan(cfg: PipelineConfig, cluster: str) -> tuple[list[Stage], list[Stage]]:
     return todo, [s for s in graph if s.complete]
 
 
-def describe(todo: list[Stage], done: list[Stage], cluster: str) -> str:
-    """What would be submitted: stage, what it does, dependencies, and what each job would get."""
+def describe(cfg: PipelineConfig, todo: list[Stage], done: list[Stage], cluster: str) -> str:
+    """What would be submitted: the sweep's points, then per stage what it does, its dependencies, and what
+    its job would get."""
     launcher = Launcher(cluster, ".")
-    lines = [f"{s.name:<10} complete, skipped ({s.output})" for s in done]
+    w = max(10, *(len(s.name) for s in todo + done))
+    lines = describe_points(cfg, todo + done) if cfg.sweep else []
+    lines += [f"{s.name:<{w}} complete, skipped ({s.output})" for s in done]
     for s in todo:
         after = [a for a in s.after if a in {t.name for t in todo}]
-        lines.append(f"{s.name:<10} {s.detail}; after {', '.join(after) or 'nothing'}")
-        lines.append(f"{'':<10} {launcher.describe(s.resources, s.name, [f'<{a}>' for a in after])}")
+        lines.append(f"{s.name:<{w}} {s.detail}; after {', '.join(after) or 'nothing'}")
+        lines.append(f"{'':<{w}} {launcher.describe(s.resources, s.name, [f'<{a}>' for a in after])}")
         if s.time_budget and launcher.scheduled:
-            lines.append(f"{'':<10} {s.time_budget}")
+            lines.append(f"{'':<{w}} {s.time_budget}")
     if not todo:
         lines.append("nothing to submit: every stage is complete")
     return "\n".join(lines)
 
 
+def describe_points(cfg: PipelineConfig, stages: list[Stage]) -> list[str]:
+    """A line per sweep point: its number, its values, whether it is complete, its training folder."""
+    by_name = {s.name: s for s in stages}
+    points = grid(cfg)
+    rows = [[f"p{p.index}", p.label, "complete" if by_name[p.stage(POINT_STAGES[-1])].complete else "to run",
+             f"({by_name[p.stage(POINT_STAGES[0])].output})"] for p in points]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [f"sweep: {len(points)} points ({' x '.join(str(len(v)) for v in cfg.sweep.values())})",
+            *("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)]
+
+
 def submit(cfg: PipelineConfig, cluster: str, log=print) -> list[Submitted]:
-    """Submit every incomplete stage; on SLURM return at once, elsewhere after the stages ran."""
+    """Submit every incomplete stage; on SLURM return at once, elsewhere after the stages ran.
+
+    A submission with work to do is a parent run in the pipeline's MLflow store, whose
+    children are the runs of its stages; it ends FAILED if a stage failed (or could not be
+    submitted), else FINISHED: here once every stage ran, on a scheduler once every job is queued.
+    """
     todo, done = plan(cfg, cluster)
     for s in done:
         log(f"{s.name:<10} complete, skipped")
     if not todo:
         log("nothing to submit: every stage is complete")
         return []
-    _save_config(cfg)
+    lineage = start_submission(cfg, cluster, _save_config(cfg), log)
+    out: list[Submitted] = []
+    try:
+        out = submit_stages(cfg, cluster, plan(cfg, cluster, lineage.parent_run_id)[0], log)
+    finally:
+        ok = len(out) == len(todo) and all(s.state in ("", "COMPLETED") for s in out)
+        end_submission(lineage, "FINISHED" if ok else "FAILED", log)
+    return out
+
+
+def submit_stages(cfg: PipelineConfig, cluster: str, todo: list[Stage], log=print) -> list[Submitted]:
+    """Submit ``todo`` in order as jobs recorded in the run folder. On a scheduler each waits for the jobs
+    of the stages it comes after; here each runs to its end, and a failed one leaves out only the stages
+    after it (a sweep's other points go on)."""
     launcher = Launcher(cluster, os.path.join(cfg.run_dir, "logs"))
     book = RecordBook(os.path.join(cfg.run_dir, "jobs"))
     ids: dict[str, str] = {}
-    out = []
+    out: list[Submitted] = []
+    not_run: set[str] = set()  # here, a stage after one that failed (a scheduler cancels those itself)
     for s in todo:
+        if not_run & set(s.after):
+            not_run.add(s.name)
+            log(f"{s.name:<10} not run: after {', '.join(sorted(not_run & set(s.after)))}")
+            continue
         after = launcher.dependencies([ids[a] for a in s.after if a in ids])
         job = launcher.submit(s.fn, *s.args, resources=s.resources, name=s.name, after=after)
         record = book.add(s.name, job, cluster, "stage", s.detail)
@@ -82,8 +122,8 @@ def submit(cfg: PipelineConfig, cluster: str, log=print) -> list[Submitted]:
             sub.state = record.state = _wait(job, log)
             book.write(record)
             if sub.state != "COMPLETED":
-                log(f"{s.name}: {sub.state}: {last_error(record)}\nlater stages not run; log {sub.stderr}")
-                break
+                not_run.add(s.name)
+                log(f"{s.name}: {sub.state}: {last_error(record)}\nstages after it not run; log {sub.stderr}")
     return out
 
 
@@ -97,8 +137,9 @@ def _wait(job: submitit.Job, log) -> str:
     return "COMPLETED"
 
 
-def _save_config(cfg: PipelineConfig) -> None:
-    """The run's resolved config, beside its job records: ``rmat status`` reads it back."""
+def _save_config(cfg: PipelineConfig) -> str:
+    """The run's resolved config, beside its job records (``rmat status`` reads it back); its path."""
     os.makedirs(cfg.run_dir, exist_ok=True)
     path = os.path.join(cfg.run_dir, CONFIG_NAME)
     write_atomic(path, to_yaml(cfg).encode())
+    return path

@@ -1,8 +1,8 @@
 """The training stage: its resolved config and run folder, its job, and when it is complete.
 
 The run folder is ``<pipeline run_dir>/train-<key>``, the key a hash of the resolved
-training config, which names the shard folder (itself keyed by everything that
-determines the data). Completeness reads only the training's own outputs: final
+training config but its tracking section; it names the shard folder (itself keyed by
+everything that determines the data). Completeness reads only the training's own outputs: final
 metrics at ``steps``, and ``trained_on.json``, which the job writes last with the hash
 of the manifest it trained on. A deleted shard (a tar) therefore does not make training
 incomplete, however its rerun changes file times; a manifest whose hash differs from
@@ -22,6 +22,7 @@ from data_prep.shards import ShardError, read_manifest
 from orchestration.distributed import DistributedCall
 from orchestration.resources import Resources
 from pipeline.config import to_dict
+from pipeline.lineage import Lineage
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stages import Stage
 from pipeline.train.config import TrainConfig
@@ -33,14 +34,26 @@ TRAINED_ON = "trained_on.json"
 ASSUMED_STARTUP_S, ASSUMED_CHECKPOINT_S = 60, 20
 
 
-def train_config(cfg: PipelineConfig, shards: str) -> TrainConfig:
-    """``cfg.train`` with the keys the pipeline owns: shard folder, vocabulary, keyed run folder (the output)."""
+def train_config(cfg: PipelineConfig, shards: str, lineage: Lineage, point: str = "") -> TrainConfig:
+    """``cfg.train`` with the keys the pipeline owns: shard folder, vocabulary, keyed run folder (the output),
+    and where and under which name (the pipeline's, and the sweep ``point``'s values) and parent run MLflow
+    tracks it."""
     t = copy.deepcopy(cfg.train)
     t.data.shards = shards
     t.model.vocab_size = cfg.data.tokenizer.vocab_size
-    t.run_dir = ""  # not part of its own key
-    t.run_dir = os.path.join(cfg.run_dir, f"train-{key_of(to_dict(t))}")
+    t.run_dir = os.path.join(cfg.run_dir, f"train-{training_key(t)}")
+    t.tracking.tracking_uri, t.tracking.experiment = lineage.uri, lineage.experiment
+    t.tracking.run_name = f"{cfg.name} train" + (f" {point}" if point else "")
+    t.tracking.parent_run_id = lineage.parent_run_id
     return t
+
+
+def training_key(t: TrainConfig) -> str:
+    """A hash of what determines the trained model: the config without its run folder and its tracking
+    section (where, and under which names, a training is logged changes nothing it computes)."""
+    determining = to_dict(t)
+    del determining["run_dir"], determining["tracking"]
+    return key_of(determining)
 
 
 def current_manifest_hash(shards: str) -> Optional[str]:

@@ -73,6 +73,8 @@ class TrackingConfig:
 
     experiment: str = "rmat"
     tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///<run_dir>/mlflow.db
+    run_name: str = ""  # the MLflow run's name; empty: the run folder's name
+    parent_run_id: str = ""  # a pipeline's submission run, whose child this run is (rmat submit sets it)
     flush_seconds: float = 2.0
     request_timeout_s: int = 5
     log_every: int = 1

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,7 +33,16 @@ from pipeline.train.engine import build_engine, init_distributed, measure_peak_t
 from pipeline.train.evaluate import evaluate
 from pipeline.train.files import EVAL_LOG, FINAL_METRICS, LOSS_LOG, TIMINGS
 from pipeline.train.loader import TrainLoader, open_split, read_documents
-from pipeline.train.tracking import RunSpec, TrackedRun, Tracker, forget_unfinished_attempt, tracking_uri
+from pipeline.train.tracking import (
+    KIND_TAG,
+    RunSpec,
+    TrackedRun,
+    Tracker,
+    folder_dataset,
+    forget_unfinished_attempt,
+    git_commit,
+    tracking_uri,
+)
 
 
 class StopRequest:
@@ -87,6 +95,9 @@ class Trainer:
         self.val_docs = read_documents(self.val_info, cfg.eval.max_docs)
         self.peak_tflops = cfg.engine.peak_tflops or measure_peak_tflops(self.device)
         self.step, self.tracked = 0, TrackedRun(cfg.run_dir)
+        # Loss tokens seen so far, the axis that compares runs of other batch or segment sizes fairly.
+        # None after resuming a checkpoint written before it was counted: unknown, so not logged.
+        self.tokens: Optional[int] = 0
         self._restore()
         self.tracker = self._start_tracker() if self.rank == 0 else None
         self.peak_rss = 0
@@ -98,11 +109,11 @@ class Trainer:
 
     # ---- resume ----------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step}
+    def state_dict(self) -> dict[str, Optional[int]]:
+        return {"step": self.step, "tokens": self.tokens}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.step = int(state["step"])
+    def load_state_dict(self, state: dict[str, Optional[int]]) -> None:
+        self.step, self.tokens = int(state["step"]), state.get("tokens")
 
     def checkpointed(self) -> dict[str, checkpoint.Stateful]:
         """Everything a bit-exact continuation needs besides DeepSpeed's own state; the RNGs last."""
@@ -137,15 +148,18 @@ class Trainer:
         import deepspeed
 
         cfg = self.cfg
-        tags = {"git_commit": _git_commit(), "data_manifest_sha256": self.train_info.manifest_hash,
+        tags = {"git_commit": git_commit(), "data_manifest_sha256": self.train_info.manifest_hash,
                 "tokenizer_hash": self.train_info.tokenizer_hash, "world_size": str(self.world),
                 "deepspeed_version": deepspeed.__version__, "torch_version": torch.__version__,
-                "zero_stage": str(cfg.engine.zero_stage), "n_params": str(self.n_params)}
+                "zero_stage": str(cfg.engine.zero_stage), "n_params": str(self.n_params), KIND_TAG: "train"}
+        run_name = cfg.tracking.run_name or os.path.basename(os.path.abspath(cfg.run_dir))
         return Tracker(RunSpec(
             uri=tracking_uri(cfg.tracking.tracking_uri, cfg.run_dir), experiment=cfg.tracking.experiment,
-            run_dir=cfg.run_dir, run_id=self.tracked.run_id, run_name=os.path.basename(os.path.abspath(cfg.run_dir)),
+            run_dir=cfg.run_dir, run_id=self.tracked.run_id, run_name=run_name,
             params=flatten(to_dict(cfg)), tags=tags, flush_seconds=cfg.tracking.flush_seconds,
-            request_timeout_s=cfg.tracking.request_timeout_s, abandoned_run_id=self.abandoned_run_id))
+            request_timeout_s=cfg.tracking.request_timeout_s, abandoned_run_id=self.abandoned_run_id,
+            parent_run_id=cfg.tracking.parent_run_id or None,
+            dataset=folder_dataset(cfg.data.shards, self.train_info.manifest_hash)))
 
     def _step_metrics(self, result: StepResult, seconds: float) -> dict[str, float]:
         self.peak_rss = max(self.peak_rss, psutil.Process().memory_info().rss)
@@ -157,7 +171,10 @@ class Trainer:
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             metrics["train/grad_norm"] = float(grad_norm)
-        return metrics
+        return metrics | self._tokens_metric()
+
+    def _tokens_metric(self) -> dict[str, float]:
+        return {} if self.tokens is None else {"train/tokens": float(self.tokens)}
 
     # ---- the loop --------------------------------------------------------------------
 
@@ -195,6 +212,8 @@ class Trainer:
             result = self.train_step()
             seconds, last_end = time.perf_counter() - last_end, time.perf_counter()
             self.step += 1
+            if self.tokens is not None:
+                self.tokens += result.tokens
             if self.rank == 0:
                 _append_line(log_path, {"step": self.step, "loss": result.loss, "loss_hex": result.loss.hex(),
                                         "step_time_s": seconds})
@@ -223,7 +242,9 @@ class Trainer:
                            self.val_info.bos_id, self.val_info.eos_id, self.dtype, self.device,
                            max_tokens=cfg.eval.max_doc_tokens)
         if self.rank == 0:
-            self.tracker.log(self.step, metrics)
+            # Every evaluation on the tokens axis: a step whose train metrics were not logged gets its count here.
+            logged_this_step = self.step > 0 and self.step % cfg.tracking.log_every == 0
+            self.tracker.log(self.step, metrics if logged_this_step else metrics | self._tokens_metric())
             _append_line(os.path.join(cfg.run_dir, EVAL_LOG), {"step": self.step, **metrics})
         return metrics
 
@@ -254,15 +275,6 @@ def _to(segment, device: torch.device):
     if device.type == "cpu":
         return segment
     return type(segment)(segment.inputs.to(device), segment.targets.to(device), segment.reset.to(device))
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def train_process(cfg: TrainConfig, local_procs: int) -> Optional[dict[str, float]]:

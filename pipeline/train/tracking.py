@@ -29,9 +29,10 @@ import queue
 import re
 import shutil
 import sqlite3
+import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -44,6 +45,9 @@ SPEC_FILE = "run_spec.json"  # in the outbox: how to create the run, for whoever
 SENT_FILE = "sent.json"  # in the outbox: per metric, the last step MLflow has
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_CHARS = 6000
+MAX_DIGEST = 36  # characters of a dataset digest MLflow stores
+KIND_TAG = "rmat.kind"  # what a run is: "train", or a pipeline's "pipeline" (its submission) or "prep" (a stage)
 MAX_FILES_PER_FLUSH = 5  # while training: a backlog goes out a few files per flush, not in one burst
 OUTBOX_FILE = re.compile(r"^(\d{10})\.jsonl$")
 
@@ -51,6 +55,16 @@ OUTBOX_FILE = re.compile(r"^(\d{10})\.jsonl$")
 def tracking_uri(configured: str, run_dir: str) -> str:
     """The config's URI, else $MLFLOW_TRACKING_URI, else an embedded sqlite store in the run folder."""
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath(run_dir)}/mlflow.db"
+
+
+def git_commit() -> str:
+    """The commit of the code that runs (tagged on every run), or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def saved_run_id(run_dir: str) -> Optional[str]:
@@ -126,6 +140,8 @@ class RunSpec:
     flush_seconds: float = 2.0
     request_timeout_s: int = 5
     abandoned_run_id: Optional[str] = None  # a run an earlier attempt left RUNNING: marked KILLED
+    parent_run_id: Optional[str] = None  # the pipeline submission this run belongs to
+    dataset: Optional[dict] = None  # ``folder_dataset``: the data the run trains on, logged as its input
 
 
 class Tracker:
@@ -257,6 +273,54 @@ def deliver(run_dir: str) -> str:
     return sender.run_id
 
 
+@contextlib.contextmanager
+def request_limits(timeout_s: float) -> Iterator[None]:
+    """MLflow's HTTP requests time out after ``timeout_s`` and are not retried, inside this block only.
+
+    MLflow's defaults (120 s, 7 retries with backoff) keep a caller waiting minutes on a
+    server that is down; its variables are read at every request.
+    """
+    limits = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(timeout_s))), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    before = {k: os.environ.get(k) for k in limits}
+    os.environ.update(limits)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def folder_dataset(url: str, sha256: str) -> dict:
+    """A data folder as an MLflow dataset: named after the folder, ``sha256`` (of its manifest) as digest, cut to
+    MLflow's 36 characters (whole in the profile), the folder's URL as source. Data prep logs its shard folder
+    as its output and training as its input, so both name the same dataset."""
+    if "://" not in url:
+        url = "file://" + os.path.abspath(url)
+    return {"name": os.path.basename(url.rstrip("/")), "digest": sha256[:MAX_DIGEST],
+            "source_type": "local" if url.startswith("file://") else url.split("://")[0],
+            "source": json.dumps({"uri": url}), "profile": json.dumps({"sha256": sha256})}
+
+
+def dataset_input(dataset: dict, context: str):
+    """``dataset`` (as ``folder_dataset`` gives it) as MLflow's input entity, tagged with ``context``."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    return DatasetInput(Dataset(**dataset), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+
+
+def experiment_id(client, name: str, uri: str, artifacts_dir: str) -> str:
+    """Experiment ``name``'s id, created if missing (an embedded store's with artifacts in ``artifacts_dir``)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = "file://" + os.path.abspath(artifacts_dir) if uri.startswith("sqlite:") else None
+    return client.create_experiment(name, artifact_location=location)
+
+
 def ensure_sqlite_store(uri: str) -> None:
     """An embedded sqlite store that opens: created under a temporary name, then renamed into place.
 
@@ -343,6 +407,15 @@ def run_sender(spec: RunSpec, parent_pid: int) -> None:
         time.sleep(spec.flush_seconds)
 
 
+def log_params(client, run_id: str, params: dict[str, object]) -> None:
+    """Every param, in batches MLflow takes, each value cut to MLflow's limit."""
+    from mlflow.entities import Param
+
+    batch = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+    for i in range(0, len(batch), MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=batch[i:i + MAX_PARAMS_PER_BATCH])
+
+
 def _read_close(outbox: str) -> Optional[dict]:
     return _read_json(os.path.join(outbox, CLOSE_FILE))
 
@@ -374,22 +447,18 @@ class _Sender:
             self.resumed = False
 
     def _create_run(self) -> str:
-        from mlflow.entities import Param
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         spec = self.spec
-        exp = self.client.get_experiment_by_name(spec.experiment)
-        if exp is None:
-            location = None
-            if spec.uri.startswith("sqlite:"):
-                location = "file://" + os.path.abspath(os.path.join(spec.run_dir, "mlartifacts"))
-            exp_id = self.client.create_experiment(spec.experiment, artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
-        run = self.client.create_run(exp_id, run_name=spec.run_name, tags={k: str(v) for k, v in spec.tags.items()})
-        params = [Param(k, str(v)[:6000]) for k, v in spec.params.items()]
-        for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(run.info.run_id, params=params[i:i + MAX_PARAMS_PER_BATCH])
-        return run.info.run_id
+        exp_id = experiment_id(self.client, spec.experiment, spec.uri, os.path.join(spec.run_dir, "mlartifacts"))
+        tags = {k: str(v) for k, v in spec.tags.items()}
+        if spec.parent_run_id:
+            tags[MLFLOW_PARENT_RUN_ID] = spec.parent_run_id
+        run_id = self.client.create_run(exp_id, run_name=spec.run_name, tags=tags).info.run_id
+        log_params(self.client, run_id, spec.params)
+        if spec.dataset is not None:
+            self.client.log_inputs(run_id, [dataset_input(spec.dataset, "training")])
+        return run_id
 
     def send(self, max_files: Optional[int]) -> None:
         from mlflow.entities import Metric

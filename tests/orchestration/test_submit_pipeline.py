@@ -73,7 +73,7 @@ def test_every_stage_completes_and_the_mlflow_run_has_training_and_final_metrics
     folder = train_dir(run_dir)
     report = json.loads((folder / "final_eval.json").read_text())
     assert report["step"] == STEPS and {"val/loss", "test/loss", "test/code/loss"} <= set(report["metrics"])
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")  # the pipeline's one store
     run = client.get_run((folder / "mlflow_run_id").read_text().strip())
     assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == STEPS

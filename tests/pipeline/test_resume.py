@@ -73,6 +73,20 @@ def test_resumed_run_continues_the_same_mlflow_run(runs):
         assert steps == list(range(1, STEPS + 1)), key
 
 
+def test_tokens_seen_count_on_through_a_resume_as_in_a_run_that_never_stopped(runs):
+    from mlflow.tracking import MlflowClient
+
+    def tokens(run_dir: str) -> dict[int, float]:
+        client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
+        (run,) = client.search_runs([client.get_experiment_by_name("rmat").experiment_id])
+        return {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/tokens")}
+
+    reference = tokens(runs["reference"])
+    assert sorted(reference) == list(range(1, STEPS + 1))
+    assert all(reference[s] > reference[s - 1] > 0 for s in range(2, STEPS + 1))
+    assert tokens(runs["killed"]) == reference
+
+
 def test_a_run_killed_before_its_first_checkpoint_leaves_its_mlflow_run_killed_not_running(shards, tmp_path):
     run_dir = str(tmp_path)
     proc = subprocess.Popen(train_command(run_dir, shards, "steps=1000000", "checkpoint.every=0"), cwd=REPO,

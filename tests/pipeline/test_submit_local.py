@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import operator
 import os
 from pathlib import Path
 
 import pytest
 
 from orchestration.records import RecordBook
+from orchestration.resources import Resources
 from pipeline.config import ConfigError
 from pipeline.pipeline_config import load_pipeline
-from pipeline.submit import plan
+from pipeline.stages import Stage
+from pipeline.submit import plan, submit_stages
 from tests.pipeline.conftest import pipeline_yaml, rmat
 
 STAGES = ["ingest", "tokenizer", "shards", "train", "evaluate", "export"]
@@ -95,6 +98,17 @@ def test_the_time_budget_uses_what_the_last_attempt_of_the_training_measured(tmp
     assert code == 0, out
     assert ("of which 23 s do not train: start-up 12 s (measured) + signal_delay_s 10 s + a checkpoint 1 s "
             "(measured)") in out, out
+
+
+def test_a_failed_local_stage_leaves_out_only_the_stages_after_it(tmp_path):
+    cfg = load_pipeline(pipeline_yaml(tmp_path))
+    one = Resources(time_min=5)
+    stages = [Stage("fails", operator.truediv, (1, 0), one), Stage("after-it", operator.add, (1, 2), one, ["fails"]),
+              Stage("after-that", operator.add, (1, 2), one, ["after-it"]), Stage("other", operator.add, (1, 2), one)]
+    said: list[str] = []
+    out = submit_stages(cfg, "local", stages, said.append)
+    assert [(s.stage, s.state) for s in out] == [("fails", "FAILED"), ("other", "COMPLETED")]
+    assert "after-it   not run: after fails" in said and "after-that not run: after after-it" in said
 
 
 def test_a_passkey_mix_counts_its_distances_in_the_trainings_segments(tmp_path):

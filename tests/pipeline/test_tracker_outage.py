@@ -2,92 +2,25 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 
 import pytest
 
+from tests.mlflow_server import BACKENDS, running_server
 from tests.pipeline.conftest import REPO, read_jsonl, train_command
 
 FREEZE_AT_STEP, OUTAGE_S, WARMUP, JITTER_S = 200, 30.0, 50, 0.030
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _postgres_store(folder: str) -> tuple[str, callable]:
-    """A private PostgreSQL cluster (Debian's server binaries) with a database for MLflow.
-
-    ``folder`` must be reachable by the ``postgres`` user (pytest's tmp_path is root-only).
-    """
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    if not bins:
-        pytest.skip("no PostgreSQL server here; apt-get install postgresql")
-    pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]' (the postgres extra)")
-    bindir, port = os.path.dirname(bins[-1]), _free_port()
-    data, sockets = os.path.join(folder, "pgdata"), os.path.join(folder, "pgsock")
-    os.makedirs(sockets, exist_ok=True)
-    as_postgres = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(folder, "postgres")
-        shutil.chown(sockets, "postgres")
-
-    def pg(*args: str) -> None:
-        out = subprocess.run([*as_postgres, *args], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, f"{args[0]}: {out.stderr[-2000:]}"
-
-    pg(f"{bindir}/initdb", "-D", data, "-U", "mlflow", "--auth=trust")
-    pg(f"{bindir}/pg_ctl", "-D", data, "-w", "-l", os.path.join(folder, "pg.log"), "-o",
-       f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1", "start")
-    pg(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow")
-    return (f"postgresql+psycopg://mlflow@127.0.0.1:{port}/mlflow",
-            lambda: pg(f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "stop"))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 def mlflow_server(request, tmp_path):
     """A real MLflow tracking server on a real database, one worker, loopback port."""
-    stop_database = None
-    if request.param == "sqlite":
-        store = f"sqlite:///{tmp_path}/server.db"
-    else:
-        folder = tempfile.mkdtemp(prefix="rmat-pg-")
-        request.addfinalizer(lambda: shutil.rmtree(folder, ignore_errors=True))
-        store, stop_database = _postgres_store(folder)
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
-    yield url, server
-    os.killpg(server.pid, signal.SIGCONT)
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(30)
-    if stop_database is not None:
-        stop_database()
+    with running_server(request.param, str(tmp_path)) as (url, server):
+        yield url, server
 
 
 def _wait_for_steps(log: str, n: int, proc: subprocess.Popen) -> None:
