@@ -253,7 +253,7 @@ def loss_spans(meta: dict, size: int, where: str) -> np.ndarray | None:
     """A document's ``meta["loss_spans"]`` as an int64 [k, 2] array of (start, end), or None when absent.
 
     Spans must be sorted, non-empty, disjoint and inside the document's targets
-    [0, size]; anything else is a ShardError naming ``where`` (shard and key).
+    [0, size + 1); anything else is a ShardError naming ``where`` (shard and key).
     """
     raw = meta.get("loss_spans")
     if raw is None:

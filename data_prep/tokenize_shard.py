@@ -48,7 +48,7 @@ class ShardUnit:
     dtype: str
     sample_tokens: int
     out: str
-    passkey_samples: int = 0  # passkey documents added after the shard's own (train shards only)
+    passkey_samples: int = 0  # passkey documents spread among the shard's own (train shards only)
     passkey_segment_tokens: int = 0
     passkey_max_distance: int = 0
 

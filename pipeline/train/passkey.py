@@ -3,9 +3,9 @@
 A sample (data_prep/passkey.py) is held-out text with "The pass key is N. Remember it. N
 is the pass key." at a random place of its first segment, and "What is the pass key? The
 pass key is N" ending its last segment, ``distance`` segments later. The model reads the
-sample segment by segment with its memory carried, and, as the baseline beside it, with the memory emptied
-before every segment; a sample counts as retrieved when greedy prediction gives every
-token of N. Past distance 0 only the memory can carry N to the question.
+sample segment by segment with its memory carried, and, as the baseline beside it, with
+the memory emptied before every segment; a sample counts as retrieved when greedy
+prediction gives every token of N. Past distance 0 only the memory can carry N to the question.
 """
 
 from __future__ import annotations
