@@ -62,7 +62,10 @@ def postgres_store(folder: str) -> tuple[str, Callable[[], None]]:
 
 @contextlib.contextmanager
 def running_server(backend: str, folder: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """(URL, server process) of a real MLflow server, one worker, on ``backend``; artifacts under ``folder``."""
+    """(URL, server process) of a real MLflow server, one worker, on ``backend``; artifacts under ``folder``.
+
+    On sqlite the store is ``folder``/server.db: a test may put a store there to serve it.
+    """
     stop_database = None
     pg_folder = None
     if backend == "sqlite":

@@ -1,14 +1,19 @@
-"""Sweeps: a grid of trainings over data prepared once; listed by --dry-run and rmat status; a 2x2 run end to end."""
+"""Sweeps: a grid of trainings over data prepared once; listed by --dry-run and rmat status; a 2x2 run end to end,
+its runs shown by MLflow's UI."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from orchestration.records import RecordBook
+from tests.headless_chromium import grid_rows, page_text, rendered_dom
+from tests.mlflow_server import running_server
 from tests.pipeline.conftest import pipeline_yaml, rmat
 
 GRID = ["--sweep", "train.model.pool=mean,attn", "--sweep", "train.optim.lr=0.003,0.001"]
@@ -105,6 +110,35 @@ def test_compare_by_pipeline_name_shows_the_four_points_differing_in_the_swept_k
     numbers = json.loads((tmp_path / "compare.json").read_text())
     assert sorted(r["name"] for r in numbers["runs"]) == sorted(f"t train {label}" for label in LABELS)
     assert numbers["differing_params"] == ["model.pool", "optim.lr", "run_dir", "tracking.run_name"]
+
+
+def test_the_mlflow_ui_lists_each_points_run_with_its_val_loss(swept, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    shutil.copy(swept["run_dir"] / "mlflow.db", tmp_path / "server.db")  # the view set below stays out of the sweep
+    with running_server("sqlite", str(tmp_path)) as (url, _):
+        client = MlflowClient(url)
+        exp = client.get_experiment_by_name("t").experiment_id
+        trainings = "tags.`rmat.kind` = 'train'"
+        expected = {r.info.run_name: str(r.data.metrics["val/loss"]) for r in client.search_runs([exp], trainings)}
+        # The runs table shows no metric until one is chosen, and folds child runs under their parent unless sorted
+        # on something other than time: a shared view (the experiment tag the UI's Share button writes) picks the
+        # runs, the column and the order from the URL.
+        view = {"searchFilter": trainings, "selectedColumns": ["metrics.`val/loss`"],
+                "orderByKey": "metrics.`val/loss`", "orderByAsc": True}
+        client.set_experiment_tag(exp, "mlflow.sharedViewState.sweep", json.dumps(view))
+        page = f"{url}/#/experiments/{exp}/runs?viewStateShareKey=sweep"
+        deadline = time.monotonic() + 60
+        while True:  # the page fetches its runs after it loads; a slow machine may need several looks
+            dom = rendered_dom(page, tmp_path / "chromium", max(deadline - time.monotonic(), 10))
+            rows = grid_rows(dom)
+            listed = {name: row.get("val/loss") for row in rows for name in expected
+                      if row.get("Run Name", "").endswith(name)}
+            if (listed == expected and len(rows) == len(expected)) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    assert sorted(expected) == sorted(f"t train {label}" for label in LABELS)
+    assert listed == expected and len(rows) == len(expected), page_text(dom)
 
 
 def test_a_resubmission_skips_complete_points_and_redoes_only_what_a_point_lost(swept):
