@@ -55,6 +55,24 @@ def memory_attention(q: Tensor, km: Tensor, vm: Tensor, valid: Tensor) -> Tensor
     return out * any_valid.view(-1, 1, 1, 1).to(out.dtype)
 
 
+# Head h on its own path takes softmax weight e^5 / (e^5 + 2) = 0.987 of three.
+HEAD_PATH_LOGIT = 5.0
+
+
+def initial_mix_logits(cfg: RMATConfig) -> Tensor:
+    """One logit per head and path, [H, n_paths]: zeros (an equal mix) or, for
+    ``one_path_per_head``, head h starting almost wholly on path h mod n_paths.
+
+    An equal mix gives the segment's global attention a third of every head, and the
+    in-segment copy that induction needs forms several times slower (docs/design.md, section 2).
+    """
+    logits = torch.zeros(cfg.n_heads, len(cfg.paths))
+    if cfg.mix_init == "one_path_per_head":
+        heads = torch.arange(cfg.n_heads)
+        logits[heads, heads % len(cfg.paths)] = HEAD_PATH_LOGIT
+    return logits
+
+
 class MixedAttention(nn.Module):
     """Pre-projected q, k, v shared by the enabled paths, mixed per head by softmax(w_h)."""
 
@@ -65,8 +83,7 @@ class MixedAttention(nn.Module):
         self.wqkv = nn.Linear(d, 3 * d, bias=False)
         self.wo = nn.Linear(d, d, bias=False)
         self.rotary = Rotary(cfg.head_dim, cfg.segment_len, cfg.rope_base)
-        # One logit per head and path; zeros make the initial mix equal.
-        self.mix_logits = nn.Parameter(torch.zeros(cfg.n_heads, len(cfg.paths)))
+        self.mix_logits = nn.Parameter(initial_mix_logits(cfg))
         if cfg.has_memory:
             self.mem_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
             self.wkv_mem = nn.Linear(d, 2 * d, bias=False)

@@ -33,6 +33,11 @@ def test_unknown_pool_is_rejected():
         RMATConfig(pool="max")
 
 
+def test_unknown_mix_init_is_rejected():
+    with pytest.raises(ValueError, match="mix_init"):
+        RMATConfig(mix_init="random")
+
+
 def test_paths_are_kept_in_canonical_order():
     assert RMATConfig(paths=["memory", "global"]).paths == ["global", "memory"]
 

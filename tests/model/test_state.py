@@ -21,6 +21,15 @@ def test_mix_weights_start_equal():
         torch.testing.assert_close(block.attn.mix_weights(), torch.full((4, 3), 1 / 3))
 
 
+def test_one_path_per_head_starts_head_h_almost_wholly_on_path_h_mod_the_paths():
+    model = RMAT(RMATConfig(d_model=40, n_heads=5, n_layers=2, vocab_size=50, segment_len=16, chunk_len=4,
+                            mix_init="one_path_per_head"))
+    for block in model.blocks:
+        weights = block.attn.mix_weights()
+        assert weights.argmax(-1).tolist() == [0, 1, 2, 0, 1]  # global, local, memory, global, local
+        assert (weights.max(-1).values > 0.98).all()
+
+
 def test_memory_fills_from_newest_to_oldest_slot():
     model = tiny_model(mem_slots=6)  # 16 / 4 = 4 chunks per segment
     state = model.init_state(2)

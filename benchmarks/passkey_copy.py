@@ -1,0 +1,200 @@
+"""How fast a model learns to copy a pass key, per initial mix of its attention paths.
+
+Passkey samples (data_prep/passkey.py: "The pass key is N. Remember it. N is the pass
+key." in text, "What is the pass key? The pass key is N" at the end), byte-level over the
+standard library's source, trained from scratch with the loss at the answer only, as the
+pipeline's passkey mix trains it. At distance 0 the key and its question share a segment,
+so the task is the in-segment copy that induction heads do; past 0 only the memory can
+carry the key. Each point trains the quickstart's model (d_model 128, 2 layers, 4 heads,
+S 128, C 32, M 32) for ``--steps`` steps of ``--batch`` samples and is scored every
+``--every`` steps on 256 held-out samples: the share of answer bytes right (the leading
+space and five digits: 1/6 + 5/6 * 0.1 = 0.25 is what knowing only the format gives) and
+of samples with every byte right.
+
+Settings:
+
+    equal              RMAT, every head's path mix starting equal (the paper's reading)
+    one_path_per_head  RMAT, head h starting almost wholly on path h mod 3 (model.mix_init)
+    global             a plain causal transformer on the segment (no local path, no memory)
+
+    python benchmarks/passkey_copy.py --seeds 3 --steps 1000        # distance 0
+    python benchmarks/passkey_copy.py --distances 0,1,2 --steps 3000
+    python benchmarks/passkey_copy.py --smoke                       # CI: seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import print_table, stdlib_byte_documents  # noqa: E402
+
+from data_prep.passkey import filler_stream, make_sample  # noqa: E402
+from model import RMAT, RMATConfig  # noqa: E402
+
+BOS_ID, EOS_ID = 256, 257
+MODEL = dict(vocab_size=258, d_model=128, n_layers=2, n_heads=4, segment_len=128, chunk_len=32, mem_slots=32)
+SETTINGS = {
+    "equal": dict(mix_init="equal"),
+    "one_path_per_head": dict(mix_init="one_path_per_head"),
+    "global": dict(paths=["global"], mem_slots=0),
+}
+
+
+def encode(text: str) -> list[int]:
+    return list(text.encode())
+
+
+def filler_texts() -> tuple[np.ndarray, np.ndarray]:
+    """Train and held-out filler: the stdlib's modules, the last tenth held out."""
+    docs = stdlib_byte_documents(max_files=400, max_file_bytes=20_000)
+    cut = len(docs) * 9 // 10
+    return filler_stream(docs[:cut], EOS_ID, BOS_ID), filler_stream(docs[cut:], EOS_ID, BOS_ID)
+
+
+def batch(filler: np.ndarray, distance: int, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+    samples = [make_sample(filler, encode, distance, MODEL["segment_len"], BOS_ID, rng) for _ in range(n)]
+    return torch.from_numpy(np.stack([s.tokens for s in samples])), samples[0].answer_len
+
+
+def answer_logits(model: RMAT, tokens: torch.Tensor, answer_len: int) -> torch.Tensor:
+    """Logits at the answer's positions, the sample read segment by segment with the memory carried."""
+    s, state = MODEL["segment_len"], model.init_state(tokens.shape[0])
+    for i in range(0, tokens.shape[1] - 1, s):
+        logits, state = model(tokens[:, i:i + s], state)
+    return logits[:, -answer_len:]
+
+
+@torch.no_grad()
+def score(model: RMAT, filler: np.ndarray, distance: int, seed: int) -> tuple[float, float]:
+    """(answer bytes right, samples wholly right) on 256 held-out samples."""
+    tokens, a = batch(filler, distance, 256, np.random.default_rng(10_000 + 100 * seed + distance))
+    right = answer_logits(model, tokens, a).argmax(-1) == tokens[:, -a:]
+    return float(right.float().mean()), float(right.all(-1).float().mean())
+
+
+def train_point(args: dict) -> dict:
+    """Train one (setting, seed) point from scratch on distances drawn from ``distances``."""
+    torch.set_num_threads(1)
+    torch.manual_seed(args["seed"])
+    model = RMAT(RMATConfig(**{**MODEL, **SETTINGS[args["setting"]]}))
+    opt = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=0.1, betas=(0.9, 0.95))
+    steps, warmup = args["steps"], max(1, args["steps"] // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / steps))))
+    train_filler, val_filler = filler_texts()
+    rng = np.random.default_rng(args["seed"])
+    curve, start = [], time.perf_counter()
+    for step in range(1, steps + 1):
+        tokens, a = batch(train_filler, int(rng.choice(args["distances"])), args["batch"], rng)
+        loss = F.cross_entropy(answer_logits(model, tokens, a).flatten(0, 1), tokens[:, -a:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % args["every"] == 0 or step == steps:
+            model.eval()
+            curve.append({"step": step, **{f"d{d}": score(model, val_filler, d, args["seed"])
+                                           for d in args["distances"]}})
+            model.train()
+            print(f"    {args['setting']} seed={args['seed']} step {step}/{steps} loss {loss.item():.3f} "
+                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    return {**args, "curve": curve, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def point_key(r: dict) -> tuple:
+    return r["setting"], r["seed"], r["steps"], tuple(r["distances"]), r["batch"], r["lr"], r["every"]
+
+
+def run_points(args: argparse.Namespace) -> list[dict]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"  # a rerun skips the points already there
+    done = {point_key(r): r for r in map(json.loads, results.read_text().splitlines())} if results.exists() else {}
+    points = [dict(setting=s, seed=seed, steps=args.steps, distances=args.distances, batch=args.batch,
+                   lr=args.lr, every=args.every) for s in args.settings for seed in range(args.seeds)]
+    todo = [p for p in points if point_key(p) not in done]
+    print(f"{len(points)} points, {len(points) - len(todo)} already in {results}", flush=True)
+    with mp.get_context("fork").Pool(args.jobs) as pool:
+        for r in pool.imap_unordered(train_point, todo):
+            done[point_key(r)] = r
+            with results.open("a") as f:
+                f.write(json.dumps(r) + "\n")
+    return [done[point_key(p)] for p in points]
+
+
+def summarize(records: list[dict], args: argparse.Namespace) -> None:
+    steps = [c["step"] for c in records[0]["curve"]]
+    for d in args.distances:
+        rows = []
+        for setting in args.settings:
+            curves = [r["curve"] for r in records if r["setting"] == setting]
+            rows.append([setting, *(_cell([c[i][f"d{d}"] for c in curves]) for i in range(len(steps)))])
+        print(f"\nPasskey at distance {d}: answer bytes right, samples wholly right in brackets; "
+              f"mean (min-max) over {args.seeds} seeds, batch {args.batch}\n")
+        print_table(["setting", *(f"step {s}" for s in steps)], rows)
+    plot(records, args, steps, Path(args.out) / "passkey_copy.png")
+
+
+def _cell(points: list[list[float]]) -> str:
+    byte = [p[0] for p in points]
+    whole = sum(p[1] for p in points) / len(points)
+    return f"{sum(byte) / len(byte):.2f} ({min(byte):.2f}-{max(byte):.2f}) [{whole:.2f}]"
+
+
+def plot(records: list[dict], args: argparse.Namespace, steps: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(args.distances), figsize=(4.5 * len(args.distances), 3.5), squeeze=False)
+    for ax, d in zip(axes[0], args.distances, strict=True):
+        for setting in args.settings:
+            curves = np.array([[c[f"d{d}"][0] for c in r["curve"]] for r in records if r["setting"] == setting])
+            ax.plot(steps, curves.mean(0), marker="o", label=setting)
+            ax.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2)
+        ax.set(title=f"distance {d} segments", xlabel="step", ylabel="answer bytes right", ylim=(0, 1))
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"\nplot: {path}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--settings", type=lambda s: s.split(","), default=list(SETTINGS))
+    p.add_argument("--distances", type=lambda s: [int(x) for x in s.split(",")], default=[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--every", type=int, default=250)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--out", default="runs/benchmarks/passkey_copy")
+    p.add_argument("--smoke", action="store_true", help="a few steps of one seed per setting")
+    args = p.parse_args()
+    unknown = sorted(set(args.settings) - set(SETTINGS))
+    if unknown:
+        p.error(f"unknown setting(s) {unknown}; choose from {sorted(SETTINGS)}")
+    if args.smoke:
+        args.seeds, args.steps, args.every, args.batch = 1, 4, 2, 4
+        args.out = str(Path(args.out) / "smoke")
+    summarize(run_points(args), args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The passkey-copy benchmark: its samples, its settings, and a smoke run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from passkey_copy import MODEL, batch, filler_texts  # noqa: E402
+
+
+def test_a_sample_ends_with_its_pass_key_which_its_first_segment_holds():
+    train, _ = filler_texts()
+    tokens, answer_len = batch(train, 2, 4, np.random.default_rng(0))
+    s = MODEL["segment_len"]
+    assert tokens.shape == (4, 3 * s + 1)
+    for row in tokens.numpy():
+        key = bytes(row[-answer_len:].astype(np.uint8)).decode().strip()
+        assert len(key) == 5 and key.isdigit()
+        assert f"The pass key is {key}.".encode() in bytes(row[1:s].astype(np.uint8))
+
+
+def test_train_and_held_out_filler_share_no_text():
+    train, held_out = filler_texts()
+    assert bytes(held_out[:200].astype(np.uint8)) not in bytes(train.astype(np.uint8))
+
+
+@pytest.mark.slow
+def test_smoke_run_prints_each_settings_curve_and_writes_the_plot(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "passkey_copy.py"), "--smoke", "--jobs", "1",
+           "--out", str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    for setting in ("equal", "one_path_per_head", "global"):
+        assert setting in run.stdout
+    assert (tmp_path / "smoke" / "passkey_copy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
