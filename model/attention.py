@@ -64,7 +64,7 @@ def initial_mix_logits(cfg: RMATConfig) -> Tensor:
     ``one_path_per_head``, head h starting almost wholly on path h mod n_paths.
 
     An equal mix gives the segment's global attention a third of every head, and the
-    in-segment copy that induction needs forms several times slower (docs/design.md, section 2).
+    in-segment copy that induction needs is learned far more slowly (docs/design.md, section 2).
     """
     logits = torch.zeros(cfg.n_heads, len(cfg.paths))
     if cfg.mix_init == "one_path_per_head":
