@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sysconfig
 import time
@@ -58,3 +59,13 @@ def stdlib_byte_documents(max_files: int, max_file_bytes: int) -> list[np.ndarra
         if data:
             docs.append(np.frombuffer(data, dtype=np.uint8).astype(np.int64))
     return docs
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """``name:key=value,...`` as (name, overrides); values that look like JSON are parsed as JSON."""
+    name, _, items = spec.partition(":")
+    overrides = {}
+    for item in filter(None, items.split(",")):
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value) if value[:1] in "[{0123456789-tf" else value
+    return name, overrides

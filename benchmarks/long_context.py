@@ -45,7 +45,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import print_table  # noqa: E402
+from common import parse_variant, print_table  # noqa: E402
 
 from model import RMAT, RMATConfig  # noqa: E402
 from model.layers import Rotary, SwiGLU  # noqa: E402
@@ -265,12 +265,7 @@ def train_point(args: dict) -> dict:
 def parse_settings(names: str, variants: list[str]) -> list[Setting]:
     settings = [Setting(n) for n in names.split(",") if n]
     for v in variants:
-        name, _, spec = v.partition(":")
-        overrides = {}
-        for item in filter(None, spec.split(",")):
-            key, _, value = item.partition("=")
-            overrides[key] = json.loads(value) if value[:1] in "[{0123456789-tf" else value
-        settings.append(Setting(name, overrides))
+        settings.append(Setting(*parse_variant(v)))
     return settings
 
 

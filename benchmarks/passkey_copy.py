@@ -17,8 +17,12 @@ Settings:
     one_path_per_head  RMAT, head h starting almost wholly on path h mod 3 (model.mix_init)
     global             a plain causal transformer on the segment (no local path, no memory)
 
+``--variant name:key=value,...`` adds a setting: the default RMAT with those config overrides.
+
     python benchmarks/passkey_copy.py --seeds 3 --steps 1000        # distance 0
     python benchmarks/passkey_copy.py --distances 0,1,2 --steps 3000
+    python benchmarks/passkey_copy.py --settings one_path_per_head \
+        --variant fine:mix_init=one_path_per_head,chunk_len=8,mem_slots=64 --distances 0,1
     python benchmarks/passkey_copy.py --smoke                       # CI: seconds
 """
 
@@ -39,7 +43,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import print_table, stdlib_byte_documents  # noqa: E402
+from common import parse_variant, print_table, stdlib_byte_documents  # noqa: E402
 
 from data_prep.passkey import filler_stream, make_sample  # noqa: E402
 from model import RMAT, RMATConfig  # noqa: E402
@@ -89,7 +93,7 @@ def train_point(args: dict) -> dict:
     """Train one (setting, seed) point from scratch on distances drawn from ``distances``."""
     torch.set_num_threads(1)
     torch.manual_seed(args["seed"])
-    model = RMAT(RMATConfig(**{**MODEL, **SETTINGS[args["setting"]]}))
+    model = RMAT(RMATConfig(**{**MODEL, **args["overrides"]}))
     opt = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=0.1, betas=(0.9, 0.95))
     steps, warmup = args["steps"], max(1, args["steps"] // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -116,7 +120,8 @@ def train_point(args: dict) -> dict:
 
 
 def point_key(r: dict) -> tuple:
-    return r["setting"], r["seed"], r["steps"], tuple(r["distances"]), r["batch"], r["lr"], r["every"]
+    return (r["setting"], json.dumps(r["overrides"], sort_keys=True), r["seed"], r["steps"], tuple(r["distances"]),
+            r["batch"], r["lr"], r["every"])
 
 
 def run_points(args: argparse.Namespace) -> list[dict]:
@@ -124,8 +129,8 @@ def run_points(args: argparse.Namespace) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"  # a rerun skips the points already there
     done = {point_key(r): r for r in map(json.loads, results.read_text().splitlines())} if results.exists() else {}
-    points = [dict(setting=s, seed=seed, steps=args.steps, distances=args.distances, batch=args.batch,
-                   lr=args.lr, every=args.every) for s in args.settings for seed in range(args.seeds)]
+    points = [dict(setting=s, overrides=args.overrides[s], seed=seed, steps=args.steps, distances=args.distances,
+                   batch=args.batch, lr=args.lr, every=args.every) for s in args.settings for seed in range(args.seeds)]
     todo = [p for p in points if point_key(p) not in done]
     print(f"{len(points)} points, {len(points) - len(todo)} already in {results}", flush=True)
     with mp.get_context("fork").Pool(args.jobs) as pool:
@@ -177,6 +182,7 @@ def plot(records: list[dict], args: argparse.Namespace, steps: list[int], path: 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", type=lambda s: s.split(","), default=list(SETTINGS))
+    p.add_argument("--variant", action="append", default=[], help="name:key=value,... RMAT config overrides")
     p.add_argument("--distances", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=1000)
@@ -190,6 +196,9 @@ def main() -> None:
     unknown = sorted(set(args.settings) - set(SETTINGS))
     if unknown:
         p.error(f"unknown setting(s) {unknown}; choose from {sorted(SETTINGS)}")
+    variants = dict(map(parse_variant, args.variant))
+    args.overrides = {**{s: SETTINGS[s] for s in args.settings}, **variants}
+    args.settings = [*args.settings, *variants]
     if args.smoke:
         args.seeds, args.steps, args.every, args.batch = 1, 4, 2, 4
         args.out = str(Path(args.out) / "smoke")

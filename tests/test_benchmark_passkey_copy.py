@@ -1,5 +1,6 @@
 """The passkey-copy benchmark: its samples, its settings, and a smoke run."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from common import parse_variant  # noqa: E402
 from passkey_copy import MODEL, batch, filler_texts  # noqa: E402
+
+
+def test_a_variant_names_its_config_overrides_with_json_values():
+    assert parse_variant("fine:chunk_len=8,pool=attn,paths=[\"global\"]") == (
+        "fine", {"chunk_len": 8, "pool": "attn", "paths": ["global"]})
 
 
 def test_a_sample_ends_with_its_pass_key_which_its_first_segment_holds():
@@ -32,9 +39,11 @@ def test_train_and_held_out_filler_share_no_text():
 @pytest.mark.slow
 def test_smoke_run_prints_each_settings_curve_and_writes_the_plot(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "passkey_copy.py"), "--smoke", "--jobs", "1",
-           "--out", str(tmp_path)]
+           "--variant", "fine:chunk_len=8,mem_slots=64", "--out", str(tmp_path)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert run.returncode == 0, run.stderr
-    for setting in ("equal", "one_path_per_head", "global"):
+    for setting in ("equal", "one_path_per_head", "global", "fine"):
         assert setting in run.stdout
+    records = [json.loads(line) for line in (tmp_path / "smoke" / "results.jsonl").read_text().splitlines()]
+    assert {r["setting"]: r["overrides"] for r in records}["fine"] == {"chunk_len": 8, "mem_slots": 64}
     assert (tmp_path / "smoke" / "passkey_copy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
