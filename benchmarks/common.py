@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import glob
 import json
+import multiprocessing as mp
 import os
 import sysconfig
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,3 +71,22 @@ def parse_variant(spec: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value) if value[:1] in "[{0123456789-tf" else value
     return name, overrides
+
+
+def run_resumable(points: list[dict], key: Callable[[dict], Hashable], train: Callable[[dict], dict],
+                  results: Path, jobs: int, report: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train every point not already in ``results`` (one JSON record per finished point), ``jobs``
+    processes at a time; returns the records of ``points`` in their order. Each record is appended
+    as its point finishes, so a stopped run loses only the points in flight and a rerun skips the rest."""
+    results.parent.mkdir(parents=True, exist_ok=True)
+    done = {key(r): r for r in map(json.loads, results.read_text().splitlines())} if results.exists() else {}
+    todo = [p for p in points if key(p) not in done]
+    print(f"{len(points)} points, {len(points) - len(todo)} already in {results}", flush=True)
+    with mp.get_context("fork").Pool(jobs) as pool:
+        for r in pool.imap_unordered(train, todo):
+            done[key(r)] = r
+            with results.open("a") as f:
+                f.write(json.dumps(r) + "\n")
+            if report is not None:
+                report(r)
+    return [done[key(p)] for p in points]

@@ -30,9 +30,7 @@ which), and writes ``OUT/long_context.png``, a heat map of the means.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import multiprocessing as mp
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,7 +43,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import parse_variant, print_table  # noqa: E402
+from common import parse_variant, print_table, run_resumable  # noqa: E402
 
 from model import RMAT, RMATConfig  # noqa: E402
 from model.layers import Rotary, SwiGLU  # noqa: E402
@@ -284,11 +282,6 @@ def check_params_match(settings: list[Setting], target: int, task: Task) -> None
 
 
 def run_grid(args: argparse.Namespace) -> list[dict]:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.jsonl"
-    done = {point_key(r): r for r in map(json.loads, results_path.read_text().splitlines())} \
-        if results_path.exists() else {}
     settings = parse_settings(args.settings, args.variant)
     rmat_reference = next((s for s in settings if s.name not in ("xl", "full", "nomem")), Setting("rmat"))
     target = rmat_params(rmat_reference)
@@ -297,16 +290,12 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
                    loss=args.loss)
               for n in args.n for d in args.d for s in settings for seed in range(args.seeds)]
     check_params_match(settings, target, Task(args.n[0], args.d[0], TINY["segment_len"]))
-    todo = [p for p in points if point_key(p) not in done]
-    print(f"{len(points)} points, {len(points) - len(todo)} already in {results_path}", flush=True)
-    with mp.get_context("fork").Pool(args.jobs) as pool:
-        for r in pool.imap_unordered(train_point, todo):
-            done[point_key(r)] = r
-            with results_path.open("a") as f:
-                f.write(json.dumps(r) + "\n")
-            print(f"  {r['setting']['name']:>10} n={r['task']['n_pairs']:<2} d={r['task']['distance']} "
-                  f"seed={r['seed']}  acc {r['accuracy']:.3f}  ({r['seconds']:.0f} s)", flush=True)
-    return [done[point_key(p)] for p in points]
+    return run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs, report)
+
+
+def report(r: dict) -> None:
+    print(f"  {r['setting']['name']:>10} n={r['task']['n_pairs']:<2} d={r['task']['distance']} "
+          f"seed={r['seed']}  acc {r['accuracy']:.3f}  ({r['seconds']:.0f} s)", flush=True)
 
 
 def summarize(records: list[dict], args: argparse.Namespace) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import parse_variant, print_table, stdlib_byte_documents  # noqa: E402
+from common import parse_variant, print_table, run_resumable, stdlib_byte_documents  # noqa: E402
 
 from data_prep.passkey import filler_stream, make_sample  # noqa: E402
 from model import RMAT, RMATConfig  # noqa: E402
@@ -125,20 +124,9 @@ def point_key(r: dict) -> tuple:
 
 
 def run_points(args: argparse.Namespace) -> list[dict]:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"  # a rerun skips the points already there
-    done = {point_key(r): r for r in map(json.loads, results.read_text().splitlines())} if results.exists() else {}
     points = [dict(setting=s, overrides=args.overrides[s], seed=seed, steps=args.steps, distances=args.distances,
                    batch=args.batch, lr=args.lr, every=args.every) for s in args.settings for seed in range(args.seeds)]
-    todo = [p for p in points if point_key(p) not in done]
-    print(f"{len(points)} points, {len(points) - len(todo)} already in {results}", flush=True)
-    with mp.get_context("fork").Pool(args.jobs) as pool:
-        for r in pool.imap_unordered(train_point, todo):
-            done[point_key(r)] = r
-            with results.open("a") as f:
-                f.write(json.dumps(r) + "\n")
-    return [done[point_key(p)] for p in points]
+    return run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs)
 
 
 def summarize(records: list[dict], args: argparse.Namespace) -> None:
