@@ -81,11 +81,11 @@ def answer_logits(model: RMAT, tokens: torch.Tensor, answer_len: int) -> torch.T
 
 
 @torch.no_grad()
-def score(model: RMAT, filler: np.ndarray, distance: int, seed: int) -> tuple[float, float]:
-    """(answer bytes right, samples wholly right) on 256 held-out samples."""
+def score(model: RMAT, filler: np.ndarray, distance: int, seed: int) -> tuple[float, float, list[float]]:
+    """(answer bytes right, samples wholly right, each answer byte's share right) on 256 held-out samples."""
     tokens, a = batch(filler, distance, 256, np.random.default_rng(10_000 + 100 * seed + distance))
-    right = answer_logits(model, tokens, a).argmax(-1) == tokens[:, -a:]
-    return float(right.float().mean()), float(right.all(-1).float().mean())
+    right = (answer_logits(model, tokens, a).argmax(-1) == tokens[:, -a:]).float()
+    return float(right.mean()), float(right.all(-1).float().mean()), right.mean(0).tolist()
 
 
 def train_point(args: dict) -> dict:
@@ -113,8 +113,9 @@ def train_point(args: dict) -> dict:
             curve.append({"step": step, **{f"d{d}": score(model, val_filler, d, args["seed"])
                                            for d in args["distances"]}})
             model.train()
+            scores = " ".join(f"d{d} {curve[-1][f'd{d}'][0]:.2f}" for d in args["distances"])
             print(f"    {args['setting']} seed={args['seed']} step {step}/{steps} loss {loss.item():.3f} "
-                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+                  f"bytes right {scores} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     return {**args, "curve": curve, "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -139,6 +140,11 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
         print(f"\nPasskey at distance {d}: answer bytes right, samples wholly right in brackets; "
               f"mean (min-max) over {args.seeds} seeds, batch {args.batch}\n")
         print_table(["setting", *(f"step {s}" for s in steps)], rows)
+        print(f"\nEach answer byte's share right at step {steps[-1]}, distance {d} (the space, then the digits)\n")
+        by_byte = [[setting, *(f"{np.mean(col):.2f}" for col in zip(*(r["curve"][-1][f"d{d}"][2] for r in records
+                                                                      if r["setting"] == setting), strict=True))]
+                   for setting in args.settings]
+        print_table(["setting", *(f"byte {i + 1}" for i in range(len(by_byte[0]) - 1))], by_byte)
     plot(records, args, steps, Path(args.out) / "passkey_copy.png")
 
 
@@ -169,7 +175,7 @@ def plot(records: list[dict], args: argparse.Namespace, steps: list[int], path: 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--settings", type=lambda s: s.split(","), default=list(SETTINGS))
+    p.add_argument("--settings", type=lambda s: [x for x in s.split(",") if x], default=list(SETTINGS))
     p.add_argument("--variant", action="append", default=[], help="name:key=value,... RMAT config overrides")
     p.add_argument("--distances", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     p.add_argument("--seeds", type=int, default=3)

@@ -32,6 +32,7 @@ class RMATConfig:
     tie_embeddings: bool = True
     paths: list[str] = field(default_factory=lambda: list(PATHS))
     pool: str = "mean"
+    mem_tokens_per_chunk: int = 0  # besides its summary, each chunk writes its k most salient tokens
     mix_init: str = "equal"  # "one_path_per_head": head h starts on path h mod len(paths) (docs/design.md, section 2)
     init_std: float = 0.02
     norm_eps: float = 1e-6
@@ -55,6 +56,8 @@ class RMATConfig:
         _check(self.mem_slots >= 0, "mem_slots", self.mem_slots, "must be >= 0")
         _check("memory" not in self.paths or self.mem_slots > 0, "mem_slots", self.mem_slots,
                "must be > 0 when the 'memory' path is on")
+        _check(0 <= self.mem_tokens_per_chunk <= self.chunk_len, "mem_tokens_per_chunk", self.mem_tokens_per_chunk,
+               f"must be in [0, chunk_len={self.chunk_len}]")
         _check(self.pool in POOLS, "pool", self.pool, f"choose from {POOLS}")
         _check(self.mix_init in MIX_INITS, "mix_init", self.mix_init, f"choose from {MIX_INITS}")
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")

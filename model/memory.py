@@ -30,6 +30,9 @@ class MemoryWriter(nn.Module):
             # A learned query that can pick one salient token a mean would wash out.
             self.pool_query = nn.Parameter(torch.zeros(cfg.d_model))
         self.gru = nn.GRUCell(cfg.d_model, cfg.d_model)
+        self.tokens_per_chunk = cfg.mem_tokens_per_chunk
+        if self.tokens_per_chunk:
+            self.token_score = nn.Parameter(torch.zeros(cfg.d_model))
 
     def forward(self, y: Tensor, mem: Tensor, valid: Tensor, carry: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """y [B, T, D] (T <= S; a partial last chunk pools its tokens); returns mem, valid, carry."""
@@ -39,21 +42,45 @@ class MemoryWriter(nn.Module):
             carry = self.gru(summaries[:, c], carry)
             carries.append(carry)
         new = torch.stack(carries, dim=1)
-        mem = torch.cat([mem, new], dim=1)[:, -self.mem_slots:]
         fresh = torch.ones(new.shape[:2], dtype=torch.bool, device=valid.device)
+        if self.tokens_per_chunk:
+            tokens, tokens_real = self.salient_tokens(y, summaries)
+            new, fresh = torch.cat([new, tokens], dim=1), torch.cat([fresh, tokens_real], dim=1)
+        mem = torch.cat([mem, new], dim=1)[:, -self.mem_slots:]
         valid = torch.cat([valid, fresh], dim=1)[:, -self.mem_slots:]
         return mem, valid, carry
 
+    def salient_tokens(self, y: Tensor, summaries: Tensor) -> tuple[Tensor, Tensor]:
+        """The k highest-scoring tokens of each chunk as entries: [B, n * k, D] and which are real.
+
+        An entry is g * token + (1 - g) * its chunk's summary, g = sigmoid(score): the choice
+        itself has no gradient, the gate does, so the score learns which tokens pay to keep.
+        """
+        x, present = self._chunks(y)  # [B, n, C, D], [n, C]
+        scores = (x @ self.token_score.to(x.dtype)).masked_fill(~present, float("-inf"))  # [B, n, C]
+        top, idx = scores.topk(self.tokens_per_chunk, dim=-1)  # [B, n, k]
+        picked = x.gather(2, idx[..., None].expand(*idx.shape, x.shape[-1]))  # [B, n, k, D]
+        g = torch.sigmoid(top)[..., None]
+        entries = g * picked + (1 - g) * summaries[:, :, None]
+        real = present.expand(x.shape[0], -1, -1).gather(2, idx)
+        return entries.flatten(1, 2), real.flatten(1, 2)
+
     def summarize(self, y: Tensor) -> Tensor:
         """Pool each chunk of y [B, T, D] into one vector: [B, ceil(T / C), D]."""
-        b, t, d = y.shape
-        pad = -t % self.chunk_len
-        n = (t + pad) // self.chunk_len
-        x = F.pad(self.norm(y), (0, 0, 0, pad)).view(b, n, self.chunk_len, d)
-        present = (torch.arange(n * self.chunk_len, device=y.device) < t).view(n, self.chunk_len)
+        x, present = self._chunks(y)
+        d = x.shape[-1]
         if self.pool == "mean":
             w = present.to(x.dtype) / present.sum(-1, keepdim=True).to(x.dtype)
             return torch.einsum("bncd,nc->bnd", x, w)
         scores = (x @ self.pool_query.to(x.dtype)) / d ** 0.5  # [B, n, C]
         w = scores.masked_fill(~present, float("-inf")).softmax(dim=-1)
         return torch.einsum("bncd,bnc->bnd", x, w)
+
+    def _chunks(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """RMSNorm(y) [B, T, D] cut into chunks, [B, n, C, D], and which positions [n, C] are real."""
+        b, t, d = y.shape
+        pad = -t % self.chunk_len
+        n = (t + pad) // self.chunk_len
+        x = F.pad(self.norm(y), (0, 0, 0, pad)).view(b, n, self.chunk_len, d)
+        present = (torch.arange(n * self.chunk_len, device=y.device) < t).view(n, self.chunk_len)
+        return x, present

@@ -244,6 +244,9 @@ def example_inputs(model: nn.Module, batch: int = 2, tokens: int = 3) -> tuple[t
 
 def export_onnx(model: nn.Module, folder: str) -> list[str]:
     """Write segment.onnx and step.onnx of ``model`` (fp32, eval) into ``folder``; returns their names."""
+    if model.cfg.mem_tokens_per_chunk:
+        raise ValueError(f"ONNX export does not write token memory entries (model.mem_tokens_per_chunk="
+                         f"{model.cfg.mem_tokens_per_chunk}); export with --format safetensors")
     model = exportable(model)
     seg_inputs, step_inputs = example_inputs(model)
     batch = {"tokens": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}

@@ -38,6 +38,11 @@ def test_unknown_mix_init_is_rejected():
         RMATConfig(mix_init="random")
 
 
+def test_more_memory_tokens_than_a_chunk_holds_are_rejected():
+    with pytest.raises(ValueError, match="mem_tokens_per_chunk=65: must be in \\[0, chunk_len=64\\]"):
+        RMATConfig(mem_tokens_per_chunk=65)
+
+
 def test_paths_are_kept_in_canonical_order():
     assert RMATConfig(paths=["memory", "global"]).paths == ["global", "memory"]
 

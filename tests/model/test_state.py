@@ -4,9 +4,10 @@ import io
 
 import pytest
 import torch
-from model_helpers import run_segments, tiny_model
+from model_helpers import run_segments, tiny_config, tiny_model
 
 from model import RMAT, MemoryState, RMATConfig
+from model.memory import MemoryWriter
 
 
 def filled_state(model, b=3):
@@ -36,6 +37,24 @@ def test_memory_fills_from_newest_to_oldest_slot():
     _, state = model(torch.randint(0, 97, (2, 16)), state)
     assert state.valid.tolist() == [[[False, False, True, True, True, True]] * 2] * 2
     assert torch.equal(state.mem[:, :, -1], state.carry)
+
+
+def test_a_chunk_writes_its_carry_then_its_k_highest_scoring_tokens():
+    cfg = tiny_config(mem_tokens_per_chunk=2, mem_slots=12)  # 4 chunks of 4 tokens: 4 carries + 8 tokens
+    writer = MemoryWriter(cfg).double()
+    with torch.no_grad():
+        writer.token_score.zero_()
+        writer.token_score[0] = 50.0  # a token's score is its normed feature 0, times 50
+    y = torch.randn(2, 16, cfg.d_model, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    salient = [1, 2, 4, 7, 9, 10, 12, 15]  # two per chunk
+    y[:, salient, 0] = 20.0
+    mem, valid, carry = writer(y, torch.zeros(2, 12, cfg.d_model, dtype=torch.float64),
+                               torch.zeros(2, 12, dtype=torch.bool), torch.zeros(2, cfg.d_model, dtype=torch.float64))
+    assert valid.all()
+    assert torch.equal(mem[:, 3], carry)
+    distance = torch.cdist(mem[0, 4:], writer.norm(y)[0])  # each token entry to each normed token
+    assert sorted(distance.argmin(-1).tolist()) == salient
+    assert distance.min(-1).values.max() < 1e-9  # a gate near 1 keeps the token itself
 
 
 def test_reset_empties_exactly_the_flagged_rows():
