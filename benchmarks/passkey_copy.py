@@ -141,11 +141,15 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
               f"mean (min-max) over {args.seeds} seeds, batch {args.batch}\n")
         print_table(["setting", *(f"step {s}" for s in steps)], rows)
         print(f"\nEach answer byte's share right at step {steps[-1]}, distance {d} (the space, then the digits)\n")
-        by_byte = [[setting, *(f"{np.mean(col):.2f}" for col in zip(*(r["curve"][-1][f"d{d}"][2] for r in records
-                                                                      if r["setting"] == setting), strict=True))]
-                   for setting in args.settings]
+        by_byte = [[setting, *_last_by_byte(records, setting, d)] for setting in args.settings]
         print_table(["setting", *(f"byte {i + 1}" for i in range(len(by_byte[0]) - 1))], by_byte)
     plot(records, args, steps, Path(args.out) / "passkey_copy.png")
+
+
+def _last_by_byte(records: list[dict], setting: str, distance: int) -> list[str]:
+    """Each answer byte's share right at the last scoring, mean over the setting's seeds."""
+    shares = np.array([r["curve"][-1][f"d{distance}"][2] for r in records if r["setting"] == setting])
+    return [f"{v:.2f}" for v in shares.mean(0)]
 
 
 def _cell(points: list[list[float]]) -> str:
