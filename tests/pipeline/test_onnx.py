@@ -42,6 +42,13 @@ def test_gru_cell_written_out_equals_nn_grucell():
     torch.testing.assert_close(gru_cell(cell, x, h), cell(x, h), rtol=0, atol=1e-6)
 
 
+def test_export_refuses_token_memory_entries_naming_the_key(tmp_path):
+    model = RMAT(replace(CFG, mem_tokens_per_chunk=2, mem_slots=12)).eval()
+    with pytest.raises(ValueError, match=r"model.mem_tokens_per_chunk=2\).*--format safetensors"):
+        export_onnx(model, str(tmp_path))
+    assert not list(tmp_path.iterdir())
+
+
 def test_graphs_take_and_give_the_documented_names_with_dynamic_batch_and_time(graphs):
     _, folder = graphs
     seg, step = (onnx.load(f"{folder}/{name}.onnx").graph for name in ("segment", "step"))
