@@ -5,7 +5,9 @@
         carry = GRUCell(s_c, carry)
         push carry into the FIFO, drop the oldest past M slots, mark it valid
 
-The norm keeps the pooled residual stream at a scale the GRU's gates can use.
+The norm keeps the pooled residual stream at a scale the GRU's gates can use. With
+``mem_tokens_per_chunk`` k > 0 each chunk also pushes its k highest-scoring tokens as
+entries of their own (``salient_tokens``), content a summary cannot address token by token.
 """
 
 from __future__ import annotations
