@@ -23,6 +23,7 @@ Settings:
     python benchmarks/passkey_copy.py --distances 0,1,2 --steps 3000
     python benchmarks/passkey_copy.py --settings one_path_per_head \
         --variant fine:mix_init=one_path_per_head,chunk_len=8,mem_slots=64 --distances 0,1
+    python benchmarks/passkey_copy.py --distances 0,1 --curriculum 1000 --steps 2500   # copy first
     python benchmarks/passkey_copy.py --smoke                       # CI: seconds
 """
 
@@ -88,8 +89,15 @@ def score(model: RMAT, filler: np.ndarray, distance: int, seed: int) -> tuple[fl
     return float(right.mean()), float(right.all(-1).float().mean()), right.mean(0).tolist()
 
 
+def training_distances(step: int, curriculum: int, distances: list[int]) -> list[int]:
+    """The distances step ``step`` (from 1) draws from: 0 alone during the curriculum's steps."""
+    return [0] if step <= curriculum else distances
+
+
 def train_point(args: dict) -> dict:
-    """Train one (setting, seed) point from scratch on distances drawn from ``distances``."""
+    """Train one (setting, seed) point from scratch on distances drawn from ``distances``, after
+    ``curriculum`` steps of distance 0 alone (the in-segment copy first: mixed with longer
+    distances from the start it is learned much more slowly)."""
     torch.set_num_threads(1)
     torch.manual_seed(args["seed"])
     model = RMAT(RMATConfig(**{**MODEL, **args["overrides"]}))
@@ -101,7 +109,8 @@ def train_point(args: dict) -> dict:
     rng = np.random.default_rng(args["seed"])
     curve, start = [], time.perf_counter()
     for step in range(1, steps + 1):
-        tokens, a = batch(train_filler, int(rng.choice(args["distances"])), args["batch"], rng)
+        distance = int(rng.choice(training_distances(step, args["curriculum"], args["distances"])))
+        tokens, a = batch(train_filler, distance, args["batch"], rng)
         loss = F.cross_entropy(answer_logits(model, tokens, a).flatten(0, 1), tokens[:, -a:].flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -121,12 +130,13 @@ def train_point(args: dict) -> dict:
 
 def point_key(r: dict) -> tuple:
     return (r["setting"], json.dumps(r["overrides"], sort_keys=True), r["seed"], r["steps"], tuple(r["distances"]),
-            r["batch"], r["lr"], r["every"])
+            r["batch"], r["lr"], r["every"], r["curriculum"])
 
 
 def run_points(args: argparse.Namespace) -> list[dict]:
     points = [dict(setting=s, overrides=args.overrides[s], seed=seed, steps=args.steps, distances=args.distances,
-                   batch=args.batch, lr=args.lr, every=args.every) for s in args.settings for seed in range(args.seeds)]
+                   batch=args.batch, lr=args.lr, every=args.every, curriculum=args.curriculum)
+              for s in args.settings for seed in range(args.seeds)]
     return run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs)
 
 
@@ -137,8 +147,9 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
         for setting in args.settings:
             curves = [r["curve"] for r in records if r["setting"] == setting]
             rows.append([setting, *(_cell([c[i][f"d{d}"] for c in curves]) for i in range(len(steps)))])
+        first = f", distance 0 alone for the first {args.curriculum} steps" if args.curriculum else ""
         print(f"\nPasskey at distance {d}: answer bytes right, samples wholly right in brackets; "
-              f"mean (min-max) over {args.seeds} seeds, batch {args.batch}\n")
+              f"mean (min-max) over {args.seeds} seeds, batch {args.batch}{first}\n")
         print_table(["setting", *(f"step {s}" for s in steps)], rows)
         print(f"\nEach answer byte's share right at step {steps[-1]}, distance {d} (the space, then the digits)\n")
         by_byte = [[setting, *_last_by_byte(records, setting, d)] for setting in args.settings]
@@ -186,6 +197,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--every", type=int, default=250)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
+                   help="train on distance 0 alone for the first STEPS steps, then on --distances")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/benchmarks/passkey_copy")

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import parse_variant  # noqa: E402
-from passkey_copy import MODEL, batch, filler_texts  # noqa: E402
+from passkey_copy import MODEL, batch, filler_texts, training_distances  # noqa: E402
 
 
 def test_a_variant_names_its_config_overrides_with_json_values():
@@ -36,9 +36,14 @@ def test_train_and_held_out_filler_share_no_text():
     assert bytes(held_out[:200].astype(np.uint8)) not in bytes(train.astype(np.uint8))
 
 
+def test_the_curriculum_draws_distance_0_alone_for_its_steps_then_every_distance():
+    assert [training_distances(step, 2, [0, 1, 4]) for step in (1, 2, 3)] == [[0], [0], [0, 1, 4]]
+    assert training_distances(1, 0, [1, 4]) == [1, 4]
+
+
 @pytest.mark.slow
 def test_smoke_run_prints_each_settings_curve_and_writes_the_plot(tmp_path):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "passkey_copy.py"), "--smoke", "--jobs", "1",
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "passkey_copy.py"), "--smoke", "--jobs", "1", "--curriculum", "2",
            "--variant", "fine:chunk_len=8,mem_slots=64", "--out", str(tmp_path)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert run.returncode == 0, run.stderr
@@ -46,4 +51,5 @@ def test_smoke_run_prints_each_settings_curve_and_writes_the_plot(tmp_path):
         assert setting in run.stdout
     records = [json.loads(line) for line in (tmp_path / "smoke" / "results.jsonl").read_text().splitlines()]
     assert {r["setting"]: r["overrides"] for r in records}["fine"] == {"chunk_len": 8, "mem_slots": 64}
+    assert {r["curriculum"] for r in records} == {2}
     assert (tmp_path / "smoke" / "passkey_copy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
