@@ -46,6 +46,9 @@ class EngineConfig:
     grad_accum: int = 1
     threads_per_proc: int = 0  # 0: the machine's cores divided by the local processes
     peak_tflops: float = 0.0  # per process, for MFU; 0: measure an fp32 matmul at start
+    # Recompute each segment's activations in the backward: a TBPTT window then holds one segment's
+    # activations whatever its length, for one more forward per segment.
+    activation_checkpointing: bool = False
 
 
 @dataclass

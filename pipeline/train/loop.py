@@ -184,7 +184,7 @@ class Trainer:
         memory = self.memory.states
         for g in range(len(memory)):
             segments = [_to(s, self.device) for s in self.loader.window(g, self.cfg.data.tbptt_segments)]
-            loss, state, n = window_loss(self.engine, segments, memory[g])
+            loss, state, n = window_loss(self.engine, segments, memory[g], self.cfg.engine.activation_checkpointing)
             self.engine.backward(loss)
             self.engine.step()
             memory[g] = state.detach()

@@ -79,3 +79,12 @@ def test_the_final_checkpoint_reads_back_as_a_plain_model_with_the_loss_training
         dist.destroy_process_group()
     reported = read_jsonl(os.path.join(trained, "evals.jsonl"))[-1]["val/loss"]
     assert abs(metrics["val/loss"] - reported) < 1e-5 * reported
+
+
+def test_recomputing_each_segment_in_the_backward_trains_the_same_losses(trained, tmp_path):
+    zero = load_config(TrainConfig, os.path.join(trained, "checkpoints", f"step_{STEPS:08d}", "config.yaml"))
+    out = run_train(str(tmp_path), zero.data.shards, f"engine.zero_stage={zero.engine.zero_stage}", f"steps={STEPS}",
+                    "eval.every=20", "engine.activation_checkpointing=true")
+    assert out.returncode == 0, out.stderr[-3000:]
+    losses = [r["loss"] for r in read_jsonl(os.path.join(trained, "losses.jsonl"))]
+    assert [r["loss"] for r in read_jsonl(os.path.join(tmp_path, "losses.jsonl"))] == losses
