@@ -24,6 +24,7 @@ Settings:
     python benchmarks/passkey_copy.py --settings one_path_per_head \
         --variant fine:mix_init=one_path_per_head,chunk_len=8,mem_slots=64 --distances 0,1
     python benchmarks/passkey_copy.py --distances 0,1 --curriculum 1000 --steps 2500   # copy first
+    python benchmarks/passkey_copy.py --distances 0,1,2,4,8 --curriculum 1000 --tbptt 2  # the pipeline's windows
     python benchmarks/passkey_copy.py --smoke                       # CI: seconds
 """
 
@@ -73,10 +74,15 @@ def batch(filler: np.ndarray, distance: int, n: int, rng: np.random.Generator) -
     return torch.from_numpy(np.stack([s.tokens for s in samples])), samples[0].answer_len
 
 
-def answer_logits(model: RMAT, tokens: torch.Tensor, answer_len: int) -> torch.Tensor:
-    """Logits at the answer's positions, the sample read segment by segment with the memory carried."""
+def answer_logits(model: RMAT, tokens: torch.Tensor, answer_len: int, tbptt: int = 0) -> torch.Tensor:
+    """Logits at the answer's positions, the sample read segment by segment with the memory carried;
+    with ``tbptt`` k > 0 the memory is detached every k segments counted back from the last, so the
+    answer's gradient reaches the writes of its own window only, as the pipeline's windows do."""
     s, state = MODEL["segment_len"], model.init_state(tokens.shape[0])
-    for i in range(0, tokens.shape[1] - 1, s):
+    starts = range(0, tokens.shape[1] - 1, s)
+    for n, i in enumerate(starts):
+        if tbptt and (len(starts) - n) % tbptt == 0:
+            state = state.detach()
         logits, state = model(tokens[:, i:i + s], state)
     return logits[:, -answer_len:]
 
@@ -111,7 +117,8 @@ def train_point(args: dict) -> dict:
     for step in range(1, steps + 1):
         distance = int(rng.choice(training_distances(step, args["curriculum"], args["distances"])))
         tokens, a = batch(train_filler, distance, args["batch"], rng)
-        loss = F.cross_entropy(answer_logits(model, tokens, a).flatten(0, 1), tokens[:, -a:].flatten())
+        logits = answer_logits(model, tokens, a, args["tbptt"])
+        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, -a:].flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -130,12 +137,13 @@ def train_point(args: dict) -> dict:
 
 def point_key(r: dict) -> tuple:
     return (r["setting"], json.dumps(r["overrides"], sort_keys=True), r["seed"], r["steps"], tuple(r["distances"]),
-            r["batch"], r["lr"], r["every"], r["curriculum"])
+            r["batch"], r["lr"], r["every"], r.get("curriculum", 0), r.get("tbptt", 0))
 
 
 def run_points(args: argparse.Namespace) -> list[dict]:
     points = [dict(setting=s, overrides=args.overrides[s], seed=seed, steps=args.steps, distances=args.distances,
-                   batch=args.batch, lr=args.lr, every=args.every, curriculum=args.curriculum)
+                   batch=args.batch, lr=args.lr, every=args.every, curriculum=args.curriculum,
+                   tbptt=args.tbptt)
               for s in args.settings for seed in range(args.seeds)]
     return run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs)
 
@@ -148,6 +156,7 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
             curves = [r["curve"] for r in records if r["setting"] == setting]
             rows.append([setting, *(_cell([c[i][f"d{d}"] for c in curves]) for i in range(len(steps)))])
         first = f", distance 0 alone for the first {args.curriculum} steps" if args.curriculum else ""
+        first += f", windows of {args.tbptt} segments" if args.tbptt else ""
         print(f"\nPasskey at distance {d}: answer bytes right, samples wholly right in brackets; "
               f"mean (min-max) over {args.seeds} seeds, batch {args.batch}{first}\n")
         print_table(["setting", *(f"step {s}" for s in steps)], rows)
@@ -199,6 +208,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
                    help="train on distance 0 alone for the first STEPS steps, then on --distances")
+    p.add_argument("--tbptt", type=int, default=0, metavar="K",
+                   help="backpropagate through the last K segments of a sample only (0: all of it)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/benchmarks/passkey_copy")

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import parse_variant  # noqa: E402
-from passkey_copy import MODEL, batch, filler_texts, training_distances  # noqa: E402
+from passkey_copy import MODEL, answer_logits, batch, filler_texts, training_distances  # noqa: E402
+
+from model import RMAT, RMATConfig  # noqa: E402
 
 
 def test_a_variant_names_its_config_overrides_with_json_values():
@@ -39,6 +42,22 @@ def test_train_and_held_out_filler_share_no_text():
 def test_the_curriculum_draws_distance_0_alone_for_its_steps_then_every_distance():
     assert [training_distances(step, 2, [0, 1, 4]) for step in (1, 2, 3)] == [[0], [0], [0, 1, 4]]
     assert training_distances(1, 0, [1, 4]) == [1, 4]
+
+
+def test_windows_counted_back_from_the_answer_stop_its_gradient_before_them():
+    model = RMAT(RMATConfig(**MODEL))
+    embeddings = []
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        embeddings.append(out)
+
+    model.tok_emb.register_forward_hook(keep)
+    tokens = torch.randint(0, 256, (2, 3 * MODEL["segment_len"] + 1))
+    answer_logits(model, tokens, 6, tbptt=2).sum().backward()
+    assert len(embeddings) == 3
+    assert embeddings[0].grad is None  # the window is the last 2 segments
+    assert embeddings[1].grad.abs().sum() > 0  # reached through the memory it wrote
 
 
 @pytest.mark.slow
