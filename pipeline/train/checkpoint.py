@@ -98,11 +98,27 @@ def check_same_model(cfg: TrainConfig) -> None:
     meta = latest_meta(cfg.run_dir)
     if meta is None:
         return
-    saved = load_config(TrainConfig, os.path.join(checkpoint_root(cfg.run_dir), meta["tag"], CONFIG))
-    if saved.model != cfg.model:
-        changed = sorted(k for k, v in to_dict(cfg.model).items() if to_dict(saved.model)[k] != v)
+    changed = _model_keys_changed(cfg, cfg.run_dir, meta["tag"])
+    if changed:
         raise ConfigError(f"{checkpoint_root(cfg.run_dir)}/{meta['tag']} holds another model (model."
                           f"{', model.'.join(changed)} differ); to train this one, give it its own run_dir")
+
+
+def check_init_from(cfg: TrainConfig) -> None:
+    """``init_from`` must name a run with a checkpoint of this very model."""
+    meta = latest_meta(cfg.init_from)
+    if meta is None:
+        raise ConfigError(f"init_from={cfg.init_from!r}: no checkpoint there; train that run first, "
+                          "or give the run folder that holds checkpoints/latest")
+    changed = _model_keys_changed(cfg, cfg.init_from, meta["tag"])
+    if changed:
+        raise ConfigError(f"init_from={cfg.init_from!r} holds another model (model.{', model.'.join(changed)} "
+                          "differ); set them as that run had them")
+
+
+def _model_keys_changed(cfg: TrainConfig, run_dir: str, tag: str) -> list[str]:
+    saved = load_config(TrainConfig, os.path.join(checkpoint_root(run_dir), tag, CONFIG)).model
+    return sorted(k for k, v in to_dict(cfg.model).items() if to_dict(saved)[k] != v)
 
 
 def load(engine, run_dir: str, rank: int, world_size: int, state: dict[str, Stateful]) -> bool:

@@ -99,6 +99,9 @@ class TrainConfig:
     seed: int = 0
     run_dir: str = "runs/train"
     resume: bool = True  # continue from <run_dir>/checkpoints/latest when it exists
+    # A run folder whose latest checkpoint's weights start this training (a fresh optimizer, step 0): one
+    # training continues another, e.g. a curriculum's later stage. Empty: random weights from ``seed``.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         e = self.engine

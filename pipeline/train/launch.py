@@ -38,6 +38,8 @@ def preflight(cfg: TrainConfig, world_size: int) -> None:
     if cfg.resume:
         checkpoint.check_world_size(cfg.run_dir, world_size)
         checkpoint.check_same_model(cfg)
+    if cfg.init_from:
+        checkpoint.check_init_from(cfg)
     remove_stale_temps(cfg.run_dir)
 
 

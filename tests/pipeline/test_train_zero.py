@@ -88,3 +88,19 @@ def test_recomputing_each_segment_in_the_backward_trains_the_same_losses(trained
     assert out.returncode == 0, out.stderr[-3000:]
     losses = [r["loss"] for r in read_jsonl(os.path.join(trained, "losses.jsonl"))]
     assert [r["loss"] for r in read_jsonl(os.path.join(tmp_path, "losses.jsonl"))] == losses
+
+
+def test_a_run_started_from_another_runs_weights_evaluates_at_step_0_to_its_final_val_loss(trained, tmp_path):
+    zero = load_config(TrainConfig, os.path.join(trained, "checkpoints", f"step_{STEPS:08d}", "config.yaml"))
+    out = run_train(str(tmp_path), zero.data.shards, f"engine.zero_stage={zero.engine.zero_stage}", "steps=1",
+                    "eval.every=1", f"init_from={trained}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    started = read_jsonl(os.path.join(tmp_path, "evals.jsonl"))[0]
+    final = read_jsonl(os.path.join(trained, "evals.jsonl"))[-1]["val/loss"]
+    assert started["step"] == 0 and abs(started["val/loss"] - final) < 1e-5 * final
+
+
+def test_init_from_a_folder_without_a_checkpoint_is_refused_naming_it(shards, tmp_path):
+    out = run_train(str(tmp_path / "run"), shards, f"init_from={tmp_path}", "steps=1")
+    assert out.returncode != 0
+    assert f"init_from='{tmp_path}': no checkpoint there" in out.stderr
