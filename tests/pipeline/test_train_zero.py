@@ -104,3 +104,10 @@ def test_init_from_a_folder_without_a_checkpoint_is_refused_naming_it(shards, tm
     out = run_train(str(tmp_path / "run"), shards, f"init_from={tmp_path}", "steps=1")
     assert out.returncode != 0
     assert f"init_from='{tmp_path}': no checkpoint there" in out.stderr
+
+
+def test_init_from_a_run_of_another_model_is_refused_naming_the_keys(trained, tmp_path):
+    zero = load_config(TrainConfig, os.path.join(trained, "checkpoints", f"step_{STEPS:08d}", "config.yaml"))
+    out = run_train(str(tmp_path), zero.data.shards, "model.d_model=32", f"init_from={trained}", "steps=1")
+    assert out.returncode != 0
+    assert "holds another model (model.d_model differ)" in out.stderr
