@@ -81,7 +81,8 @@ class Trainer:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         model = RMAT(cfg.model)
-        if cfg.init_from:  # before the engine partitions the weights; a resumed checkpoint overrides them
+        # Before the engine partitions the weights, and only on a fresh start: a resume loads its own.
+        if cfg.init_from and not (cfg.resume and checkpoint.latest_meta(cfg.run_dir)):
             model.load_state_dict(checkpoint.load_model(cfg.init_from).state_dict())
         self.flops_per_token = model.flops_per_token()
         self.n_params = model.num_params()
