@@ -112,6 +112,9 @@ class TokenizerConfig:
             raise ValueError(f"tokenizer.model_type {self.model_type!r} must be bpe or unigram")
 
 
+PASSKEY_LAYOUT = 2  # 2: a sample fills exactly d + 1 segments with the loader's BOS and EOS (1: one more)
+
+
 @dataclass
 class PasskeyMixConfig:
     """Passkey samples added to every train shard (data_prep/passkey.py), drawn from its own documents.
@@ -145,9 +148,14 @@ class ShardConfig:
             raise ValueError("shard.sample_tokens must be >= 0 (0: one document per sample)")
 
     def key_fields(self) -> dict:
-        """What names the shard folder; without a passkey mix, the same as before the mix existed."""
+        """What names the shard folder; without a passkey mix, the same as before the mix existed.
+
+        A mix's key holds the samples' layout, so a folder written with another layout is not taken for this one.
+        """
         fields = asdict(self)
-        if not self.passkey.per_shard:
+        if self.passkey.per_shard:
+            fields["passkey"]["layout"] = PASSKEY_LAYOUT
+        else:
             del fields["passkey"]
         return fields
 

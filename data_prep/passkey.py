@@ -22,7 +22,7 @@ ANSWER = " {key}"
 
 @dataclass
 class PasskeySample:
-    tokens: np.ndarray  # (distance + 1) * segment_len + 1 ids: BOS first, the answer last
+    tokens: np.ndarray  # BOS first, the answer last; make_sample gives the length
     answer_len: int  # the answer's ids end the sample
 
 
@@ -34,11 +34,15 @@ def filler_stream(docs: list[np.ndarray], eos_id: int, bos_id: int) -> np.ndarra
 
 
 def make_sample(filler: np.ndarray, encode: Callable[[str], list[int]], distance: int, segment_len: int,
-                bos_id: int, rng: np.random.Generator) -> PasskeySample:
-    """A sample whose pass key lies in segment 0 and whose answer ends segment ``distance``."""
+                bos_id: int, rng: np.random.Generator, n_tokens: int = 0) -> PasskeySample:
+    """A sample whose pass key lies in segment 0 and whose answer ends segment ``distance``.
+
+    ``n_tokens`` (BOS and answer included) defaults to (distance + 1) * segment_len + 1: read
+    as d + 1 segments of inputs, the last of which predicts the answer's last id at its end.
+    """
     key = int(rng.integers(10_000, 100_000))
     needle, question, answer = (encode(NEEDLE.format(key=key)), encode(QUESTION), encode(ANSWER.format(key=key)))
-    n_tokens = (distance + 1) * segment_len + 1
+    n_tokens = n_tokens or (distance + 1) * segment_len + 1
     room = segment_len - 1 - len(needle)  # the needle ends inside segment 0, after BOS
     n_filler = n_tokens - 1 - len(needle) - len(question) - len(answer)
     if room < 0 or n_filler < 0 or len(question) + len(answer) > segment_len:
@@ -57,13 +61,18 @@ def training_documents(docs: list[np.ndarray], encode: Callable[[str], list[int]
     """``count`` passkey samples over ``docs`` as training documents: (ids, loss spans) each.
 
     Distances are drawn uniformly from 0..``max_distance`` segments. A document is its
-    sample less the leading BOS (the loader puts it back), so the loader's segments are
-    the sample's; its one loss span is the answer, the document's last ids.
+    sample less the leading BOS (the loader puts it back); its one loss span is the answer,
+    the document's last ids. A sample is one filler id shorter than the evaluation's, so
+    that with the loader's BOS and EOS the document is read as exactly d + 1 segments
+    (the EOS is the last target): a sample of the evaluation's length would spill its EOS
+    into a segment of padding of its own, a second segment per distance-0 sample.
     """
     filler = filler_stream(docs, eos_id, bos_id)
     out = []
     for _ in range(count):
-        sample = make_sample(filler, encode, int(rng.integers(0, max_distance + 1)), segment_len, bos_id, rng)
+        distance = int(rng.integers(0, max_distance + 1))
+        sample = make_sample(filler, encode, distance, segment_len, bos_id, rng,
+                             n_tokens=(distance + 1) * segment_len)
         ids = sample.tokens[1:]
         out.append((ids, [[len(ids) - sample.answer_len, len(ids)]]))
     return out

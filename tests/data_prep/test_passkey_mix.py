@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import sentencepiece as spm
 from dataprep_helpers import small_config, tree_bytes
 
-from data_prep.config import PasskeyMixConfig, ShardConfig
+from data_prep.config import PASSKEY_LAYOUT, PasskeyMixConfig, ShardConfig
 from data_prep.prep import run_prep
 from data_prep.shards import iter_shard, read_manifest
+from pipeline.streams import IGNORE_INDEX, RowStream
 
 S = 64
 
@@ -55,13 +57,30 @@ def test_a_passkey_sample_asks_for_its_key_and_its_only_loss_span_is_the_answer(
     samples = [(ids, meta) for _, ids, meta in documents(folder, "train") if meta["source"] == "passkey"]
     for ids, meta in samples:
         (start, end), = meta["loss_spans"]
-        # With the loader's BOS the answer is predicted by the last positions of segment len / S - 1.
-        assert end == len(ids) and len(ids) % S == 0
+        # With the loader's BOS and EOS the document fills (len + 1) / S segments exactly.
+        assert end == len(ids) and (len(ids) + 1) % S == 0
         text, answer = sp.decode(ids[:start].tolist()), sp.decode(ids[start:].tolist()).strip()
         assert answer.isdigit() and f"The pass key is {answer}. Remember it." in text
         assert text.endswith("What is the pass key? The pass key is")
-    distances = {len(ids) // S - 1 for ids, _ in samples}
+    distances = {(len(ids) + 1) // S - 1 for ids, _ in samples}
     assert len(distances) > 1 and distances <= {0, 1, 2, 3}
+
+
+def test_the_loader_reads_a_passkey_sample_as_distance_plus_one_segments_its_answer_counted_in_the_last(mixed):
+    _, folder = mixed
+    manifest = read_manifest(folder)
+    bos, eos = manifest["special_ids"]["bos"], manifest["special_ids"]["eos"]
+    samples = [(ids, meta) for _, ids, meta in documents(folder, "train") if meta["source"] == "passkey"]
+    for ids, meta in samples:
+        (start, end), = meta["loss_spans"]
+        stream = RowStream([ids], [0], S, bos, eos, spans=[np.array(meta["loss_spans"])])
+        segments = [stream.next_segment()]
+        while stream.doc_index == 0:
+            segments.append(stream.next_segment())
+        assert len(segments) == (len(ids) + 1) // S
+        counted = [targets[targets != IGNORE_INDEX] for _, targets, _ in segments]
+        assert all(len(c) == 0 for c in counted[:-1])
+        assert counted[-1].tolist() == ids[start:end].tolist()
 
 
 def test_a_rerun_with_a_passkey_mix_writes_the_same_bytes(mixed, tmp_path):
@@ -77,6 +96,11 @@ def test_without_a_mix_the_shard_folder_keeps_the_name_it_had_before_mixes_exist
                                                                     "sample_tokens": 65_536}
     mixed = ShardConfig(target_shard_bytes=20_000, passkey=PasskeyMixConfig(per_shard=1, segment_tokens=S))
     assert mixed.key_fields()["passkey"]["per_shard"] == 1
+
+
+def test_a_mix_names_its_sample_layout_so_a_folder_of_an_older_layout_is_not_reused():
+    mixed = ShardConfig(passkey=PasskeyMixConfig(per_shard=1, segment_tokens=S))
+    assert mixed.key_fields()["passkey"]["layout"] == PASSKEY_LAYOUT == 2
 
 
 def test_a_mix_without_the_segment_length_is_refused_naming_the_key():
