@@ -6,6 +6,8 @@ import glob
 import json
 import multiprocessing as mp
 import os
+import subprocess
+import sys
 import sysconfig
 import time
 from collections.abc import Callable, Hashable
@@ -13,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def median_time(fn: Callable[[], object], budget_s: float, min_runs: int = 3, warmup: int = 1,
@@ -71,6 +76,18 @@ def parse_variant(spec: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value) if value[:1] in "[{0123456789-tf" else value
     return name, overrides
+
+
+def rmat_train(config: dict, config_path: Path) -> float:
+    """Run `rmat train` on ``config`` in its own process; seconds it took."""
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", str(config_path)], cwd=REPO,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"rmat train failed ({config_path}):\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return time.perf_counter() - start
 
 
 def run_resumable(points: list[dict], key: Callable[[dict], Hashable], train: Callable[[dict], dict],

@@ -27,20 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import print_table  # noqa: E402
+from common import print_table, rmat_train  # noqa: E402
 from long_context import IGNORE, N_VALUES, TINY, VOCAB, Setting, Task, train_point  # noqa: E402
 
 from data_prep.byte_shards import write_id_shards  # noqa: E402
@@ -88,17 +85,6 @@ def train_config(shards: Path, run_dir: Path, tbptt: int, steps: int, batch: int
             "engine": {"zero_stage": 0, "threads_per_proc": 1},
             "checkpoint": {"every": 0}, "eval": {"every": 0, "max_docs": 16},
             "steps": steps, "seed": seed, "run_dir": str(run_dir)}
-
-
-def rmat_train(config: dict, config_path: Path) -> float:
-    """Run `rmat train` on ``config`` in its own process; seconds it took."""
-    config_path.write_text(yaml.safe_dump(config))
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", str(config_path)], cwd=ROOT,
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"rmat train failed ({config_path}):\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
-    return time.perf_counter() - start
 
 
 @torch.no_grad()

@@ -1,0 +1,200 @@
+"""Passkey retrieval across segments when `rmat train` does the training, copy first.
+
+Byte-level passkey documents over the standard library's source, made as the shard
+stage's passkey mix makes them (data_prep/passkey.py: "The pass key is N. Remember it. N
+is the pass key." in the first segment, "What is the pass key? The pass key is N" ending
+segment d, the answer the document's only loss span), written as token shards that the
+pipeline's loader reads, and trained by `rmat train` (DeepSpeed, one process, windows of
+``--tbptt`` segments: the pipeline's default 2) in stages chained by ``init_from``, each on
+its own shards: ``--schedule 0:600,1:2200,8:800`` trains 600 steps on distance 0 alone (the
+in-segment copy), then 2,200 on distances drawn from 0..1 (a window of 2 segments then often
+holds both the key and its question, so the write gets a gradient), then 800 on 0..8 (the
+reads of a full FIFO). Each schedule is a point; ``8:3600``, the same steps on the mixed
+distances throughout as the shard stage's passkey mix would give them, is the baseline.
+
+Scored as the evaluate stage scores passkey (pipeline/train/passkey.py): ``--samples``
+held-out samples per distance, a sample right when greedy prediction gives every answer
+byte, read with the memory carried and, as the no-memory baseline beside it, emptied before
+every segment. Model: the quickstart's (d_model 128, 2 layers, 4 heads, S 128, C 32,
+M 32: the FIFO reaches 8 segments back), ``model.mix_init`` per ``--settings``.
+
+    python benchmarks/passkey_pipeline.py --schedules 0:600,1:2200,8:800 8:3600 --seeds 3
+    python benchmarks/passkey_pipeline.py --smoke      # CI: seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import print_table, rmat_train, run_resumable, stdlib_byte_documents  # noqa: E402
+
+from data_prep.byte_shards import write_id_shards  # noqa: E402
+from data_prep.passkey import filler_stream, make_sample, training_documents  # noqa: E402
+from pipeline.train import checkpoint  # noqa: E402
+from pipeline.train.passkey import retrieved  # noqa: E402
+
+BOS_ID, EOS_ID = 256, 257
+MODEL = dict(vocab_size=258, d_model=128, n_layers=2, n_heads=4, segment_len=128, chunk_len=32, mem_slots=32)
+DOCS_PER_SHARD = 2048
+
+
+def encode(text: str) -> list[int]:
+    return list(text.encode())
+
+
+def filler_documents() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Train and held-out filler documents: the stdlib's modules, the last tenth held out."""
+    docs = stdlib_byte_documents(max_files=400, max_file_bytes=20_000)
+    cut = len(docs) * 9 // 10
+    return docs[:cut], docs[cut:]
+
+
+def documents_for(steps: int, batch: int, tbptt: int, max_distance: int) -> int:
+    """Passkey documents that ``steps`` steps read (a document of distance d fills d + 1 segments), with
+    a tenth more, so that no row reads a document twice."""
+    mean_segments = 1 + max_distance / 2
+    return math.ceil(steps * batch * tbptt / mean_segments * 1.1) + batch
+
+
+def write_passkey_shards(folder: Path, filler: list[np.ndarray], count: int, max_distance: int, seed: int) -> None:
+    """``count`` training documents of distances 0..``max_distance`` (and a few held out) as token shards."""
+    rng = np.random.default_rng(seed)
+
+    def shards(n: int, split: str) -> list[list[tuple[str, np.ndarray, dict]]]:
+        docs = training_documents(filler, encode, n, MODEL["segment_len"], max_distance, BOS_ID, EOS_ID, rng)
+        records = [(f"{split}{i:07d}", ids.astype(np.uint16),
+                    {"source": "passkey", "domain": "documents", "doc_hash": f"{split}{seed}-{i}", "tokens": len(ids),
+                     "loss_spans": spans}) for i, (ids, spans) in enumerate(docs)]
+        return [records[i:i + DOCS_PER_SHARD] for i in range(0, n, DOCS_PER_SHARD)]
+
+    write_id_shards(str(folder), {"train": shards(count, "train"), "val": shards(16, "val")}, MODEL["vocab_size"],
+                    BOS_ID, EOS_ID, f"passkey-{max_distance}-{count}-{seed}",
+                    {"sha256": "passkey-bytes-v1", "model": "", "model_type": "bytes"})
+
+
+def train_config(shards: Path, run_dir: Path, overrides: dict, steps: int, args: dict, init_from: str = "") -> dict:
+    """The pipeline's training config on the quickstart's byte model; windows of ``tbptt`` segments."""
+    return {"model": {**MODEL, **overrides},
+            "data": {"shards": str(shards), "batch_size": args["batch"], "tbptt_segments": args["tbptt"]},
+            "optim": {"lr": args["lr"], "warmup_steps": max(1, steps // 20)},
+            "engine": {"zero_stage": 0, "threads_per_proc": 1},
+            "checkpoint": {"every": 0}, "eval": {"every": 0, "max_docs": 4},
+            "steps": steps, "seed": args["seed"], "run_dir": str(run_dir), "init_from": init_from}
+
+
+@torch.no_grad()
+def passkey_accuracy(run_dir: Path, held_out: list[np.ndarray], distances: list[int], samples: int,
+                     seed: int) -> dict[str, list[float]]:
+    """Per distance: [share retrieved with the memory carried, with it emptied every segment]."""
+    torch.set_num_threads(1)
+    model = checkpoint.load_model(str(run_dir)).eval()
+    filler, out = filler_stream(held_out, EOS_ID, BOS_ID), {}
+    for d in distances:
+        rng = np.random.default_rng(10_000 + 100 * seed + d)
+        drawn = [make_sample(filler, encode, d, MODEL["segment_len"], BOS_ID, rng) for _ in range(samples)]
+        out[f"d{d}"] = [retrieved(model, drawn, MODEL["segment_len"], reset) / samples for reset in (False, True)]
+    return out
+
+
+def parse_schedule(spec: str) -> list[tuple[int, int]]:
+    """``max_distance:steps,...`` as [(max_distance, steps), ...], one training each, in order."""
+    try:
+        stages = [tuple(int(x) for x in stage.split(":")) for stage in spec.split(",")]
+    except ValueError:
+        stages = []
+    if not stages or any(len(s) != 2 or s[0] < 0 or s[1] < 1 for s in stages):
+        raise ValueError(f"schedule {spec!r}: give max_distance:steps,... (integers, steps >= 1)")
+    return stages
+
+
+def train_point(args: dict) -> dict:
+    """The trainings of one (setting, schedule, seed) point in turn, each from the last one's weights
+    and scored at its end."""
+    point = Path(args["out"]) / f"{args['setting']}-{args['schedule'].replace(':', 'x')}-s{args['seed']}"
+    train_filler, held_out = filler_documents()
+    stages = parse_schedule(args["schedule"])
+    scores, seconds, init_from = [], 0.0, ""
+    for i, (max_distance, steps) in enumerate(stages):
+        shards, run_dir = point / f"shards-{i}", point / f"run-{i}"
+        if not (shards / "manifest.json").exists():
+            count = documents_for(steps, args["batch"], args["tbptt"], max_distance)
+            write_passkey_shards(shards, train_filler, count, max_distance, 1000 * args["seed"] + i)
+        config = train_config(shards, run_dir, {"mix_init": args["setting"]}, steps, args, init_from)
+        seconds += rmat_train(config, point / f"train-{i}.yaml")
+        scores.append({"steps": sum(n for _, n in stages[:i + 1]), "max_distance": max_distance,
+                       **passkey_accuracy(run_dir, held_out, args["distances"], args["samples"], args["seed"])})
+        init_from = str(run_dir)
+        line = " ".join(f"d{d} {scores[-1][f'd{d}'][0]:.2f}" for d in args["distances"])
+        print(f"    {args['setting']} {args['schedule']} seed={args['seed']} "
+              f"step {scores[-1]['steps']}: retrieved {line} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+    return {**args, "scores": scores, "seconds": round(seconds, 1)}
+
+
+def point_key(r: dict) -> tuple:
+    return (r["setting"], r["schedule"], r["seed"], tuple(r["distances"]), r["batch"], r["tbptt"], r["lr"],
+            r["samples"])
+
+
+def summarize(records: list[dict], args: argparse.Namespace) -> None:
+    rows = []
+    for setting in args.settings:
+        for schedule in args.schedules:
+            mine = [r["scores"][-1] for r in records if r["setting"] == setting and r["schedule"] == schedule]
+            label = ", then ".join(f"{steps} steps at 0-{d}" for d, steps in parse_schedule(schedule))
+            rows.append([setting, label, *(_cell([m[f"d{d}"][0] for m in mine]) for d in args.distances),
+                         _cell([m[f"d{d}"][1] for m in mine for d in args.distances if d > 0])])
+    print(f"\nPasskey retrieved (every answer byte right) by models `rmat train` trained, windows of "
+          f"{args.tbptt} segments, batch {args.batch}; mean (min-max) over {args.seeds} seeds, "
+          f"{args.samples} held-out samples per distance\n")
+    print_table(["setting", "training", *(f"d = {d}" for d in args.distances), "memory reset, d > 0"], rows)
+
+
+def _cell(values: list[float]) -> str:
+    return f"{np.mean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
+    p.add_argument("--settings", type=lambda s: s.split(","), default=["one_path_per_head"],
+                   help="model.mix_init values")
+    p.add_argument("--schedules", nargs="+", default=["0:600,1:2200,8:800", "8:3600"],
+                   metavar="MAX_DISTANCE:STEPS,...", help="one point each: its trainings in turn")
+    p.add_argument("--distances", type=ints, default=[0, 1, 2, 4, 8], help="scored")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--tbptt", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--samples", type=int, default=200)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--out", default="runs/benchmarks/passkey_pipeline")
+    p.add_argument("--smoke", action="store_true", help="a few steps of one seed: the path works, in seconds")
+    args = p.parse_args()
+    if args.smoke:
+        args.schedules, args.seeds, args.batch, args.samples = ["0:2,2:4"], 1, 2, 4
+        args.distances, args.jobs = [0, 2], 1
+        args.out = str(Path(args.out) / "smoke")
+    for schedule in args.schedules:
+        try:
+            parse_schedule(schedule)
+        except ValueError as e:
+            p.error(str(e))
+    points = [dict(setting=s, schedule=schedule, seed=seed, distances=args.distances, batch=args.batch,
+                   tbptt=args.tbptt, lr=args.lr, samples=args.samples, out=args.out)
+              for s in args.settings for schedule in args.schedules for seed in range(args.seeds)]
+    records = run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs)
+    summarize(records, args)
+
+
+if __name__ == "__main__":
+    main()

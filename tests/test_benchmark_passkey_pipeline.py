@@ -1,0 +1,38 @@
+"""Passkey through `rmat train` in chained stages: the schedule's grammar and a smoke run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from passkey_pipeline import parse_schedule  # noqa: E402
+
+
+def test_a_schedule_lists_each_trainings_max_distance_and_steps_in_order():
+    assert parse_schedule("0:600,1:2200,8:800") == [(0, 600), (1, 2200), (8, 800)]
+
+
+@pytest.mark.parametrize("spec", ["0:600,1", "0:0", "-1:5", "a:5"])
+def test_a_malformed_schedule_is_refused_naming_it(spec):
+    with pytest.raises(ValueError, match="schedule"):
+        parse_schedule(spec)
+
+
+def test_the_smoke_run_trains_each_stage_from_the_last_ones_weights_and_scores_each(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/passkey_pipeline.py", "--smoke", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "memory reset, d > 0" in out.stdout
+    record, = map(json.loads, (tmp_path / "smoke" / "results.jsonl").read_text().splitlines())
+    assert [s["max_distance"] for s in record["scores"]] == [0, 2]
+    assert [s["steps"] for s in record["scores"]] == [2, 6]
+    point = tmp_path / "smoke" / "one_path_per_head-0x2,2x4-s0"
+    second = yaml.safe_load((point / "train-1.yaml").read_text())
+    assert second["init_from"] == str(point / "run-0") and second["steps"] == 4
+    assert json.loads((point / "run-1" / "final_metrics.json").read_text())["step"] == 4
