@@ -120,7 +120,10 @@ def parse_schedule(spec: str) -> list[tuple[int, int]]:
 def train_point(args: dict) -> dict:
     """The trainings of one (setting, schedule, seed) point in turn, each from the last one's weights
     and scored at its end."""
-    point = Path(args["out"]) / f"{args['setting']}-{args['schedule'].replace(':', 'x')}-s{args['seed']}"
+    name = f"{args['setting']}-{args['schedule'].replace(':', 'x')}-b{args['batch']}-w{args['tbptt']}-lr{args['lr']}"
+    # Everything that changes what a training computes names its folder: a rerun with other values must
+    # not resume a finished training of these and score it as theirs.
+    point = Path(args["out"]) / f"{name}-s{args['seed']}"
     train_filler, held_out = filler_documents()
     stages = parse_schedule(args["schedule"])
     scores, seconds, init_from = [], 0.0, ""

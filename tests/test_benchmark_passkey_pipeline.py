@@ -32,7 +32,7 @@ def test_the_smoke_run_trains_each_stage_from_the_last_ones_weights_and_scores_e
     record, = map(json.loads, (tmp_path / "smoke" / "results.jsonl").read_text().splitlines())
     assert [s["max_distance"] for s in record["scores"]] == [0, 2]
     assert [s["steps"] for s in record["scores"]] == [2, 6]
-    point = tmp_path / "smoke" / "one_path_per_head-0x2,2x4-s0"
+    point = tmp_path / "smoke" / "one_path_per_head-0x2,2x4-b2-w2-lr0.003-s0"
     second = yaml.safe_load((point / "train-1.yaml").read_text())
     assert second["init_from"] == str(point / "run-0") and second["steps"] == 4
     assert json.loads((point / "run-1" / "final_metrics.json").read_text())["step"] == 4
