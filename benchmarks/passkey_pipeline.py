@@ -7,10 +7,12 @@ segment d, the answer the document's only loss span), written as token shards th
 pipeline's loader reads, and trained by `rmat train` (DeepSpeed, one process, windows of
 ``--tbptt`` segments: the pipeline's default 2) in stages chained by ``init_from``, each on
 its own shards: ``--schedule 0:600,1:2200,8:800`` trains 600 steps on distance 0 alone (the
-in-segment copy), then 2,200 on distances drawn from 0..1 (a window of 2 segments then often
+in-segment copy), then 2,200 on distances drawn from 0..1 (a window of 2 segments then
 holds both the key and its question, so the write gets a gradient), then 800 on 0..8 (the
 reads of a full FIFO). Each schedule is a point; ``8:3600``, the same steps on the mixed
 distances throughout as the shard stage's passkey mix would give them, is the baseline.
+The loader keeps a document that fits in a window within one (``data.whole_short_documents``,
+the default); ``--stream`` lets documents straddle windows, as the loader did before.
 
 Scored as the evaluate stage scores passkey (pipeline/train/passkey.py): ``--samples``
 held-out samples per distance, a sample right when greedy prediction gives every answer
@@ -85,7 +87,8 @@ def write_passkey_shards(folder: Path, filler: list[np.ndarray], count: int, max
 def train_config(shards: Path, run_dir: Path, overrides: dict, steps: int, args: dict, init_from: str = "") -> dict:
     """The pipeline's training config on the quickstart's byte model; windows of ``tbptt`` segments."""
     return {"model": {**MODEL, **overrides},
-            "data": {"shards": str(shards), "batch_size": args["batch"], "tbptt_segments": args["tbptt"]},
+            "data": {"shards": str(shards), "batch_size": args["batch"], "tbptt_segments": args["tbptt"],
+                     "whole_short_documents": args["whole"]},
             "optim": {"lr": args["lr"], "warmup_steps": max(1, steps // 20)},
             "engine": {"zero_stage": 0, "threads_per_proc": 1},
             "checkpoint": {"every": 0}, "eval": {"every": 0, "max_docs": 4},
@@ -120,7 +123,8 @@ def parse_schedule(spec: str) -> list[tuple[int, int]]:
 def train_point(args: dict) -> dict:
     """The trainings of one (setting, schedule, seed) point in turn, each from the last one's weights
     and scored at its end."""
-    name = f"{args['setting']}-{args['schedule'].replace(':', 'x')}-b{args['batch']}-w{args['tbptt']}-lr{args['lr']}"
+    name = (f"{args['setting']}-{args['schedule'].replace(':', 'x')}-b{args['batch']}-w{args['tbptt']}"
+            f"{'' if args['whole'] else 'stream'}-lr{args['lr']}")
     # Everything that changes what a training computes names its folder: a rerun with other values must
     # not resume a finished training of these and score it as theirs.
     point = Path(args["out"]) / f"{name}-s{args['seed']}"
@@ -145,7 +149,7 @@ def train_point(args: dict) -> dict:
 
 def point_key(r: dict) -> tuple:
     return (r["setting"], r["schedule"], r["seed"], tuple(r["distances"]), r["batch"], r["tbptt"], r["lr"],
-            r["samples"])
+            r["samples"], r["whole"])
 
 
 def summarize(records: list[dict], args: argparse.Namespace) -> None:
@@ -156,8 +160,9 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
             label = ", then ".join(f"{steps} steps at 0-{d}" for d, steps in parse_schedule(schedule))
             rows.append([setting, label, *(_cell([m[f"d{d}"][0] for m in mine]) for d in args.distances),
                          _cell([m[f"d{d}"][1] for m in mine for d in args.distances if d > 0])])
+    fit = "documents straddling windows" if args.stream else "short documents whole in a window"
     print(f"\nPasskey retrieved (every answer byte right) by models `rmat train` trained, windows of "
-          f"{args.tbptt} segments, batch {args.batch}; mean (min-max) over {args.seeds} seeds, "
+          f"{args.tbptt} segments ({fit}), batch {args.batch}; mean (min-max) over {args.seeds} seeds, "
           f"{args.samples} held-out samples per distance\n")
     print_table(["setting", "training", *(f"d = {d}" for d in args.distances), "memory reset, d > 0"], rows)
 
@@ -178,6 +183,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--tbptt", type=int, default=2)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--stream", action="store_true",
+                   help="data.whole_short_documents false: a document may straddle two windows")
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/benchmarks/passkey_pipeline")
@@ -193,7 +200,7 @@ def main() -> None:
         except ValueError as e:
             p.error(str(e))
     points = [dict(setting=s, schedule=schedule, seed=seed, distances=args.distances, batch=args.batch,
-                   tbptt=args.tbptt, lr=args.lr, samples=args.samples, out=args.out)
+                   tbptt=args.tbptt, lr=args.lr, samples=args.samples, whole=not args.stream, out=args.out)
               for s in args.settings for schedule in args.schedules for seed in range(args.seeds)]
     records = run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs)
     summarize(records, args)

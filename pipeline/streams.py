@@ -5,6 +5,12 @@ segment boundary, so ``reset`` (empty the row's memory) falls before its first s
 and training sees documents the way evaluation does: from an empty memory. The tail of
 a document's last segment is padding that the loss ignores, and so is every target
 outside a document's loss spans when it has them (data_prep.shards.loss_spans).
+
+Read in TBPTT windows, a row may also keep a short document whole: one that fits in a
+window but not in what is left of the current one waits for the next window, the row
+idling on padding segments until then. Otherwise a document of two segments starting on
+a window's last segment would have its first segment's memory detached before its second
+reads it: half of such documents would teach the memory's write nothing.
 """
 
 from __future__ import annotations
@@ -48,10 +54,18 @@ class RowStream:
         self.bos_id, self.eos_id = bos_id, eos_id
         self.doc_index, self.offset = 0, 0
 
-    def next_segment(self) -> tuple[np.ndarray, np.ndarray, bool]:
-        """(inputs [S], targets [S], reset) for the next segment of this row."""
+    def next_segment(self, room: int = 0, window: int = 0) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(inputs [S], targets [S], reset) for the next segment of this row.
+
+        Read in windows of ``window`` segments with ``room`` segments left in the current one
+        (this one included), a document that fits in a window but not in the room left is not
+        begun: the row gets a padding segment instead (no loss, no reset) and stays where it is.
+        """
         i = self.order[self.doc_index % len(self.order)]
         start = self.offset
+        if start == 0 and room < segments_of(self.docs[i], self.segment_len) <= window:
+            return (np.full(self.segment_len, self.eos_id, dtype=np.int64),
+                    np.full(self.segment_len, IGNORE_INDEX, dtype=np.int64), False)
         inputs, targets, last = segment_window(self.docs[i], start, self.segment_len, self.bos_id, self.eos_id,
                                                None if self.spans is None else self.spans[i])
         if last:
@@ -65,6 +79,11 @@ class RowStream:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.doc_index, self.offset = int(state["doc_index"]), int(state["offset"])
+
+
+def segments_of(doc: np.ndarray, segment_len: int) -> int:
+    """Segments that [bos] + doc + [eos] fills: one per ``segment_len`` predicted tokens."""
+    return -(-(len(doc) + 1) // segment_len)
 
 
 def segment_window(doc: np.ndarray, start: int, segment_len: int, bos_id: int, eos_id: int,
@@ -102,8 +121,9 @@ class BatchStream:
     def __init__(self, rows: Sequence[RowStream]) -> None:
         self.rows = list(rows)
 
-    def next_segment(self) -> Segment:
-        parts = [row.next_segment() for row in self.rows]
+    def next_segment(self, room: int = 0, window: int = 0) -> Segment:
+        """The rows' next segments; ``room`` and ``window`` as in ``RowStream.next_segment``."""
+        parts = [row.next_segment(room, window) for row in self.rows]
         return Segment(
             inputs=torch.from_numpy(np.stack([p[0] for p in parts])),
             targets=torch.from_numpy(np.stack([p[1] for p in parts])),

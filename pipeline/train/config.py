@@ -19,6 +19,9 @@ class DataConfig:
     val_split: str = "val"
     batch_size: int = 8
     tbptt_segments: int = 2
+    # A document that fits in a TBPTT window is read within one window, the row idling on padding
+    # until the next begins, so the gradient of its last segment reaches the memory its first wrote.
+    whole_short_documents: bool = True
 
 
 @dataclass

@@ -61,3 +61,29 @@ def test_a_document_without_spans_beside_one_with_them_keeps_every_target():
     r = RowStream([np.arange(3), np.arange(3)], [0, 1], 4, BOS, EOS, [np.array([[0, 1]]), None])
     assert r.next_segment()[1].tolist() == [0, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]
     assert r.next_segment()[1].tolist() == [0, 1, 2, EOS]
+
+
+def _window(r: RowStream, k: int) -> list[tuple]:
+    return [r.next_segment(k - j, k) for j in range(k)]
+
+
+def test_a_short_document_that_would_straddle_two_windows_waits_for_the_next():
+    # Segments of 4: a 1-segment document, then two of 2 segments, read in windows of 2.
+    r = row([np.array([1]), np.arange(5), np.arange(6)])
+    (a, pad), (b1, b2), (c1, c2) = _window(r, 2), _window(r, 2), _window(r, 2)
+    assert a[0].tolist()[:2] == [BOS, 1] and a[2]
+    assert pad[0].tolist() == [EOS] * 4 and pad[1].tolist() == [IGNORE_INDEX] * 4 and not pad[2]
+    assert b1[0].tolist() == [BOS, 0, 1, 2] and b1[2] and not b2[2]
+    assert c1[0].tolist() == [BOS, 0, 1, 2] and c1[2] and c2[0].tolist()[-1] == EOS
+
+
+def test_a_document_longer_than_a_window_starts_at_once():
+    r = row([np.array([1]), np.arange(9)])  # 1 segment, then 3
+    (_, b1), _ = _window(r, 2), _window(r, 2)
+    assert b1[0].tolist() == [BOS, 0, 1, 2] and b1[2]
+
+
+def test_without_a_window_documents_follow_each_other_directly():
+    r = row([np.array([1]), np.arange(5)])
+    r.next_segment()
+    assert r.next_segment(1, 0)[2]  # the 2-segment document begins on the segment after

@@ -55,20 +55,55 @@ def test_ranks_and_rows_read_disjoint_streams_that_cover_each_epoch(shards):
     assert not per_rank[0] & per_rank[1]
 
 
-def test_loader_position_restores_the_stream_exactly(shards):
+@pytest.mark.parametrize("whole", [False, True], ids=["stream", "whole_short_documents"])
+def test_loader_position_restores_the_stream_exactly(shards, whole):
     info = open_split(shards, "train")
-    original = TrainLoader(info, 1, 2, 8, 2, S, seed=3)
+    original = TrainLoader(info, 1, 2, 8, 2, S, seed=3, whole_short_documents=whole)
     for _ in range(7):
         original.window(0, 2), original.window(1, 2)
     state = json.loads(json.dumps(original.state_dict()))  # small plain data
     assert {"epoch", "shard", "sample", "offset"} <= set(state[0][0])
-    restored = TrainLoader(info, 1, 2, 8, 2, S, seed=3)
+    restored = TrainLoader(info, 1, 2, 8, 2, S, seed=3, whole_short_documents=whole)
     restored.load_state_dict(state)
     for _ in range(40):
         for group in (0, 1):
             for a, b in zip(original.window(group, 2), restored.window(group, 2), strict=True):
                 assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
                 assert torch.equal(a.reset, b.reset)
+
+
+def _documents_read(loader: TrainLoader, k: int, windows: int) -> list[list[tuple[int, int, bytes]]]:
+    """Per row of group 0, the documents read in ``windows`` windows of k: (first segment, segments, ids)."""
+    rows = len(loader.groups[0].rows)
+    docs: list[list[tuple[int, int, bytes]]] = [[] for _ in range(rows)]
+    for w in range(windows):
+        for j, seg in enumerate(loader.window(0, k)):
+            for r in range(rows):
+                counted = seg.inputs[r][seg.targets[r] != IGNORE_INDEX]
+                if seg.reset[r]:
+                    docs[r].append((w * k + j, 0, b""))
+                if len(counted):
+                    first, n, ids = docs[r][-1]
+                    docs[r][-1] = (first, n + 1, ids + counted.numpy().tobytes())
+    return docs
+
+
+def test_whole_short_documents_lie_in_one_window(shards):
+    info = open_split(shards, "train")
+    k, s = 3, 256  # the shards' documents span from 1 to many segments of 256 bytes
+    rows = _documents_read(TrainLoader(info, 0, 1, 4, 1, s, seed=0, whole_short_documents=True), k, 100)
+    short = [(first, n) for row in rows for first, n, _ in row[:-1] if n <= k]
+    assert len(short) > 20
+    assert all(first // k == (first + n - 1) // k for first, n in short)
+
+
+def test_whole_short_documents_only_delay_documents_never_skip_them(shards):
+    info = open_split(shards, "train")
+    k, s = 3, 256
+    plain = _documents_read(TrainLoader(info, 0, 1, 4, 1, s, seed=0), k, 100)
+    whole = _documents_read(TrainLoader(info, 0, 1, 4, 1, s, seed=0, whole_short_documents=True), k, 100)
+    for a, b in zip(plain, whole, strict=True):
+        assert [ids for _, _, ids in b[:-1]] == [ids for _, _, ids in a[:len(b) - 1]]
 
 
 def rewrite_json_members(shard: str, old: bytes, new: bytes) -> None:
