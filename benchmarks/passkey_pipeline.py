@@ -11,8 +11,8 @@ in-segment copy), then 2,200 on distances drawn from 0..1 (a window of 2 segment
 holds both the key and its question, so the write gets a gradient), then 800 on 0..8 (the
 reads of a full FIFO). Each schedule is a point; ``8:3600``, the same steps on the mixed
 distances throughout as the shard stage's passkey mix would give them, is the baseline.
-The loader keeps a document that fits in a window within one (``data.whole_short_documents``,
-the default); ``--stream`` lets documents straddle windows, as the loader did before.
+``--whole`` has the loader keep a document that fits in a window within one
+(``data.whole_short_documents``); by default a document may straddle two windows.
 
 Scored as the evaluate stage scores passkey (pipeline/train/passkey.py): ``--samples``
 held-out samples per distance, a sample right when greedy prediction gives every answer
@@ -124,7 +124,7 @@ def train_point(args: dict) -> dict:
     """The trainings of one (setting, schedule, seed) point in turn, each from the last one's weights
     and scored at its end."""
     name = (f"{args['setting']}-{args['schedule'].replace(':', 'x')}-b{args['batch']}-w{args['tbptt']}"
-            f"{'' if args['whole'] else 'stream'}-lr{args['lr']}")
+            f"{'-whole' if args['whole'] else ''}-lr{args['lr']}")
     # Everything that changes what a training computes names its folder: a rerun with other values must
     # not resume a finished training of these and score it as theirs.
     point = Path(args["out"]) / f"{name}-s{args['seed']}"
@@ -160,7 +160,7 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
             label = ", then ".join(f"{steps} steps at 0-{d}" for d, steps in parse_schedule(schedule))
             rows.append([setting, label, *(_cell([m[f"d{d}"][0] for m in mine]) for d in args.distances),
                          _cell([m[f"d{d}"][1] for m in mine for d in args.distances if d > 0])])
-    fit = "documents straddling windows" if args.stream else "short documents whole in a window"
+    fit = "short documents whole in a window" if args.whole else "documents straddling windows"
     print(f"\nPasskey retrieved (every answer byte right) by models `rmat train` trained, windows of "
           f"{args.tbptt} segments ({fit}), batch {args.batch}; mean (min-max) over {args.seeds} seeds, "
           f"{args.samples} held-out samples per distance\n")
@@ -183,8 +183,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--tbptt", type=int, default=2)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--stream", action="store_true",
-                   help="data.whole_short_documents false: a document may straddle two windows")
+    p.add_argument("--whole", action="store_true",
+                   help="data.whole_short_documents: a document that fits in a window is read within one")
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/benchmarks/passkey_pipeline")
@@ -200,7 +200,7 @@ def main() -> None:
         except ValueError as e:
             p.error(str(e))
     points = [dict(setting=s, schedule=schedule, seed=seed, distances=args.distances, batch=args.batch,
-                   tbptt=args.tbptt, lr=args.lr, samples=args.samples, whole=not args.stream, out=args.out)
+                   tbptt=args.tbptt, lr=args.lr, samples=args.samples, whole=args.whole, out=args.out)
               for s in args.settings for schedule in args.schedules for seed in range(args.seeds)]
     records = run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs)
     summarize(records, args)

@@ -21,7 +21,8 @@ class DataConfig:
     tbptt_segments: int = 2
     # A document that fits in a TBPTT window is read within one window, the row idling on padding
     # until the next begins, so the gradient of its last segment reaches the memory its first wrote.
-    whole_short_documents: bool = True
+    # Off by default: on passkey it lifted recall 1-2 segments back but lowered it 8 back (docs/design.md).
+    whole_short_documents: bool = False
 
 
 @dataclass
