@@ -129,7 +129,15 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 60, may_finish: b
 
 
 def _partial_shard(out):
-    return [p for p in glob.glob(f"{out}/shards-*/*.tar.tmp-*") if os.path.getsize(p) > 0]
+    return [p for p in glob.glob(f"{out}/shards-*/*.tar.tmp-*") if _size(p) > 0]
+
+
+def _size(path: str) -> int:
+    """0 for a file that is gone: a temp shard may be renamed into place between the glob and here."""
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
 
 
 KILL_POINTS = {
