@@ -6,10 +6,10 @@ is the pass key." in the first segment, "What is the pass key? The pass key is N
 segment d, the answer the document's only loss span), written as token shards that the
 pipeline's loader reads, and trained by `rmat train` (DeepSpeed, one process, windows of
 ``--tbptt`` segments: the pipeline's default 2) in stages chained by ``init_from``, each on
-its own shards: ``--schedule 0:600,1:2200,8:800`` trains 600 steps on distance 0 alone (the
-in-segment copy), then 2,200 on distances drawn from 0..1 (a window of 2 segments then
+its own shards: ``--schedule 0:600,1:2200,8:800:1e-3`` trains 600 steps on distance 0 alone
+(the in-segment copy), then 2,200 on distances drawn from 0..1 (a window of 2 segments then
 holds both the key and its question, so the write gets a gradient), then 800 on 0..8 (the
-reads of a full FIFO). Each schedule is a point; ``8:3600``, the same steps on the mixed
+reads of a full FIFO) at a learning rate of its own (``--lr`` where a stage names none). Each schedule is a point; ``8:3600``, the same steps on the mixed
 distances throughout as the shard stage's passkey mix would give them, is the baseline.
 ``--whole`` has the loader keep a document that fits in a window within one
 (``data.whole_short_documents``); by default a document may straddle two windows.
@@ -84,12 +84,13 @@ def write_passkey_shards(folder: Path, filler: list[np.ndarray], count: int, max
                     {"sha256": "passkey-bytes-v1", "model": "", "model_type": "bytes"})
 
 
-def train_config(shards: Path, run_dir: Path, overrides: dict, steps: int, args: dict, init_from: str = "") -> dict:
+def train_config(shards: Path, run_dir: Path, overrides: dict, steps: int, lr: float, args: dict,
+                 init_from: str = "") -> dict:
     """The pipeline's training config on the quickstart's byte model; windows of ``tbptt`` segments."""
     return {"model": {**MODEL, **overrides},
             "data": {"shards": str(shards), "batch_size": args["batch"], "tbptt_segments": args["tbptt"],
                      "whole_short_documents": args["whole"]},
-            "optim": {"lr": args["lr"], "warmup_steps": max(1, steps // 20)},
+            "optim": {"lr": lr, "warmup_steps": max(1, steps // 20)},
             "engine": {"zero_stage": 0, "threads_per_proc": 1},
             "checkpoint": {"every": 0}, "eval": {"every": 0, "max_docs": 4},
             "steps": steps, "seed": args["seed"], "run_dir": str(run_dir), "init_from": init_from}
@@ -109,14 +110,22 @@ def passkey_accuracy(run_dir: Path, held_out: list[np.ndarray], distances: list[
     return out
 
 
-def parse_schedule(spec: str) -> list[tuple[int, int]]:
-    """``max_distance:steps,...`` as [(max_distance, steps), ...], one training each, in order."""
-    try:
-        stages = [tuple(int(x) for x in stage.split(":")) for stage in spec.split(",")]
-    except ValueError:
-        stages = []
-    if not stages or any(len(s) != 2 or s[0] < 0 or s[1] < 1 for s in stages):
-        raise ValueError(f"schedule {spec!r}: give max_distance:steps,... (integers, steps >= 1)")
+def parse_schedule(spec: str, lr: float) -> list[tuple[int, int, float]]:
+    """``max_distance:steps[:lr],...`` as [(max_distance, steps, lr), ...], one training each, in order;
+    a stage without its own learning rate takes ``lr``."""
+    stages = []
+    for stage in spec.split(","):
+        fields = stage.split(":")
+        try:
+            stages.append((int(fields[0]), int(fields[1]), float(fields[2]) if len(fields) == 3 else lr))
+        except (ValueError, IndexError):
+            stages = []
+            break
+        if len(fields) > 3 or stages[-1][0] < 0 or stages[-1][1] < 1 or not stages[-1][2] > 0:
+            stages = []
+            break
+    if not stages:
+        raise ValueError(f"schedule {spec!r}: give max_distance:steps[:lr],... (integers, steps >= 1, lr > 0)")
     return stages
 
 
@@ -129,16 +138,16 @@ def train_point(args: dict) -> dict:
     # not resume a finished training of these and score it as theirs.
     point = Path(args["out"]) / f"{name}-s{args['seed']}"
     train_filler, held_out = filler_documents()
-    stages = parse_schedule(args["schedule"])
+    stages = parse_schedule(args["schedule"], args["lr"])
     scores, seconds, init_from = [], 0.0, ""
-    for i, (max_distance, steps) in enumerate(stages):
+    for i, (max_distance, steps, lr) in enumerate(stages):
         shards, run_dir = point / f"shards-{i}", point / f"run-{i}"
         if not (shards / "manifest.json").exists():
             count = documents_for(steps, args["batch"], args["tbptt"], max_distance)
             write_passkey_shards(shards, train_filler, count, max_distance, 1000 * args["seed"] + i)
-        config = train_config(shards, run_dir, {"mix_init": args["setting"]}, steps, args, init_from)
+        config = train_config(shards, run_dir, {"mix_init": args["setting"]}, steps, lr, args, init_from)
         seconds += rmat_train(config, point / f"train-{i}.yaml")
-        scores.append({"steps": sum(n for _, n in stages[:i + 1]), "max_distance": max_distance,
+        scores.append({"steps": sum(n for _, n, _ in stages[:i + 1]), "max_distance": max_distance,
                        **passkey_accuracy(run_dir, held_out, args["distances"], args["samples"], args["seed"])})
         init_from = str(run_dir)
         line = " ".join(f"d{d} {scores[-1][f'd{d}'][0]:.2f}" for d in args["distances"])
@@ -156,10 +165,13 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
     rows = []
     for setting in args.settings:
         for schedule in args.schedules:
-            mine = [r["scores"][-1] for r in records if r["setting"] == setting and r["schedule"] == schedule]
-            label = ", then ".join(f"{steps} steps at 0-{d}" for d, steps in parse_schedule(schedule))
-            rows.append([setting, label, *(_cell([m[f"d{d}"][0] for m in mine]) for d in args.distances),
-                         _cell([m[f"d{d}"][1] for m in mine for d in args.distances if d > 0])])
+            # A row after each stage: the stages before the last are the baseline the last one is judged by.
+            stages = parse_schedule(schedule, args.lr)
+            for i in range(len(stages)):
+                mine = [r["scores"][i] for r in records if r["setting"] == setting and r["schedule"] == schedule]
+                label = ", then ".join(f"{steps} steps at 0-{d} (lr {lr:g})" for d, steps, lr in stages[:i + 1])
+                rows.append([setting, label, *(_cell([m[f"d{d}"][0] for m in mine]) for d in args.distances),
+                             _cell([m[f"d{d}"][1] for m in mine for d in args.distances if d > 0])])
     fit = "short documents whole in a window" if args.whole else "documents straddling windows"
     print(f"\nPasskey retrieved (every answer byte right) by models `rmat train` trained, windows of "
           f"{args.tbptt} segments ({fit}), batch {args.batch}; mean (min-max) over {args.seeds} seeds, "
@@ -196,7 +208,7 @@ def main() -> None:
         args.out = str(Path(args.out) / "smoke")
     for schedule in args.schedules:
         try:
-            parse_schedule(schedule)
+            parse_schedule(schedule, args.lr)
         except ValueError as e:
             p.error(str(e))
     points = [dict(setting=s, schedule=schedule, seed=seed, distances=args.distances, batch=args.batch,

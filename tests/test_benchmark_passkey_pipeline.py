@@ -14,14 +14,18 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from passkey_pipeline import parse_schedule  # noqa: E402
 
 
-def test_a_schedule_lists_each_trainings_max_distance_and_steps_in_order():
-    assert parse_schedule("0:600,1:2200,8:800") == [(0, 600), (1, 2200), (8, 800)]
+def test_a_schedule_lists_each_trainings_max_distance_steps_and_learning_rate_in_order():
+    assert parse_schedule("0:600,1:2200,8:800", 3e-3) == [(0, 600, 3e-3), (1, 2200, 3e-3), (8, 800, 3e-3)]
 
 
-@pytest.mark.parametrize("spec", ["0:600,1", "0:0", "-1:5", "a:5"])
+def test_a_stage_may_name_its_own_learning_rate():
+    assert parse_schedule("1:2200,8:800:1e-3", 3e-3) == [(1, 2200, 3e-3), (8, 800, 1e-3)]
+
+
+@pytest.mark.parametrize("spec", ["0:600,1", "0:0", "-1:5", "a:5", "8:800:0", "8:800:x", "8:800:1e-3:2"])
 def test_a_malformed_schedule_is_refused_naming_it(spec):
     with pytest.raises(ValueError, match="schedule"):
-        parse_schedule(spec)
+        parse_schedule(spec, 3e-3)
 
 
 def test_the_smoke_run_trains_each_stage_from_the_last_ones_weights_and_scores_each(tmp_path):
