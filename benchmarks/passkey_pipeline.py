@@ -12,12 +12,15 @@ holds both the key and its question, so the write gets a gradient), then 800 on 
 reads of a full FIFO) at a learning rate of its own (``--lr`` where a stage names none). Each schedule is a point; ``8:3600``, the same steps on the mixed
 distances throughout as the shard stage's passkey mix would give them, is the baseline.
 ``--whole`` has the loader keep a document that fits in a window within one
-(``data.whole_short_documents``); by default a document may straddle two windows.
+(``data.whole_short_documents``); by default a document may straddle two windows. ``--lead L``
+puts the key after 0..L segments of filler (drawn per document), so that it is written into
+a memory that already holds text; by default it lies in the document's first segment.
 
 Scored as the evaluate stage scores passkey (pipeline/train/passkey.py): ``--samples``
 held-out samples per distance, a sample right when greedy prediction gives every answer
 byte, read with the memory carried and, as the no-memory baseline beside it, emptied before
-every segment. Model: the quickstart's (d_model 128, 2 layers, 4 heads, S 128, C 32,
+every segment; and, in a second table, with the key after max(distances) - d segments of
+filler (the Landmark protocol's key at a random place of one long context). Model: the quickstart's (d_model 128, 2 layers, 4 heads, S 128, C 32,
 M 32: the FIFO reaches 8 segments back), ``model.mix_init`` per ``--settings``.
 
     python benchmarks/passkey_pipeline.py --schedules 0:600,1:2200,8:800 8:3600 --seeds 3
@@ -61,19 +64,22 @@ def filler_documents() -> tuple[list[np.ndarray], list[np.ndarray]]:
     return docs[:cut], docs[cut:]
 
 
-def documents_for(steps: int, batch: int, tbptt: int, max_distance: int) -> int:
-    """Passkey documents that ``steps`` steps read (a document of distance d fills d + 1 segments), with
-    a tenth more, so that no row reads a document twice."""
-    mean_segments = 1 + max_distance / 2
+def documents_for(steps: int, batch: int, tbptt: int, max_distance: int, max_lead: int) -> int:
+    """Passkey documents that ``steps`` steps read (a document of lead l and distance d fills l + d + 1
+    segments), with a tenth more, so that no row reads a document twice."""
+    mean_segments = 1 + max_distance / 2 + max_lead / 2
     return math.ceil(steps * batch * tbptt / mean_segments * 1.1) + batch
 
 
-def write_passkey_shards(folder: Path, filler: list[np.ndarray], count: int, max_distance: int, seed: int) -> None:
-    """``count`` training documents of distances 0..``max_distance`` (and a few held out) as token shards."""
+def write_passkey_shards(folder: Path, filler: list[np.ndarray], count: int, max_distance: int, max_lead: int,
+                         seed: int) -> None:
+    """``count`` training documents of distances 0..``max_distance``, the key after 0..``max_lead`` segments
+    of filler (and a few held out), as token shards."""
     rng = np.random.default_rng(seed)
 
     def shards(n: int, split: str) -> list[list[tuple[str, np.ndarray, dict]]]:
-        docs = training_documents(filler, encode, n, MODEL["segment_len"], max_distance, BOS_ID, EOS_ID, rng)
+        docs = training_documents(filler, encode, n, MODEL["segment_len"], max_distance, BOS_ID, EOS_ID, rng,
+                                  max_lead)
         records = [(f"{split}{i:07d}", ids.astype(np.uint16),
                     {"source": "passkey", "domain": "documents", "doc_hash": f"{split}{seed}-{i}", "tokens": len(ids),
                      "loss_spans": spans}) for i, (ids, spans) in enumerate(docs)]
@@ -99,14 +105,19 @@ def train_config(shards: Path, run_dir: Path, overrides: dict, steps: int, lr: f
 @torch.no_grad()
 def passkey_accuracy(run_dir: Path, held_out: list[np.ndarray], distances: list[int], samples: int,
                      seed: int) -> dict[str, list[float]]:
-    """Per distance: [share retrieved with the memory carried, with it emptied every segment]."""
+    """Per distance: [share retrieved with the memory carried, with it emptied every segment, and carried with
+    the key after max(distances) - d segments of filler]: the last reads every sample at the same length, the
+    key at a random segment of it as in the Landmark protocol, written into a memory that already holds text."""
     torch.set_num_threads(1)
     model = checkpoint.load_model(str(run_dir)).eval()
-    filler, out = filler_stream(held_out, EOS_ID, BOS_ID), {}
+    filler, out, longest = filler_stream(held_out, EOS_ID, BOS_ID), {}, max(distances)
     for d in distances:
         rng = np.random.default_rng(10_000 + 100 * seed + d)
         drawn = [make_sample(filler, encode, d, MODEL["segment_len"], BOS_ID, rng) for _ in range(samples)]
+        led = [make_sample(filler, encode, d, MODEL["segment_len"], BOS_ID, rng, lead=longest - d)
+               for _ in range(samples)]
         out[f"d{d}"] = [retrieved(model, drawn, MODEL["segment_len"], reset) / samples for reset in (False, True)]
+        out[f"d{d}"].append(retrieved(model, led, MODEL["segment_len"], False) / samples)
     return out
 
 
@@ -132,8 +143,9 @@ def parse_schedule(spec: str, lr: float) -> list[tuple[int, int, float]]:
 def train_point(args: dict) -> dict:
     """The trainings of one (setting, schedule, seed) point in turn, each from the last one's weights
     and scored at its end."""
+    lead = f"-lead{args['lead']}" if args["lead"] else ""
     name = (f"{args['setting']}-{args['schedule'].replace(':', 'x')}-b{args['batch']}-w{args['tbptt']}"
-            f"{'-whole' if args['whole'] else ''}-lr{args['lr']}")
+            f"{'-whole' if args['whole'] else ''}{lead}-lr{args['lr']}")
     # Everything that changes what a training computes names its folder: a rerun with other values must
     # not resume a finished training of these and score it as theirs.
     point = Path(args["out"]) / f"{name}-s{args['seed']}"
@@ -143,8 +155,8 @@ def train_point(args: dict) -> dict:
     for i, (max_distance, steps, lr) in enumerate(stages):
         shards, run_dir = point / f"shards-{i}", point / f"run-{i}"
         if not (shards / "manifest.json").exists():
-            count = documents_for(steps, args["batch"], args["tbptt"], max_distance)
-            write_passkey_shards(shards, train_filler, count, max_distance, 1000 * args["seed"] + i)
+            count = documents_for(steps, args["batch"], args["tbptt"], max_distance, args["lead"])
+            write_passkey_shards(shards, train_filler, count, max_distance, args["lead"], 1000 * args["seed"] + i)
         config = train_config(shards, run_dir, {"mix_init": args["setting"]}, steps, lr, args, init_from)
         seconds += rmat_train(config, point / f"train-{i}.yaml")
         scores.append({"steps": sum(n for _, n, _ in stages[:i + 1]), "max_distance": max_distance,
@@ -158,11 +170,11 @@ def train_point(args: dict) -> dict:
 
 def point_key(r: dict) -> tuple:
     return (r["setting"], r["schedule"], r["seed"], tuple(r["distances"]), r["batch"], r["tbptt"], r["lr"],
-            r["samples"], r["whole"])
+            r["samples"], r["whole"], r.get("lead", 0))  # records from before --lead trained without one
 
 
 def summarize(records: list[dict], args: argparse.Namespace) -> None:
-    rows = []
+    rows, led = [], []
     for setting in args.settings:
         for schedule in args.schedules:
             # A row after each stage: the stages before the last are the baseline the last one is judged by.
@@ -172,11 +184,15 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
                 label = ", then ".join(f"{steps} steps at 0-{d} (lr {lr:g})" for d, steps, lr in stages[:i + 1])
                 rows.append([setting, label, *(_cell([m[f"d{d}"][0] for m in mine]) for d in args.distances),
                              _cell([m[f"d{d}"][1] for m in mine for d in args.distances if d > 0])])
+                led.append([setting, label, *(_cell([m[f"d{d}"][2] for m in mine]) for d in args.distances)])
     fit = "short documents whole in a window" if args.whole else "documents straddling windows"
     print(f"\nPasskey retrieved (every answer byte right) by models `rmat train` trained, windows of "
           f"{args.tbptt} segments ({fit}), batch {args.batch}; mean (min-max) over {args.seeds} seeds, "
           f"{args.samples} held-out samples per distance\n")
     print_table(["setting", "training", *(f"d = {d}" for d in args.distances), "memory reset, d > 0"], rows)
+    print(f"\nThe same, the key after {max(args.distances)} - d segments of filler (every sample "
+          f"{max(args.distances) + 1} segments long, the key written into a memory that holds text)\n")
+    print_table(["setting", "training", *(f"d = {d}" for d in args.distances)], led)
 
 
 def _cell(values: list[float]) -> str:
@@ -197,6 +213,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--whole", action="store_true",
                    help="data.whole_short_documents: a document that fits in a window is read within one")
+    p.add_argument("--lead", type=int, default=0,
+                   help="training documents put the key after 0..LEAD segments of filler (0: in the first segment)")
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/benchmarks/passkey_pipeline")
@@ -212,7 +230,8 @@ def main() -> None:
         except ValueError as e:
             p.error(str(e))
     points = [dict(setting=s, schedule=schedule, seed=seed, distances=args.distances, batch=args.batch,
-                   tbptt=args.tbptt, lr=args.lr, samples=args.samples, whole=args.whole, out=args.out)
+                   tbptt=args.tbptt, lr=args.lr, samples=args.samples, whole=args.whole, lead=args.lead,
+                   out=args.out)
               for s in args.settings for schedule in args.schedules for seed in range(args.seeds)]
     records = run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs)
     summarize(records, args)

@@ -29,14 +29,15 @@ def test_a_malformed_schedule_is_refused_naming_it(spec):
 
 
 def test_the_smoke_run_trains_each_stage_from_the_last_ones_weights_and_scores_each(tmp_path):
-    out = subprocess.run([sys.executable, "benchmarks/passkey_pipeline.py", "--smoke", "--out", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "benchmarks/passkey_pipeline.py", "--smoke", "--lead", "1", "--out",
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "memory reset, d > 0" in out.stdout
+    assert "memory reset, d > 0" in out.stdout and "the key after 2 - d segments of filler" in out.stdout
     record, = map(json.loads, (tmp_path / "smoke" / "results.jsonl").read_text().splitlines())
     assert [s["max_distance"] for s in record["scores"]] == [0, 2]
     assert [s["steps"] for s in record["scores"]] == [2, 6]
-    point = tmp_path / "smoke" / "one_path_per_head-0x2,2x4-b2-w2-lr0.003-s0"
+    assert all(len(s["d2"]) == 3 for s in record["scores"])  # carried, reset, carried with the key led
+    point = tmp_path / "smoke" / "one_path_per_head-0x2,2x4-b2-w2-lead1-lr0.003-s0"
     second = yaml.safe_load((point / "train-1.yaml").read_text())
     assert second["init_from"] == str(point / "run-0") and second["steps"] == 4
     assert json.loads((point / "run-1" / "final_metrics.json").read_text())["step"] == 4

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from data_prep.passkey import filler_stream, make_sample
+from data_prep.passkey import filler_stream, make_sample, training_documents
 from pipeline.train.passkey import passkey_metrics
 
 BOS, EOS, S = 256, 257, 128
@@ -58,6 +58,30 @@ def test_the_key_lies_in_the_first_segment_and_its_answer_ends_segment_distance(
     assert f"The pass key is {key}. Remember it. {key} is the pass key." in first
     assert decode(sample.tokens[-sample.answer_len:]) == f" {key}"
     assert decode(sample.tokens[-S:]).endswith(f"What is the pass key? The pass key is {key}")
+
+
+@pytest.mark.parametrize("lead", [1, 3])
+def test_a_lead_puts_the_key_after_that_many_segments_of_filler_and_the_answer_distance_segments_later(lead):
+    sample = make_sample(filler_stream(held_out_text(), EOS, BOS), encode, 1, S, BOS, np.random.default_rng(lead),
+                         lead=lead)
+    assert len(sample.tokens) == (lead + 2) * S + 1
+    assert "pass key" not in decode(sample.tokens[:lead * S])
+    key = decode(sample.tokens[-sample.answer_len:]).strip()
+    assert f"The pass key is {key}. Remember it. {key} is the pass key." in decode(sample.tokens[lead * S:(lead + 1) * S])
+    assert decode(sample.tokens[-S:]).endswith(f"What is the pass key? The pass key is {key}")
+
+
+def test_training_documents_draw_the_lead_before_the_key_from_zero_to_max_lead():
+    docs = training_documents(held_out_text(), encode, 200, S, 1, BOS, EOS, np.random.default_rng(0), max_lead=3)
+    leads = set()
+    for ids, spans in docs:
+        read = np.concatenate([[BOS], ids, [EOS]])  # as the loader reads a document
+        segments = len(read) // S
+        assert len(read) % S == 1 and spans == [[len(ids) - 6, len(ids)]]  # " NNNNN" ends the document
+        needle_segment = bytes(int(i) % 256 for i in read).index(b"The pass key is") // S  # BOS, EOS: one byte each
+        assert segments - 1 - needle_segment in (0, 1)  # the question ends segment lead + distance
+        leads.add(needle_segment)
+    assert leads == {0, 1, 2, 3}
 
 
 def test_a_segment_too_short_for_the_sentences_is_an_error_naming_the_length():
