@@ -6,22 +6,24 @@ is the pass key." in the first segment, "What is the pass key? The pass key is N
 segment d, the answer the document's only loss span), written as token shards that the
 pipeline's loader reads, and trained by `rmat train` (DeepSpeed, one process, windows of
 ``--tbptt`` segments: the pipeline's default 2) in stages chained by ``init_from``, each on
-its own shards: ``--schedule 0:600,1:2200,8:800:1e-3`` trains 600 steps on distance 0 alone
-(the in-segment copy), then 2,200 on distances drawn from 0..1 (a window of 2 segments then
-holds both the key and its question, so the write gets a gradient), then 800 on 0..8 (the
-reads of a full FIFO) at a learning rate of its own (``--lr`` where a stage names none). Each schedule is a point; ``8:3600``, the same steps on the mixed
-distances throughout as the shard stage's passkey mix would give them, is the baseline.
-``--whole`` has the loader keep a document that fits in a window within one
-(``data.whole_short_documents``); by default a document may straddle two windows. ``--lead L``
-puts the key after 0..L segments of filler (drawn per document), so that it is written into
-a memory that already holds text; by default it lies in the document's first segment.
+its own shards: ``--schedule 0:600,1:2200:lead=3,8:800:lr=1e-3:lead=3`` trains 600 steps on
+distance 0 alone (the in-segment copy), then 2,200 on distances drawn from 0..1 (a window of
+2 segments then holds both the key and its question, so the write gets a gradient), then
+800 on 0..8 (the reads of a full FIFO) at a learning rate of its own (``--lr`` where a stage
+names none). ``lead=N`` puts each document's key after 0..N segments of filler, so that it
+is written into a memory that already holds text; without it the key lies in the document's
+first segment. Each schedule is a point; ``8:3600``, the same steps on the mixed distances
+throughout as the shard stage's passkey mix would give them, is the baseline. ``--whole``
+has the loader keep a document that fits in a window within one
+(``data.whole_short_documents``); by default a document may straddle two windows.
 
 Scored as the evaluate stage scores passkey (pipeline/train/passkey.py): ``--samples``
 held-out samples per distance, a sample right when greedy prediction gives every answer
 byte, read with the memory carried and, as the no-memory baseline beside it, emptied before
 every segment; and, in a second table, with the key after max(distances) - d segments of
-filler (the Landmark protocol's key at a random place of one long context). Model: the quickstart's (d_model 128, 2 layers, 4 heads, S 128, C 32,
-M 32: the FIFO reaches 8 segments back), ``model.mix_init`` per ``--settings``.
+filler (the Landmark protocol's key at a random place of one long context). Model: the
+quickstart's (d_model 128, 2 layers, 4 heads, S 128, C 32, M 32: the FIFO reaches 8
+segments back), ``model.mix_init`` per ``--settings``.
 
     python benchmarks/passkey_pipeline.py --schedules 0:600,1:2200,8:800 8:3600 --seeds 3
     python benchmarks/passkey_pipeline.py --smoke      # CI: seconds
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -121,45 +124,63 @@ def passkey_accuracy(run_dir: Path, held_out: list[np.ndarray], distances: list[
     return out
 
 
-def parse_schedule(spec: str, lr: float) -> list[tuple[int, int, float]]:
-    """``max_distance:steps[:lr],...`` as [(max_distance, steps, lr), ...], one training each, in order;
-    a stage without its own learning rate takes ``lr``."""
+@dataclass(frozen=True)
+class Stage:
+    """One training of a schedule: distances drawn from 0..max_distance, keys after 0..lead filler segments."""
+
+    max_distance: int
+    steps: int
+    lr: float
+    lead: int = 0
+
+    def label(self) -> str:
+        return f"{self.steps} steps at 0-{self.max_distance}" + (f", lead 0-{self.lead}" if self.lead else "") + \
+            f" (lr {self.lr:g})"
+
+
+def parse_schedule(spec: str, lr: float) -> list[Stage]:
+    """``max_distance:steps[:lr=X][:lead=N],...`` as one Stage per training, in order; a stage without its
+    own learning rate takes ``lr``, one without a lead puts its keys in their document's first segment."""
     stages = []
     for stage in spec.split(","):
         fields = stage.split(":")
         try:
-            stages.append((int(fields[0]), int(fields[1]), float(fields[2]) if len(fields) == 3 else lr))
+            options = dict(field.split("=", 1) for field in fields[2:])
+            if set(options) - {"lr", "lead"}:
+                raise ValueError
+            stages.append(Stage(int(fields[0]), int(fields[1]), float(options.get("lr", lr)),
+                                int(options.get("lead", 0))))
         except (ValueError, IndexError):
             stages = []
             break
-        if len(fields) > 3 or stages[-1][0] < 0 or stages[-1][1] < 1 or not stages[-1][2] > 0:
+        if stages[-1].max_distance < 0 or stages[-1].steps < 1 or not stages[-1].lr > 0 or stages[-1].lead < 0:
             stages = []
             break
     if not stages:
-        raise ValueError(f"schedule {spec!r}: give max_distance:steps[:lr],... (integers, steps >= 1, lr > 0)")
+        raise ValueError(f"schedule {spec!r}: give max_distance:steps[:lr=X][:lead=N],... "
+                         "(integers, steps >= 1, lr > 0, lead >= 0)")
     return stages
 
 
 def train_point(args: dict) -> dict:
     """The trainings of one (setting, schedule, seed) point in turn, each from the last one's weights
     and scored at its end."""
-    lead = f"-lead{args['lead']}" if args["lead"] else ""
     name = (f"{args['setting']}-{args['schedule'].replace(':', 'x')}-b{args['batch']}-w{args['tbptt']}"
-            f"{'-whole' if args['whole'] else ''}{lead}-lr{args['lr']}")
+            f"{'-whole' if args['whole'] else ''}-lr{args['lr']}")
     # Everything that changes what a training computes names its folder: a rerun with other values must
     # not resume a finished training of these and score it as theirs.
     point = Path(args["out"]) / f"{name}-s{args['seed']}"
     train_filler, held_out = filler_documents()
     stages = parse_schedule(args["schedule"], args["lr"])
     scores, seconds, init_from = [], 0.0, ""
-    for i, (max_distance, steps, lr) in enumerate(stages):
+    for i, stage in enumerate(stages):
         shards, run_dir = point / f"shards-{i}", point / f"run-{i}"
         if not (shards / "manifest.json").exists():
-            count = documents_for(steps, args["batch"], args["tbptt"], max_distance, args["lead"])
-            write_passkey_shards(shards, train_filler, count, max_distance, args["lead"], 1000 * args["seed"] + i)
-        config = train_config(shards, run_dir, {"mix_init": args["setting"]}, steps, lr, args, init_from)
+            count = documents_for(stage.steps, args["batch"], args["tbptt"], stage.max_distance, stage.lead)
+            write_passkey_shards(shards, train_filler, count, stage.max_distance, stage.lead, 1000 * args["seed"] + i)
+        config = train_config(shards, run_dir, {"mix_init": args["setting"]}, stage.steps, stage.lr, args, init_from)
         seconds += rmat_train(config, point / f"train-{i}.yaml")
-        scores.append({"steps": sum(n for _, n, _ in stages[:i + 1]), "max_distance": max_distance,
+        scores.append({"steps": sum(s.steps for s in stages[:i + 1]), "max_distance": stage.max_distance,
                        **passkey_accuracy(run_dir, held_out, args["distances"], args["samples"], args["seed"])})
         init_from = str(run_dir)
         line = " ".join(f"d{d} {scores[-1][f'd{d}'][0]:.2f}" for d in args["distances"])
@@ -170,7 +191,7 @@ def train_point(args: dict) -> dict:
 
 def point_key(r: dict) -> tuple:
     return (r["setting"], r["schedule"], r["seed"], tuple(r["distances"]), r["batch"], r["tbptt"], r["lr"],
-            r["samples"], r["whole"], r.get("lead", 0))  # records from before --lead trained without one
+            r["samples"], r["whole"])
 
 
 def summarize(records: list[dict], args: argparse.Namespace) -> None:
@@ -181,7 +202,7 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
             stages = parse_schedule(schedule, args.lr)
             for i in range(len(stages)):
                 mine = [r["scores"][i] for r in records if r["setting"] == setting and r["schedule"] == schedule]
-                label = ", then ".join(f"{steps} steps at 0-{d} (lr {lr:g})" for d, steps, lr in stages[:i + 1])
+                label = ", then ".join(s.label() for s in stages[:i + 1])
                 rows.append([setting, label, *(_cell([m[f"d{d}"][0] for m in mine]) for d in args.distances),
                              _cell([m[f"d{d}"][1] for m in mine for d in args.distances if d > 0])])
                 led.append([setting, label, *(_cell([m[f"d{d}"][2] for m in mine]) for d in args.distances)])
@@ -205,7 +226,7 @@ def main() -> None:
     p.add_argument("--settings", type=lambda s: s.split(","), default=["one_path_per_head"],
                    help="model.mix_init values")
     p.add_argument("--schedules", nargs="+", default=["0:600,1:2200,8:800", "8:3600"],
-                   metavar="MAX_DISTANCE:STEPS,...", help="one point each: its trainings in turn")
+                   metavar="MAX_DISTANCE:STEPS[:lr=X][:lead=N],...", help="one point each: its trainings in turn")
     p.add_argument("--distances", type=ints, default=[0, 1, 2, 4, 8], help="scored")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--batch", type=int, default=16)
@@ -213,15 +234,13 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--whole", action="store_true",
                    help="data.whole_short_documents: a document that fits in a window is read within one")
-    p.add_argument("--lead", type=int, default=0,
-                   help="training documents put the key after 0..LEAD segments of filler (0: in the first segment)")
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/benchmarks/passkey_pipeline")
     p.add_argument("--smoke", action="store_true", help="a few steps of one seed: the path works, in seconds")
     args = p.parse_args()
     if args.smoke:
-        args.schedules, args.seeds, args.batch, args.samples = ["0:2,2:4"], 1, 2, 4
+        args.schedules, args.seeds, args.batch, args.samples = ["0:2,2:4:lead=1"], 1, 2, 4
         args.distances, args.jobs = [0, 2], 1
         args.out = str(Path(args.out) / "smoke")
     for schedule in args.schedules:
@@ -230,8 +249,7 @@ def main() -> None:
         except ValueError as e:
             p.error(str(e))
     points = [dict(setting=s, schedule=schedule, seed=seed, distances=args.distances, batch=args.batch,
-                   tbptt=args.tbptt, lr=args.lr, samples=args.samples, whole=args.whole, lead=args.lead,
-                   out=args.out)
+                   tbptt=args.tbptt, lr=args.lr, samples=args.samples, whole=args.whole, out=args.out)
               for s in args.settings for schedule in args.schedules for seed in range(args.seeds)]
     records = run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs)
     summarize(records, args)

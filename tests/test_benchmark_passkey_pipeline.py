@@ -11,33 +11,36 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from passkey_pipeline import parse_schedule  # noqa: E402
+from passkey_pipeline import Stage, parse_schedule  # noqa: E402
 
 
 def test_a_schedule_lists_each_trainings_max_distance_steps_and_learning_rate_in_order():
-    assert parse_schedule("0:600,1:2200,8:800", 3e-3) == [(0, 600, 3e-3), (1, 2200, 3e-3), (8, 800, 3e-3)]
+    assert parse_schedule("0:600,1:2200,8:800", 3e-3) == [Stage(0, 600, 3e-3), Stage(1, 2200, 3e-3),
+                                                          Stage(8, 800, 3e-3)]
 
 
-def test_a_stage_may_name_its_own_learning_rate():
-    assert parse_schedule("1:2200,8:800:1e-3", 3e-3) == [(1, 2200, 3e-3), (8, 800, 1e-3)]
+def test_a_stage_may_name_its_own_learning_rate_and_lead():
+    assert parse_schedule("1:2200:lead=3,8:800:lr=1e-3:lead=3", 3e-3) == [Stage(1, 2200, 3e-3, 3),
+                                                                         Stage(8, 800, 1e-3, 3)]
 
 
-@pytest.mark.parametrize("spec", ["0:600,1", "0:0", "-1:5", "a:5", "8:800:0", "8:800:x", "8:800:1e-3:2"])
+@pytest.mark.parametrize("spec", ["0:600,1", "0:0", "-1:5", "a:5", "8:800:lr=0", "8:800:lr=x", "8:800:1e-3",
+                                  "8:800:lead=-1", "8:800:leads=2"])
 def test_a_malformed_schedule_is_refused_naming_it(spec):
     with pytest.raises(ValueError, match="schedule"):
         parse_schedule(spec, 3e-3)
 
 
 def test_the_smoke_run_trains_each_stage_from_the_last_ones_weights_and_scores_each(tmp_path):
-    out = subprocess.run([sys.executable, "benchmarks/passkey_pipeline.py", "--smoke", "--lead", "1", "--out",
-                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "benchmarks/passkey_pipeline.py", "--smoke", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "memory reset, d > 0" in out.stdout and "the key after 2 - d segments of filler" in out.stdout
     record, = map(json.loads, (tmp_path / "smoke" / "results.jsonl").read_text().splitlines())
     assert [s["max_distance"] for s in record["scores"]] == [0, 2]
     assert [s["steps"] for s in record["scores"]] == [2, 6]
     assert all(len(s["d2"]) == 3 for s in record["scores"])  # carried, reset, carried with the key led
-    point = tmp_path / "smoke" / "one_path_per_head-0x2,2x4-b2-w2-lead1-lr0.003-s0"
+    point = tmp_path / "smoke" / "one_path_per_head-0x2,2x4xlead=1-b2-w2-lr0.003-s0"
     second = yaml.safe_load((point / "train-1.yaml").read_text())
     assert second["init_from"] == str(point / "run-0") and second["steps"] == 4
     assert json.loads((point / "run-1" / "final_metrics.json").read_text())["step"] == 4

@@ -67,7 +67,8 @@ def test_a_lead_puts_the_key_after_that_many_segments_of_filler_and_the_answer_d
     assert len(sample.tokens) == (lead + 2) * S + 1
     assert "pass key" not in decode(sample.tokens[:lead * S])
     key = decode(sample.tokens[-sample.answer_len:]).strip()
-    assert f"The pass key is {key}. Remember it. {key} is the pass key." in decode(sample.tokens[lead * S:(lead + 1) * S])
+    keyed = decode(sample.tokens[lead * S:(lead + 1) * S])
+    assert f"The pass key is {key}. Remember it. {key} is the pass key." in keyed
     assert decode(sample.tokens[-S:]).endswith(f"What is the pass key? The pass key is {key}")
 
 
