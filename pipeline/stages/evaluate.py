@@ -54,7 +54,8 @@ def split_metrics(model, t: TrainConfig, e: EvaluateConfig, split: str) -> dict[
 
 
 def passkey(model, t: TrainConfig, e: EvaluateConfig) -> dict[str, float]:
-    """``{split}/passkey/d<dd>/accuracy`` (and ``_reset``) in the configured held-out split (a collective)."""
+    """``{split}/passkey/d<dd>/accuracy`` (``_after_text``, ``_reset``) in the configured held-out split (a
+    collective)."""
     from data_prep.encoder import shard_encoder
     from pipeline.train.loader import open_split, read_documents
     from pipeline.train.passkey import passkey_metrics

@@ -32,20 +32,26 @@ def held_out_text():
 
 
 class Reciter(nn.Module):
-    """Predicts each sample's true next token, but knows which segment it reads only from its state:
-    a memory emptied before a segment makes it recite the first segment's continuation instead."""
+    """Predicts the true next token of the sample its state shows it reading: the state is every input
+    since the memory was last emptied, so after an emptied memory it knows no sample and predicts id 0."""
 
-    def __init__(self, tokens: torch.Tensor, vocab: int = 258) -> None:
+    def __init__(self, samples: list[np.ndarray], vocab: int = 258) -> None:
         super().__init__()
-        self.tokens, self.vocab = tokens, vocab
+        self.samples, self.vocab = [torch.from_numpy(s) for s in samples], vocab
 
-    def init_state(self, rows: int) -> int:
-        return 0
+    def init_state(self, rows: int) -> list[torch.Tensor]:
+        return [torch.empty(0, dtype=torch.long)] * rows
 
-    def forward(self, inputs: torch.Tensor, segment: int) -> tuple[torch.Tensor, int]:
-        rows, t = inputs.shape
-        nxt = self.tokens[:rows, segment * t + 1:(segment + 1) * t + 1]
-        return nn.functional.one_hot(nxt, self.vocab).float(), segment + 1
+    def forward(self, inputs: torch.Tensor, state: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        state = [torch.cat([read, row]) for read, row in zip(state, inputs, strict=True)]
+        nxt = torch.stack([self._continuation(read)[-inputs.shape[1]:] for read in state])
+        return nn.functional.one_hot(nxt, self.vocab).float(), state
+
+    def _continuation(self, read: torch.Tensor) -> torch.Tensor:
+        for sample in self.samples:
+            if len(sample) > len(read) and torch.equal(sample[:len(read)], read):
+                return sample[1:len(read) + 1]
+        return torch.zeros_like(read)
 
 
 @pytest.mark.parametrize("distance", [0, 1, 3])
@@ -95,34 +101,45 @@ def test_no_held_out_text_is_an_error():
         filler_stream([], EOS, BOS)
 
 
-def drawn_tokens(distance, samples, seed=0):
-    """The samples passkey_metrics draws for one distance from ``seed``, as a [samples, length] tensor."""
+def drawn(distances, samples, seed=0):
+    """The samples passkey_metrics draws from ``seed``: per distance, ``samples`` with the key in the first
+    segment, then ``samples`` with it after max(distances) - d segments of text."""
     filler, rng = filler_stream(held_out_text(), EOS, BOS), np.random.default_rng(seed)
-    return torch.from_numpy(np.stack([make_sample(filler, encode, distance, S, BOS, rng).tokens
-                                      for _ in range(samples)]))
+    return [make_sample(filler, encode, d, S, BOS, rng, lead=lead).tokens
+            for d in distances for lead in (0, max(distances) - d) for _ in range(samples)]
 
 
-def recited(distance, samples=4):
-    reciter = Reciter(drawn_tokens(distance, samples))
-    return passkey_metrics(reciter, held_out_text(), encode, [distance], samples, 0, S, BOS, EOS, with_reset=True)
+def recited(distances, samples=4):
+    return passkey_metrics(Reciter(drawn(distances, samples)), held_out_text(), encode, distances, samples, 0, S,
+                           BOS, EOS, with_reset=True)
 
 
 def test_at_distance_zero_the_key_is_retrieved_with_or_without_memory():
-    assert recited(0) == {"passkey/d00/accuracy": 1.0, "passkey/d00/accuracy_reset": 1.0}
+    assert recited([0]) == {"passkey/d00/accuracy": 1.0, "passkey/d00/accuracy_after_text": 1.0,
+                            "passkey/d00/accuracy_reset": 1.0}
 
 
 def test_memory_reset_before_every_segment_loses_the_key_beyond_the_first_segment():
-    assert recited(2) == {"passkey/d02/accuracy": 1.0, "passkey/d02/accuracy_reset": 0.0}
+    assert recited([2]) == {"passkey/d02/accuracy": 1.0, "passkey/d02/accuracy_after_text": 1.0,
+                            "passkey/d02/accuracy_reset": 0.0}
+
+
+def test_after_text_the_key_follows_the_longest_distance_less_d_segments_of_text():
+    # Retrieved only if the samples read are those drawn with these leads (0 before d = 2, 2 before d = 0).
+    got = recited([0, 2])
+    assert got["passkey/d00/accuracy_after_text"] == 1.0 and got["passkey/d02/accuracy_after_text"] == 1.0
+    assert got["passkey/d00/accuracy_reset"] == 1.0 and got["passkey/d02/accuracy_reset"] == 0.0
 
 
 def test_one_wrong_digit_is_not_a_retrieval():
-    wrong = drawn_tokens(1, 1)
-    wrong[0, -1] = (wrong[0, -1] - ord("0") + 1) % 10 + ord("0")  # the last digit, off by one
-    got = passkey_metrics(Reciter(wrong), held_out_text(), encode, [1], 1, 0, S, BOS, EOS, with_reset=False)
-    assert got == {"passkey/d01/accuracy": 0.0}
+    right, led = drawn([1], 1)
+    wrong = right.copy()
+    wrong[-1] = (wrong[-1] - ord("0") + 1) % 10 + ord("0")  # the last digit, off by one
+    got = passkey_metrics(Reciter([wrong, led]), held_out_text(), encode, [1], 1, 0, S, BOS, EOS, with_reset=False)
+    assert got == {"passkey/d01/accuracy": 0.0, "passkey/d01/accuracy_after_text": 1.0}
 
 
 def test_evaluation_with_a_segment_too_short_names_the_setting_that_turns_it_off():
     with pytest.raises(ValueError, match=r"segment_len=32 .*evaluate\.passkey\.distances=\[\]"):
-        passkey_metrics(Reciter(drawn_tokens(1, 1)), held_out_text(), encode, [1], 1, 0, 32, BOS, EOS,
+        passkey_metrics(Reciter(drawn([1], 1)), held_out_text(), encode, [1], 1, 0, 32, BOS, EOS,
                         with_reset=False)

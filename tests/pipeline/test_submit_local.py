@@ -60,7 +60,8 @@ def test_local_cluster_runs_the_whole_pipeline_then_resubmit_skips_it(tmp_path):
     assert len((train_dir / "losses.jsonl").read_text().splitlines()) == 20
     report = json.loads((train_dir / "final_eval.json").read_text())
     assert report["step"] == 20 and {"val/loss", "test/loss"} <= set(report["metrics"])
-    assert {"test/passkey/d01/accuracy", "test/passkey/d02/accuracy_reset"} <= set(report["metrics"])
+    assert {"test/passkey/d01/accuracy", "test/passkey/d02/accuracy_reset",
+            "test/passkey/d02/accuracy_after_text"} <= set(report["metrics"])
     assert json.loads((train_dir / "export" / "step_00000020" / "export.json").read_text())["checkpoint"] == \
         "step_00000020"
     for shard in (tmp_path / "data").glob("shards-*/*.tar"):
