@@ -134,8 +134,8 @@ class Stage:
     lead: int = 0
 
     def label(self) -> str:
-        return f"{self.steps} steps at 0-{self.max_distance}" + (f", lead 0-{self.lead}" if self.lead else "") + \
-            f" (lr {self.lr:g})"
+        lead = f", lead 0-{self.lead}" if self.lead else ""
+        return f"{self.steps} steps at 0-{self.max_distance}{lead} (lr {self.lr:g})"
 
 
 def parse_schedule(spec: str, lr: float) -> list[Stage]:
