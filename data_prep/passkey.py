@@ -2,10 +2,11 @@
 
 A sample is text with "The pass key is N. Remember it. N is the pass key." at a random
 place of segment ``lead`` (the first unless ``lead`` segments of text come before it), and
-"What is the pass key? The pass key is N" ending the segment ``distance`` later. The evaluation (pipeline/train/passkey.py) draws them from held-out text;
-the shard stage can add them to the training data (``shard.passkey``), drawn from each
-train shard's own documents, with the answer as the document's only loss span, so a model
-is taught to keep a fact in its memory for as many segments as the mix asks.
+"What is the pass key? The pass key is N" ending the segment ``distance`` later. The
+evaluation (pipeline/train/passkey.py) draws them from held-out text; the shard stage can
+add them to the training data (``shard.passkey``), drawn from each train shard's own
+documents, with the answer as the document's only loss span, so a model is taught to keep a
+fact in its memory for as many segments as the mix asks.
 """
 
 from __future__ import annotations
