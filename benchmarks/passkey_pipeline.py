@@ -141,25 +141,23 @@ class Stage:
 def parse_schedule(spec: str, lr: float) -> list[Stage]:
     """``max_distance:steps[:lr=X][:lead=N],...`` as one Stage per training, in order; a stage without its
     own learning rate takes ``lr``, one without a lead puts its keys in their document's first segment."""
-    stages = []
-    for stage in spec.split(","):
-        fields = stage.split(":")
-        try:
-            options = dict(field.split("=", 1) for field in fields[2:])
-            if set(options) - {"lr", "lead"}:
-                raise ValueError
-            stages.append(Stage(int(fields[0]), int(fields[1]), float(options.get("lr", lr)),
-                                int(options.get("lead", 0))))
-        except (ValueError, IndexError):
-            stages = []
-            break
-        if stages[-1].max_distance < 0 or stages[-1].steps < 1 or not stages[-1].lr > 0 or stages[-1].lead < 0:
-            stages = []
-            break
-    if not stages:
+    try:
+        stages = [_stage(text, lr) for text in spec.split(",")]
+    except (ValueError, IndexError):
         raise ValueError(f"schedule {spec!r}: give max_distance:steps[:lr=X][:lead=N],... "
-                         "(integers, steps >= 1, lr > 0, lead >= 0)")
+                         "(integers, steps >= 1, lr > 0, lead >= 0)") from None
     return stages
+
+
+def _stage(text: str, lr: float) -> Stage:
+    fields = text.split(":")
+    options = dict(field.split("=", 1) for field in fields[2:])
+    if set(options) - {"lr", "lead"}:
+        raise ValueError(text)
+    stage = Stage(int(fields[0]), int(fields[1]), float(options.get("lr", lr)), int(options.get("lead", 0)))
+    if stage.max_distance < 0 or stage.steps < 1 or not stage.lr > 0 or stage.lead < 0:
+        raise ValueError(text)
+    return stage
 
 
 def train_point(args: dict) -> dict:
