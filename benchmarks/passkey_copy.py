@@ -7,7 +7,7 @@ pipeline's passkey mix trains it. At distance 0 the key and its question share a
 so the task is the in-segment copy that induction heads do; past 0 only the memory can
 carry the key. Each point trains the quickstart's model (d_model 128, 2 layers, 4 heads,
 S 128, C 32, M 32) for ``--steps`` steps of ``--batch`` samples and is scored every
-``--every`` steps on 256 held-out samples: the share of answer bytes right (the leading
+``--every`` steps on ``--samples`` held-out samples (256): the share of answer bytes right (the leading
 space and five digits: 1/6 + 5/6 * 0.1 = 0.25 is what knowing only the format gives) and
 of samples with every byte right.
 
@@ -69,8 +69,10 @@ def filler_texts() -> tuple[np.ndarray, np.ndarray]:
     return filler_stream(docs[:cut], EOS_ID, BOS_ID), filler_stream(docs[cut:], EOS_ID, BOS_ID)
 
 
-def batch(filler: np.ndarray, distance: int, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
-    samples = [make_sample(filler, encode, distance, MODEL["segment_len"], BOS_ID, rng) for _ in range(n)]
+def batch(filler: np.ndarray, distance: int, n: int, rng: np.random.Generator,
+          lead: int = 0) -> tuple[torch.Tensor, int]:
+    """n samples with the key ``distance`` segments before its question, after ``lead`` segments of text."""
+    samples = [make_sample(filler, encode, distance, MODEL["segment_len"], BOS_ID, rng, lead=lead) for _ in range(n)]
     return torch.from_numpy(np.stack([s.tokens for s in samples])), samples[0].answer_len
 
 
@@ -88,9 +90,13 @@ def answer_logits(model: RMAT, tokens: torch.Tensor, answer_len: int, tbptt: int
 
 
 @torch.no_grad()
-def score(model: RMAT, filler: np.ndarray, distance: int, seed: int) -> tuple[float, float, list[float]]:
-    """(answer bytes right, samples wholly right, each answer byte's share right) on 256 held-out samples."""
-    tokens, a = batch(filler, distance, 256, np.random.default_rng(10_000 + 100 * seed + distance))
+def score(model: RMAT, filler: np.ndarray, distance: int, seed: int, lead: int = 0,
+          samples: int = 256) -> tuple[float, float, list[float]]:
+    """(answer bytes right, samples wholly right, each answer byte's share right) on ``samples``
+    held-out samples, the key after ``lead`` segments of text."""
+    rng = np.random.default_rng(10_000 + 100 * seed + distance + 1_000_000 * lead)
+    tokens, a = batch(filler, distance, samples, rng, lead)
+    tokens = tokens.to(next(model.parameters()).device)
     right = (answer_logits(model, tokens, a).argmax(-1) == tokens[:, -a:]).float()
     return float(right.mean()), float(right.all(-1).float().mean()), right.mean(0).tolist()
 
@@ -100,13 +106,22 @@ def training_distances(step: int, curriculum: int, distances: list[int]) -> list
     return [0] if step <= curriculum else distances
 
 
+def training_lead(step: int, lead_from: int, max_lead: int, rng: np.random.Generator) -> int:
+    """Segments of text before the key at step ``step``: none up to step ``lead_from``, then 0..max_lead."""
+    # No draw without a lead, so that runs without one draw the samples they always drew.
+    return int(rng.integers(0, max_lead + 1)) if max_lead and step > lead_from else 0
+
+
 def train_point(args: dict) -> dict:
     """Train one (setting, seed) point from scratch on distances drawn from ``distances``, after
     ``curriculum`` steps of distance 0 alone (the in-segment copy first: mixed with longer
-    distances from the start it is learned much more slowly)."""
+    distances from the start it is learned much more slowly). After the curriculum, or after step
+    ``lead_from`` if later, with ``lead`` L > 0 the key follows 0..L segments of text, so it is
+    written into a memory that holds some."""
     torch.set_num_threads(1)
     torch.manual_seed(args["seed"])
-    model = RMAT(RMATConfig(**{**MODEL, **args["overrides"]}))
+    device = torch.device(args["device"])
+    model = RMAT(RMATConfig(**{**MODEL, **args["overrides"]})).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=0.1, betas=(0.9, 0.95))
     steps, warmup = args["steps"], max(1, args["steps"] // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -116,7 +131,9 @@ def train_point(args: dict) -> dict:
     curve, start = [], time.perf_counter()
     for step in range(1, steps + 1):
         distance = int(rng.choice(training_distances(step, args["curriculum"], args["distances"])))
-        tokens, a = batch(train_filler, distance, args["batch"], rng)
+        lead = training_lead(step, max(args["curriculum"], args["lead_from"]), args["lead"], rng)
+        tokens, a = batch(train_filler, distance, args["batch"], rng, lead)
+        tokens = tokens.to(device)
         logits = answer_logits(model, tokens, a, args["tbptt"])
         loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, -a:].flatten())
         opt.zero_grad(set_to_none=True)
@@ -126,8 +143,12 @@ def train_point(args: dict) -> dict:
         sched.step()
         if step % args["every"] == 0 or step == steps:
             model.eval()
-            curve.append({"step": step, **{f"d{d}": score(model, val_filler, d, args["seed"])
-                                           for d in args["distances"]}})
+            far = max(args["distances"])
+            curve.append({"step": step,
+                          **{f"d{d}": score(model, val_filler, d, args["seed"], samples=args["samples"])
+                             for d in args["distances"]},
+                          **{f"after_text_d{d}": score(model, val_filler, d, args["seed"], far - d, args["samples"])
+                             for d in args["distances"]}})
             model.train()
             scores = " ".join(f"d{d} {curve[-1][f'd{d}'][0]:.2f}" for d in args["distances"])
             print(f"    {args['setting']} seed={args['seed']} step {step}/{steps} loss {loss.item():.3f} "
@@ -137,13 +158,15 @@ def train_point(args: dict) -> dict:
 
 def point_key(r: dict) -> tuple:
     return (r["setting"], json.dumps(r["overrides"], sort_keys=True), r["seed"], r["steps"], tuple(r["distances"]),
-            r["batch"], r["lr"], r["every"], r.get("curriculum", 0), r.get("tbptt", 0))
+            r["batch"], r["lr"], r["every"], r.get("curriculum", 0), r.get("tbptt", 0), r.get("lead", 0),
+            r.get("lead_from", 0), r.get("samples", 256))
 
 
 def run_points(args: argparse.Namespace) -> list[dict]:
     points = [dict(setting=s, overrides=args.overrides[s], seed=seed, steps=args.steps, distances=args.distances,
                    batch=args.batch, lr=args.lr, every=args.every, curriculum=args.curriculum,
-                   tbptt=args.tbptt)
+                   tbptt=args.tbptt, lead=args.lead, lead_from=args.lead_from, device=args.device,
+                   samples=args.samples)
               for s in args.settings for seed in range(args.seeds)]
     return run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs)
 
@@ -157,12 +180,20 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
             rows.append([setting, *(_cell([c[i][f"d{d}"] for c in curves]) for i in range(len(steps)))])
         first = f", distance 0 alone for the first {args.curriculum} steps" if args.curriculum else ""
         first += f", windows of {args.tbptt} segments" if args.tbptt else ""
+        first += (f", then keys after 0-{args.lead} segments of text"
+                  f"{f' from step {args.lead_from}' if args.lead_from > args.curriculum else ''}" if args.lead else "")
         print(f"\nPasskey at distance {d}: answer bytes right, samples wholly right in brackets; "
               f"mean (min-max) over {args.seeds} seeds, batch {args.batch}{first}\n")
         print_table(["setting", *(f"step {s}" for s in steps)], rows)
         print(f"\nEach answer byte's share right at step {steps[-1]}, distance {d} (the space, then the digits)\n")
         by_byte = [[setting, *_last_by_byte(records, setting, d)] for setting in args.settings]
         print_table(["setting", *(f"byte {i + 1}" for i in range(len(by_byte[0]) - 1))], by_byte)
+    far = max(args.distances)
+    print(f"\nStep {steps[-1]}, the key after {far} - d segments of held-out text (every sample "
+          f"{far + 1} segments long): answer bytes right, samples wholly right in brackets\n")
+    after = [[setting, *(_cell([r["curve"][-1][f"after_text_d{d}"] for r in records if r["setting"] == setting])
+                         for d in args.distances)] for setting in args.settings]
+    print_table(["setting", *(f"d = {d}" for d in args.distances)], after)
     plot(records, args, steps, Path(args.out) / "passkey_copy.png")
 
 
@@ -210,6 +241,12 @@ def main() -> None:
                    help="train on distance 0 alone for the first STEPS steps, then on --distances")
     p.add_argument("--tbptt", type=int, default=0, metavar="K",
                    help="backpropagate through the last K segments of a sample only (0: all of it)")
+    p.add_argument("--lead", type=int, default=0, metavar="L",
+                   help="after the curriculum, put the key after 0..L segments of text (drawn per step)")
+    p.add_argument("--lead-from", type=int, default=0, metavar="STEP",
+                   help="draw leads only after STEP (default: from the curriculum's end)")
+    p.add_argument("--samples", type=int, default=256, help="held-out samples per score")
+    p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/benchmarks/passkey_copy")
@@ -222,7 +259,7 @@ def main() -> None:
     args.overrides = {**{s: SETTINGS[s] for s in args.settings}, **variants}
     args.settings = [*args.settings, *variants]
     if args.smoke:
-        args.seeds, args.steps, args.every, args.batch = 1, 4, 2, 4
+        args.seeds, args.steps, args.every, args.batch, args.samples = 1, 4, 2, 4, 32
         args.out = str(Path(args.out) / "smoke")
     summarize(run_points(args), args)
 

@@ -55,6 +55,16 @@ def memory_attention(q: Tensor, km: Tensor, vm: Tensor, valid: Tensor) -> Tensor
     return out * any_valid.view(-1, 1, 1, 1).to(out.dtype)
 
 
+def with_sink(km: Tensor, vm: Tensor, valid: Tensor, sink_key: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Memory slots km, vm [B, H, M, d] and ``valid`` [B, M] with an always-valid first slot whose
+    key is ``sink_key`` [H, d] and whose value is zero: the softmax over slots may put weight on
+    no entry. A row with no valid entry then reads zero through the sink, as without it."""
+    b, h, _, d = km.shape
+    km = torch.cat([sink_key.to(km.dtype).view(1, h, 1, d).expand(b, -1, -1, -1), km], dim=2)
+    vm = torch.cat([vm.new_zeros(b, h, 1, d), vm], dim=2)
+    return km, vm, torch.cat([valid.new_ones(b, 1), valid], dim=1)
+
+
 # Head h on its own path takes softmax weight e^5 / (e^5 + 2) = 0.987 of three.
 HEAD_PATH_LOGIT = 5.0
 
@@ -87,6 +97,10 @@ class MixedAttention(nn.Module):
         if cfg.has_memory:
             self.mem_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
             self.wkv_mem = nn.Linear(d, 2 * d, bias=False)
+            if cfg.mem_sink:
+                # A slot whose value is zero: a head can read "nothing here" instead of spreading its
+                # weight over entries that do not hold what it asks for.
+                self.mem_sink_key = nn.Parameter(torch.zeros(cfg.n_heads, cfg.head_dim))
         self.dropout = nn.Dropout(cfg.dropout)
 
     def mix_weights(self) -> Tensor:
@@ -138,6 +152,8 @@ class MixedAttention(nn.Module):
 
     def _read_memory(self, q: Tensor, mem: Tensor, valid: Tensor) -> Tensor:
         km, vm = (self._heads(x) for x in self.wkv_mem(self.mem_norm(mem)).chunk(2, dim=-1))
+        if self.cfg.mem_sink:
+            km, vm, valid = with_sink(km, vm, valid, self.mem_sink_key)
         return memory_attention(q, km, vm, valid)
 
     def _mix(self, outs: list[Tensor]) -> Tensor:

@@ -33,6 +33,7 @@ class RMATConfig:
     paths: list[str] = field(default_factory=lambda: list(PATHS))
     pool: str = "mean"
     mem_tokens_per_chunk: int = 0  # besides its summary, each chunk writes its k most salient tokens
+    mem_sink: bool = False  # the memory read may attend to a learned empty slot (docs/design.md, section 2)
     mix_init: str = "equal"  # "one_path_per_head": head h starts on path h mod len(paths) (docs/design.md, section 2)
     init_std: float = 0.02
     norm_eps: float = 1e-6

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from model.attention import global_attention, local_attention, memory_attention
+from model.attention import global_attention, local_attention, memory_attention, with_sink
 from model.layers import Rotary
 
 
@@ -53,6 +53,24 @@ def test_memory_path_reads_zero_when_no_slot_is_valid():
     out = memory_attention(q, km, vm, valid)
     assert torch.equal(out[0], torch.zeros_like(out[0]))
     assert out[1].abs().sum() > 0
+
+
+def test_memory_sink_takes_softmax_weight_and_adds_no_value():
+    q, km, vm = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 8)
+    valid = torch.tensor([[False, True, False, True], [True, True, True, True]])
+    sink_key = torch.randn(3, 8)
+    out = memory_attention(q, *with_sink(km, vm, valid, sink_key))
+    entries = (q @ km.transpose(-1, -2) / math.sqrt(8)).masked_fill(~valid[:, None, None, :], float("-inf"))
+    sink = (q @ sink_key[None, :, :, None] / math.sqrt(8))  # [B, H, T, 1]
+    weights = torch.cat([sink, entries], dim=-1).softmax(-1)[..., 1:]
+    torch.testing.assert_close(out, weights @ vm)
+    assert (weights.sum(-1) < 1).all()  # every row gives the sink some weight
+
+
+def test_memory_sink_reads_zero_when_no_entry_is_valid():
+    q, km, vm = torch.randn(1, 3, 5, 8), torch.randn(1, 3, 4, 8), torch.randn(1, 3, 4, 8)
+    out = memory_attention(q, *with_sink(km, vm, torch.zeros(1, 4, dtype=torch.bool), torch.randn(3, 8)))
+    assert torch.equal(out, torch.zeros_like(out))
 
 
 def test_rope_scores_depend_only_on_relative_position():

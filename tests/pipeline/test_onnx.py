@@ -21,15 +21,19 @@ CFG = RMATConfig(vocab_size=61, d_model=32, n_layers=2, n_heads=2, segment_len=S
                  init_std=0.5)
 
 
-@pytest.fixture(scope="module", params=["mean", "attn"], ids=["mean_pool", "attn_pool"])
+@pytest.fixture(scope="module", params=["mean", "attn", "sink"], ids=["mean_pool", "attn_pool", "mem_sink"])
 def graphs(request, tmp_path_factory):
-    """(model, folder holding config.json, segment.onnx and step.onnx), for each way a chunk is pooled."""
+    """(model, folder holding config.json, segment.onnx and step.onnx), for each way a chunk is pooled
+    and for a memory read with a sink."""
     torch.manual_seed(0)
-    cfg = replace(CFG, pool=request.param)
+    cfg = replace(CFG, mem_sink=True) if request.param == "sink" else replace(CFG, pool=request.param)
     model = RMAT(cfg).eval()
     if request.param == "attn":  # its query starts at zero (a mean): make it pick tokens
         for block in model.blocks:
             torch.nn.init.normal_(block.writer.pool_query, std=1.0)
+    if request.param == "sink":  # its key starts at zero: make it score unlike an entry
+        for block in model.blocks:
+            torch.nn.init.normal_(block.attn.mem_sink_key, std=1.0)
     folder = tmp_path_factory.mktemp("onnx")
     (folder / "config.json").write_text(json.dumps(asdict(cfg)))
     export_onnx(model, str(folder))
