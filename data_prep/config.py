@@ -126,10 +126,14 @@ class PasskeyMixConfig:
     per_shard: int = 0  # samples added to each train shard; 0: none
     segment_tokens: int = 0
     max_distance: int = 8  # segments from the key to the question, drawn from 0..max_distance
+    # Segments of text before the key's, drawn from 0..max_lead: keys written into a memory that
+    # holds text. Teach it after the memory carries keys from a document's start (docs/design.md, section 2).
+    max_lead: int = 0
 
     def __post_init__(self) -> None:
-        if self.per_shard < 0 or self.max_distance < 0:
-            raise ValueError("shard.passkey.per_shard and shard.passkey.max_distance must be >= 0")
+        if self.per_shard < 0 or self.max_distance < 0 or self.max_lead < 0:
+            raise ValueError("shard.passkey.per_shard, shard.passkey.max_distance and shard.passkey.max_lead "
+                             "must be >= 0")
         if self.per_shard and self.segment_tokens <= 0:
             raise ValueError("shard.passkey.segment_tokens must be the training's segment_len (> 0) "
                              "when shard.passkey.per_shard > 0")
@@ -155,6 +159,8 @@ class ShardConfig:
         fields = asdict(self)
         if self.passkey.per_shard:
             fields["passkey"]["layout"] = PASSKEY_LAYOUT
+            if not self.passkey.max_lead:  # as named before leads existed: those folders hold the same samples
+                del fields["passkey"]["max_lead"]
         else:
             del fields["passkey"]
         return fields

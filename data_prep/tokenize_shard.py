@@ -51,6 +51,7 @@ class ShardUnit:
     passkey_samples: int = 0  # passkey documents spread among the shard's own (train shards only)
     passkey_segment_tokens: int = 0
     passkey_max_distance: int = 0
+    passkey_max_lead: int = 0
 
 
 @dataclass
@@ -91,7 +92,8 @@ def plan_shards(cfg: PrepConfig, ingest_folder: str, ingest_key: str, tok_folder
                                        out=os.path.join(folder, shard_name(split, index)),
                                        passkey_samples=mix.per_shard if split == "train" else 0,
                                        passkey_segment_tokens=mix.segment_tokens,
-                                       passkey_max_distance=mix.max_distance))
+                                       passkey_max_distance=mix.max_distance,
+                                       passkey_max_lead=mix.max_lead))
                 first, index = doc, index + 1
     return ShardPlan(folder=folder, key=key, units=units, sample_tokens=cfg.shard.sample_tokens)
 
@@ -150,7 +152,8 @@ def passkey_documents(unit: ShardUnit, docs: list[np.ndarray], dtype: np.dtype) 
     rng = np.random.default_rng(list(hashlib.sha256(os.path.basename(unit.out).encode()).digest()[:8]))
     try:
         samples = training_documents(docs, sp.encode, unit.passkey_samples, unit.passkey_segment_tokens,
-                                     unit.passkey_max_distance, sp.bos_id(), sp.eos_id(), rng)
+                                     unit.passkey_max_distance, sp.bos_id(), sp.eos_id(), rng,
+                                     max_lead=unit.passkey_max_lead)
     except ValueError as e:
         raise PrepError(f"shard.passkey (segment_tokens={unit.passkey_segment_tokens}): {e}") from e
     out = []

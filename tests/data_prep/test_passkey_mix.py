@@ -98,6 +98,30 @@ def test_without_a_mix_the_shard_folder_keeps_the_name_it_had_before_mixes_exist
     assert mixed.key_fields()["passkey"]["per_shard"] == 1
 
 
+def test_a_mix_with_leads_puts_some_keys_after_segments_of_text(corpus, tmp_path):
+    cfg = small_config(corpus, tmp_path / "led", passkey=PasskeyMixConfig(per_shard=5, segment_tokens=S,
+                                                                         max_distance=1, max_lead=2))
+    folder = run_prep(cfg, log=quiet).folders["shards"]
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(folder, read_manifest(folder)["tokenizer"]["model"]))
+    keys_after_text = 0
+    for _, ids, meta in documents(folder, "train"):
+        if meta["source"] != "passkey":
+            continue
+        (start, _), = meta["loss_spans"]
+        needle = f"The pass key is {sp.decode(ids[start:].tolist()).strip()}."
+        assert (len(ids) + 1) % S == 0 and (len(ids) + 1) // S <= 1 + 1 + 2  # lead + d + 1 segments
+        assert needle in sp.decode(ids[:start].tolist())
+        keys_after_text += needle not in sp.decode(ids[:S - 1].tolist())  # the loader's first segment
+    assert keys_after_text > 0
+
+
+def test_a_mix_without_leads_keeps_the_name_it_had_before_leads_existed():
+    plain = ShardConfig(passkey=PasskeyMixConfig(per_shard=1, segment_tokens=S))
+    assert "max_lead" not in plain.key_fields()["passkey"]
+    led = ShardConfig(passkey=PasskeyMixConfig(per_shard=1, segment_tokens=S, max_lead=2))
+    assert led.key_fields()["passkey"]["max_lead"] == 2
+
+
 def test_a_mix_names_its_sample_layout_so_a_folder_of_an_older_layout_is_not_reused():
     mixed = ShardConfig(passkey=PasskeyMixConfig(per_shard=1, segment_tokens=S))
     assert mixed.key_fields()["passkey"]["layout"] == PASSKEY_LAYOUT == 2
