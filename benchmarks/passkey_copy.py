@@ -25,6 +25,8 @@ Settings:
         --variant fine:mix_init=one_path_per_head,chunk_len=8,mem_slots=64 --distances 0,1
     python benchmarks/passkey_copy.py --distances 0,1 --curriculum 1000 --steps 2500   # copy first
     python benchmarks/passkey_copy.py --distances 0,1,2,4,8 --curriculum 1000 --tbptt 2  # the pipeline's windows
+    python benchmarks/passkey_copy.py --device cuda --batch 64 --distances 0,1,2,4,8 --curriculum 600 \
+        --tbptt 2 --lead 3 --lead-from 1800 --steps 3000   # keys after text, once the memory carries
     python benchmarks/passkey_copy.py --smoke                       # CI: seconds
 """
 
