@@ -27,6 +27,8 @@ Settings:
     python benchmarks/passkey_copy.py --distances 0,1,2,4,8 --curriculum 1000 --tbptt 2  # the pipeline's windows
     python benchmarks/passkey_copy.py --device cuda --batch 64 --distances 0,1,2,4,8 --curriculum 600 \
         --tbptt 2 --lead 3 --lead-from 1800 --steps 3000   # keys after text, once the memory carries
+    python benchmarks/passkey_copy.py --distances 0,1,2,4,8 --curriculum 1000 --tbptt 2 --lead 3 \
+        --lead-when 0.7 --steps 4500   # each seed's leads begin once it carries 0.7 of the bytes
     python benchmarks/passkey_copy.py --smoke                       # CI: seconds
 """
 
@@ -114,12 +116,21 @@ def training_lead(step: int, lead_from: int, max_lead: int, rng: np.random.Gener
     return int(rng.integers(0, max_lead + 1)) if max_lead and step > lead_from else 0
 
 
+def carries(point: dict, distances: list[int], threshold: float) -> bool:
+    """Whether a scoring's keys in the first segment are recalled across segments: its answer bytes
+    right, averaged over the distances past 0, reach ``threshold``."""
+    far = [point[f"d{d}"][0] for d in distances if d > 0]
+    return bool(far) and sum(far) / len(far) >= threshold
+
+
 def train_point(args: dict) -> dict:
     """Train one (setting, seed) point from scratch on distances drawn from ``distances``, after
     ``curriculum`` steps of distance 0 alone (the in-segment copy first: mixed with longer
     distances from the start it is learned much more slowly). After the curriculum, or after step
     ``lead_from`` if later, with ``lead`` L > 0 the key follows 0..L segments of text, so it is
-    written into a memory that holds some."""
+    written into a memory that holds some. With ``lead_when`` R > 0 the leads wait besides for the
+    first scoring at which the memory ``carries`` (R of the answer bytes right past distance 0):
+    seeds learn the carry at very different steps, and leads before it teach nothing."""
     torch.set_num_threads(1)
     torch.manual_seed(args["seed"])
     device = torch.device(args["device"])
@@ -130,10 +141,12 @@ def train_point(args: dict) -> dict:
         opt, lambda i: min(1.0, (i + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / steps))))
     train_filler, val_filler = filler_texts()
     rng = np.random.default_rng(args["seed"])
+    leads_after = max(args["curriculum"], args["lead_from"])
+    leads_after = math.inf if args["lead_when"] else leads_after
     curve, start = [], time.perf_counter()
     for step in range(1, steps + 1):
         distance = int(rng.choice(training_distances(step, args["curriculum"], args["distances"])))
-        lead = training_lead(step, max(args["curriculum"], args["lead_from"]), args["lead"], rng)
+        lead = training_lead(step, leads_after, args["lead"], rng)
         tokens, a = batch(train_filler, distance, args["batch"], rng, lead)
         tokens = tokens.to(device)
         logits = answer_logits(model, tokens, a, args["tbptt"])
@@ -152,22 +165,27 @@ def train_point(args: dict) -> dict:
                           **{f"after_text_d{d}": score(model, val_filler, d, args["seed"], far - d, args["samples"])
                              for d in args["distances"]}})
             model.train()
+            if leads_after == math.inf and step >= args["curriculum"] and carries(
+                    curve[-1], args["distances"], args["lead_when"]):
+                leads_after = max(step, args["lead_from"])
             scores = " ".join(f"d{d} {curve[-1][f'd{d}'][0]:.2f}" for d in args["distances"])
             print(f"    {args['setting']} seed={args['seed']} step {step}/{steps} loss {loss.item():.3f} "
                   f"bytes right {scores} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
-    return {**args, "curve": curve, "seconds": round(time.perf_counter() - start, 1)}
+    leads_from = None if leads_after == math.inf or not args["lead"] else leads_after
+    return {**args, "curve": curve, "leads_from": leads_from, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def point_key(r: dict) -> tuple:
     return (r["setting"], json.dumps(r["overrides"], sort_keys=True), r["seed"], r["steps"], tuple(r["distances"]),
             r["batch"], r["lr"], r["every"], r.get("curriculum", 0), r.get("tbptt", 0), r.get("lead", 0),
-            r.get("lead_from", 0), r.get("samples", 256))
+            r.get("lead_from", 0), r.get("samples", 256), r.get("lead_when", 0.0))
 
 
 def run_points(args: argparse.Namespace) -> list[dict]:
     points = [dict(setting=s, overrides=args.overrides[s], seed=seed, steps=args.steps, distances=args.distances,
                    batch=args.batch, lr=args.lr, every=args.every, curriculum=args.curriculum,
-                   tbptt=args.tbptt, lead=args.lead, lead_from=args.lead_from, device=args.device,
+                   tbptt=args.tbptt, lead=args.lead, lead_from=args.lead_from, lead_when=args.lead_when,
+                   device=args.device,
                    samples=args.samples)
               for s in args.settings for seed in range(args.seeds)]
     return run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs)
@@ -196,6 +214,10 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
     after = [[setting, *(_cell([r["curve"][-1][f"after_text_d{d}"] for r in records if r["setting"] == setting])
                          for d in args.distances)] for setting in args.settings]
     print_table(["setting", *(f"d = {d}" for d in args.distances)], after)
+    if args.lead_when:
+        print(f"\nLeads began after the first scoring with {args.lead_when} of the answer bytes right past d = 0\n")
+        print_table(["setting", "seed", "leads from step"],
+                    [[r["setting"], str(r["seed"]), str(r["leads_from"] or "never")] for r in records])
     plot(records, args, steps, Path(args.out) / "passkey_copy.png")
 
 
@@ -247,6 +269,8 @@ def main() -> None:
                    help="after the curriculum, put the key after 0..L segments of text (drawn per step)")
     p.add_argument("--lead-from", type=int, default=0, metavar="STEP",
                    help="draw leads only after STEP (default: from the curriculum's end)")
+    p.add_argument("--lead-when", type=float, default=0.0, metavar="R",
+                   help="draw leads only once R of the answer bytes past distance 0 are right at a scoring")
     p.add_argument("--samples", type=int, default=256, help="held-out samples per score")
     p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda")
     p.add_argument("--lr", type=float, default=3e-3)
@@ -257,6 +281,8 @@ def main() -> None:
     unknown = sorted(set(args.settings) - set(SETTINGS))
     if unknown:
         p.error(f"unknown setting(s) {unknown}; choose from {sorted(SETTINGS)}")
+    if args.lead_when and not (args.lead and max(args.distances) > 0):
+        p.error("--lead-when gates the leads of --lead by recall past distance 0: give --lead and a distance > 0")
     variants = dict(map(parse_variant, args.variant))
     args.overrides = {**{s: SETTINGS[s] for s in args.settings}, **variants}
     args.settings = [*args.settings, *variants]

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import parse_variant  # noqa: E402
-from passkey_copy import MODEL, answer_logits, batch, filler_texts, training_distances, training_lead  # noqa: E402
+from passkey_copy import (  # noqa: E402
+    MODEL, answer_logits, batch, carries, filler_texts, training_distances, training_lead)
 
 from model import RMAT, RMATConfig  # noqa: E402
 
@@ -65,6 +66,13 @@ def test_leads_are_drawn_after_the_curriculum_only_and_not_at_all_without_one():
     assert untouched.integers(1 << 30) == np.random.default_rng(0).integers(1 << 30)
 
 
+def test_the_memory_carries_once_recall_past_distance_0_reaches_the_threshold():
+    point = {"d0": [1.0, 1.0, []], "d1": [0.8, 0.3, []], "d8": [0.5, 0.1, []]}
+    assert carries(point, [0, 1, 8], 0.65)
+    assert not carries(point, [0, 1, 8], 0.66)  # d = 0, the copy, does not count
+    assert not carries(point, [0], 0.0)
+
+
 def test_windows_counted_back_from_the_answer_stop_its_gradient_before_them():
     model = RMAT(RMATConfig(**MODEL))
     embeddings = []
@@ -96,3 +104,16 @@ def test_smoke_run_prints_each_settings_curve_and_writes_the_plot(tmp_path):
     assert "the key after 1 - d segments of held-out text" in run.stdout
     assert {"d0", "d1", "after_text_d0", "after_text_d1"} <= set(records[0]["curve"][-1])
     assert (tmp_path / "smoke" / "passkey_copy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_gated_leads_begin_after_the_first_scoring_that_carries(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "passkey_copy.py"), "--smoke", "--jobs", "1", "--curriculum", "2",
+           "--settings", "one_path_per_head", "--distances", "0,1", "--lead", "1", "--lead-when", "0.01",
+           "--out", str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    [record] = [json.loads(line) for line in (tmp_path / "smoke" / "results.jsonl").read_text().splitlines()]
+    assert record["lead_when"] == 0.01
+    assert record["leads_from"] == 2  # the curriculum's end, where the first scoring falls
+    assert "leads from step" in run.stdout
