@@ -12,8 +12,12 @@ distance 0 alone (the in-segment copy), then 2,200 on distances drawn from 0..1 
 800 on 0..8 (the reads of a full FIFO) at a learning rate of its own (``--lr`` where a stage
 names none). ``lead=N`` puts each document's key after 0..N segments of filler, so that it
 is written into a memory that already holds text; without it the key lies in the document's
-first segment. Each schedule is a point; ``8:3600``, the same steps on the mixed distances
-throughout as the shard stage's passkey mix would give them, is the baseline. ``--whole``
+first segment. ``until=R`` repeats a stage's training (``rounds=N`` times at most, 3 by
+default; each round from the last one's weights, on fresh shards) until keys in the first
+segment are retrieved R of the time past distance 0: the next stage then begins once the
+memory carries, whenever a seed learns to (``1:1000:until=0.6:rounds=4,8:2000:lr=3e-4:lead=3``).
+Each schedule is a point; ``8:3600``, the same steps on the mixed distances throughout as the
+shard stage's passkey mix would give them, is the baseline. ``--whole``
 has the loader keep a document that fits in a window within one
 (``data.whole_short_documents``); by default a document may straddle two windows.
 
@@ -126,43 +130,59 @@ def passkey_accuracy(run_dir: Path, held_out: list[np.ndarray], distances: list[
 
 @dataclass(frozen=True)
 class Stage:
-    """One training of a schedule: distances drawn from 0..max_distance, keys after 0..lead filler segments."""
+    """One training of a schedule: distances drawn from 0..max_distance, keys after 0..lead filler segments;
+    with ``until`` > 0, repeated (at most ``rounds`` times) until the memory carries that much."""
 
     max_distance: int
     steps: int
     lr: float
     lead: int = 0
+    until: float = 0.0
+    rounds: int = 1
 
     def label(self) -> str:
         lead = f", lead 0-{self.lead}" if self.lead else ""
-        return f"{self.steps} steps at 0-{self.max_distance}{lead} (lr {self.lr:g})"
+        until = f", until {self.until:g} past d = 0 (at most {self.rounds} rounds)" if self.until else ""
+        return f"{self.steps} steps at 0-{self.max_distance}{lead} (lr {self.lr:g}){until}"
+
+    def done(self, scores: dict[str, list[float]]) -> bool:
+        """Whether a round scored ``scores`` ends the stage: always without ``until``, else once the keys in the
+        first segment are retrieved ``until`` of the time, averaged over the distances past 0."""
+        far = [v[0] for k, v in scores.items() if k.startswith("d") and int(k[1:]) > 0]
+        return not self.until or (bool(far) and sum(far) / len(far) >= self.until)
 
 
 def parse_schedule(spec: str, lr: float) -> list[Stage]:
-    """``max_distance:steps[:lr=X][:lead=N],...`` as one Stage per training, in order; a stage without its
-    own learning rate takes ``lr``, one without a lead puts its keys in their document's first segment."""
+    """``max_distance:steps[:lr=X][:lead=N][:until=R[:rounds=N]],...`` as one Stage per training, in order; a
+    stage without its own learning rate takes ``lr``, one without a lead puts its keys in their document's
+    first segment, one with ``until`` repeats up to ``rounds`` (3) times."""
     try:
         stages = [_stage(text, lr) for text in spec.split(",")]
     except (ValueError, IndexError):
-        raise ValueError(f"schedule {spec!r}: give max_distance:steps[:lr=X][:lead=N],... "
-                         "(integers, steps >= 1, lr > 0, lead >= 0)") from None
+        raise ValueError(f"schedule {spec!r}: give max_distance:steps[:lr=X][:lead=N][:until=R[:rounds=N]],... "
+                         "(integers, steps >= 1, lr > 0, lead >= 0, 0 < until <= 1 with max_distance > 0, "
+                         "rounds >= 1)") from None
     return stages
 
 
 def _stage(text: str, lr: float) -> Stage:
     fields = text.split(":")
     options = dict(field.split("=", 1) for field in fields[2:])
-    if set(options) - {"lr", "lead"}:
+    if set(options) - {"lr", "lead", "until", "rounds"} or ("rounds" in options and "until" not in options):
         raise ValueError(text)
-    stage = Stage(int(fields[0]), int(fields[1]), float(options.get("lr", lr)), int(options.get("lead", 0)))
-    if stage.max_distance < 0 or stage.steps < 1 or not stage.lr > 0 or stage.lead < 0:
+    until = float(options.get("until", 0))
+    stage = Stage(int(fields[0]), int(fields[1]), float(options.get("lr", lr)), int(options.get("lead", 0)),
+                  until, int(options.get("rounds", 3 if until else 1)))
+    if stage.max_distance < 0 or stage.steps < 1 or not stage.lr > 0 or stage.lead < 0 or stage.rounds < 1:
+        raise ValueError(text)
+    if "until" in options and not (0 < until <= 1 and stage.max_distance > 0):
         raise ValueError(text)
     return stage
 
 
 def train_point(args: dict) -> dict:
     """The trainings of one (setting, schedule, seed) point in turn, each from the last one's weights
-    and scored at its end."""
+    and scored at its end; a stage's rounds in turn until it is done."""
     name = (f"{args['setting']}-{args['schedule'].replace(':', 'x')}-b{args['batch']}-w{args['tbptt']}"
             f"{'-whole' if args['whole'] else ''}-lr{args['lr']}")
     # Everything that changes what a training computes names its folder: a rerun with other values must
@@ -170,20 +190,28 @@ def train_point(args: dict) -> dict:
     point = Path(args["out"]) / f"{name}-s{args['seed']}"
     train_filler, held_out = filler_documents()
     stages = parse_schedule(args["schedule"], args["lr"])
-    scores, seconds, init_from = [], 0.0, ""
+    scores, seconds, init_from, steps = [], 0.0, "", 0
     for i, stage in enumerate(stages):
-        shards, run_dir = point / f"shards-{i}", point / f"run-{i}"
-        if not (shards / "manifest.json").exists():
-            count = documents_for(stage.steps, args["batch"], args["tbptt"], stage.max_distance, stage.lead)
-            write_passkey_shards(shards, train_filler, count, stage.max_distance, stage.lead, 1000 * args["seed"] + i)
-        config = train_config(shards, run_dir, {"mix_init": args["setting"]}, stage.steps, stage.lr, args, init_from)
-        seconds += rmat_train(config, point / f"train-{i}.yaml")
-        scores.append({"steps": sum(s.steps for s in stages[:i + 1]), "max_distance": stage.max_distance,
-                       **passkey_accuracy(run_dir, held_out, args["distances"], args["samples"], args["seed"])})
-        init_from = str(run_dir)
-        line = " ".join(f"d{d} {scores[-1][f'd{d}'][0]:.2f}" for d in args["distances"])
-        print(f"    {args['setting']} {args['schedule']} seed={args['seed']} "
-              f"step {scores[-1]['steps']}: retrieved {line} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+        for r in range(stage.rounds):
+            # Round 0 keeps the folder names of a stage without rounds, so their trainings are reused.
+            name = f"{i}" if r == 0 else f"{i}.{r}"
+            shards, run_dir = point / f"shards-{name}", point / f"run-{name}"
+            if not (shards / "manifest.json").exists():
+                count = documents_for(stage.steps, args["batch"], args["tbptt"], stage.max_distance, stage.lead)
+                write_passkey_shards(shards, train_filler, count, stage.max_distance, stage.lead,
+                                     1000 * args["seed"] + i + 100 * r)
+            config = train_config(shards, run_dir, {"mix_init": args["setting"]}, stage.steps, stage.lr, args,
+                                  init_from)
+            seconds += rmat_train(config, point / f"train-{name}.yaml")
+            steps += stage.steps
+            score = passkey_accuracy(run_dir, held_out, args["distances"], args["samples"], args["seed"])
+            init_from = str(run_dir)
+            line = " ".join(f"d{d} {score[f'd{d}'][0]:.2f}" for d in args["distances"])
+            print(f"    {args['setting']} {args['schedule']} seed={args['seed']} "
+                  f"step {steps}: retrieved {line} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+            if stage.done(score):
+                break
+        scores.append({"steps": steps, "max_distance": stage.max_distance, "rounds": r + 1, **score})
     return {**args, "scores": scores, "seconds": round(seconds, 1)}
 
 
@@ -201,6 +229,8 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
             for i in range(len(stages)):
                 mine = [r["scores"][i] for r in records if r["setting"] == setting and r["schedule"] == schedule]
                 label = ", then ".join(s.label() for s in stages[:i + 1])
+                if stages[i].until:
+                    label += f": {' / '.join(str(m['rounds']) for m in mine)} rounds by seed"
                 rows.append([setting, label, *(_cell([m[f"d{d}"][0] for m in mine]) for d in args.distances),
                              _cell([m[f"d{d}"][1] for m in mine for d in args.distances if d > 0])])
                 led.append([setting, label, *(_cell([m[f"d{d}"][2] for m in mine]) for d in args.distances)])
@@ -224,7 +254,8 @@ def main() -> None:
     p.add_argument("--settings", type=lambda s: s.split(","), default=["one_path_per_head"],
                    help="model.mix_init values")
     p.add_argument("--schedules", nargs="+", default=["0:600,1:2200,8:800", "8:3600"],
-                   metavar="MAX_DISTANCE:STEPS[:lr=X][:lead=N],...", help="one point each: its trainings in turn")
+                   metavar="MAX_DISTANCE:STEPS[:lr=X][:lead=N][:until=R[:rounds=N]],...",
+                   help="one point each: its trainings in turn")
     p.add_argument("--distances", type=ints, default=[0, 1, 2, 4, 8], help="scored")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--batch", type=int, default=16)
@@ -238,7 +269,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="a few steps of one seed: the path works, in seconds")
     args = p.parse_args()
     if args.smoke:
-        args.schedules, args.seeds, args.batch, args.samples = ["0:2,2:4:lead=1"], 1, 2, 4
+        args.schedules, args.seeds, args.batch, args.samples = ["0:2,2:4:lead=1:until=1:rounds=2"], 1, 2, 4
         args.distances, args.jobs = [0, 2], 1
         args.out = str(Path(args.out) / "smoke")
     for schedule in args.schedules:

@@ -13,8 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import parse_variant  # noqa: E402
-from passkey_copy import (  # noqa: E402
-    MODEL, answer_logits, batch, carries, filler_texts, training_distances, training_lead)
+from passkey_copy import MODEL, answer_logits, batch, carries, filler_texts, training_distances, training_lead  # noqa: E402
 
 from model import RMAT, RMATConfig  # noqa: E402
 
