@@ -28,7 +28,7 @@ Settings:
     python benchmarks/passkey_copy.py --device cuda --batch 64 --distances 0,1,2,4,8 --curriculum 600 \
         --tbptt 2 --lead 3 --lead-from 1800 --steps 3000   # keys after text, once the memory carries
     python benchmarks/passkey_copy.py --distances 0,1,2,4,8 --curriculum 1000 --tbptt 2 --lead 3 \
-        --lead-when 0.7 --steps 4500   # each seed's leads begin once it carries 0.7 of the bytes
+        --lead-when 0.7 --steps 5000   # each seed's leads begin once it carries 0.7 of the bytes
     python benchmarks/passkey_copy.py --smoke                       # CI: seconds
 """
 
@@ -185,8 +185,7 @@ def run_points(args: argparse.Namespace) -> list[dict]:
     points = [dict(setting=s, overrides=args.overrides[s], seed=seed, steps=args.steps, distances=args.distances,
                    batch=args.batch, lr=args.lr, every=args.every, curriculum=args.curriculum,
                    tbptt=args.tbptt, lead=args.lead, lead_from=args.lead_from, lead_when=args.lead_when,
-                   device=args.device,
-                   samples=args.samples)
+                   device=args.device, samples=args.samples)
               for s in args.settings for seed in range(args.seeds)]
     return run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs)
 

@@ -15,7 +15,7 @@ is written into a memory that already holds text; without it the key lies in the
 first segment. ``until=R`` repeats a stage's training (``rounds=N`` times at most, 3 by
 default; each round from the last one's weights, on fresh shards) until keys in the first
 segment are retrieved R of the time past distance 0: the next stage then begins once the
-memory carries, whenever a seed learns to (``1:1000:until=0.6:rounds=4,8:2000:lr=3e-4:lead=3``).
+memory carries, whenever a seed learns to (``1:1000:until=0.6:rounds=4,1:2000:lr=3e-4:lead=3``).
 Each schedule is a point; ``8:3600``, the same steps on the mixed distances throughout as the
 shard stage's passkey mix would give them, is the baseline. ``--whole``
 has the loader keep a document that fits in a window within one
@@ -194,15 +194,15 @@ def train_point(args: dict) -> dict:
     for i, stage in enumerate(stages):
         for r in range(stage.rounds):
             # Round 0 keeps the folder names of a stage without rounds, so their trainings are reused.
-            name = f"{i}" if r == 0 else f"{i}.{r}"
-            shards, run_dir = point / f"shards-{name}", point / f"run-{name}"
+            tag = f"{i}" if r == 0 else f"{i}.{r}"
+            shards, run_dir = point / f"shards-{tag}", point / f"run-{tag}"
             if not (shards / "manifest.json").exists():
                 count = documents_for(stage.steps, args["batch"], args["tbptt"], stage.max_distance, stage.lead)
                 write_passkey_shards(shards, train_filler, count, stage.max_distance, stage.lead,
                                      1000 * args["seed"] + i + 100 * r)
             config = train_config(shards, run_dir, {"mix_init": args["setting"]}, stage.steps, stage.lr, args,
                                   init_from)
-            seconds += rmat_train(config, point / f"train-{name}.yaml")
+            seconds += rmat_train(config, point / f"train-{tag}.yaml")
             steps += stage.steps
             score = passkey_accuracy(run_dir, held_out, args["distances"], args["samples"], args["seed"])
             init_from = str(run_dir)
