@@ -20,6 +20,9 @@ Each schedule is a point; ``8:3600``, the same steps on the mixed distances thro
 shard stage's passkey mix would give them, is the baseline. ``--whole``
 has the loader keep a document that fits in a window within one
 (``data.whole_short_documents``); by default a document may straddle two windows.
+``align=start`` does the same for one stage, ``align=end`` also ends every longer document
+where a window ends (``data.align_document_ends``), so a document's question shares a window
+with the segment before it whatever the key's lead.
 
 Scored as the evaluate stage scores passkey (pipeline/train/passkey.py): ``--samples``
 held-out samples per distance, a sample right when greedy prediction gives every answer
@@ -98,11 +101,13 @@ def write_passkey_shards(folder: Path, filler: list[np.ndarray], count: int, max
 
 
 def train_config(shards: Path, run_dir: Path, overrides: dict, steps: int, lr: float, args: dict,
-                 init_from: str = "") -> dict:
-    """The pipeline's training config on the quickstart's byte model; windows of ``tbptt`` segments."""
+                 init_from: str = "", align: str = "") -> dict:
+    """The pipeline's training config on the quickstart's byte model; windows of ``tbptt`` segments, documents
+    aligned to them as ``align`` says (Stage.align)."""
     return {"model": {**MODEL, **overrides},
             "data": {"shards": str(shards), "batch_size": args["batch"], "tbptt_segments": args["tbptt"],
-                     "whole_short_documents": args["whole"]},
+                     "whole_short_documents": align == "start" or (args["whole"] and not align),
+                     "align_document_ends": align == "end"},
             "optim": {"lr": lr, "warmup_steps": max(1, steps // 20)},
             "engine": {"zero_stage": 0, "threads_per_proc": 1},
             "checkpoint": {"every": 0}, "eval": {"every": 0, "max_docs": 4},
@@ -139,9 +144,11 @@ class Stage:
     lead: int = 0
     until: float = 0.0
     rounds: int = 1
+    align: str = ""  # "start" or "end": the loader's alignment for this training; "": the point's --whole
 
     def label(self) -> str:
         lead = f", lead 0-{self.lead}" if self.lead else ""
+        lead += f", documents aligned to windows' {self.align}s" if self.align else ""
         until = f", until {self.until:g} past d = 0 (at most {self.rounds} rounds)" if self.until else ""
         return f"{self.steps} steps at 0-{self.max_distance}{lead} (lr {self.lr:g}){until}"
 
@@ -153,26 +160,28 @@ class Stage:
 
 
 def parse_schedule(spec: str, lr: float) -> list[Stage]:
-    """``max_distance:steps[:lr=X][:lead=N][:until=R[:rounds=N]],...`` as one Stage per training, in order; a
-    stage without its own learning rate takes ``lr``, one without a lead puts its keys in their document's
-    first segment, one with ``until`` repeats up to ``rounds`` (3) times."""
+    """``max_distance:steps[:lr=X][:lead=N][:align=start|end][:until=R[:rounds=N]],...`` as one Stage per
+    training, in order; a stage without its own learning rate takes ``lr``, one without a lead puts its keys in
+    their document's first segment, one with ``until`` repeats up to ``rounds`` (3) times."""
     try:
         stages = [_stage(text, lr) for text in spec.split(",")]
     except (ValueError, IndexError):
         raise ValueError(f"schedule {spec!r}: give max_distance:steps[:lr=X][:lead=N][:until=R[:rounds=N]],... "
-                         "(integers, steps >= 1, lr > 0, lead >= 0, 0 < until <= 1 with max_distance > 0, "
-                         "rounds >= 1)") from None
+                         "(integers, steps >= 1, lr > 0, lead >= 0, align start or end, 0 < until <= 1 with "
+                         "max_distance > 0, rounds >= 1)") from None
     return stages
 
 
 def _stage(text: str, lr: float) -> Stage:
     fields = text.split(":")
     options = dict(field.split("=", 1) for field in fields[2:])
-    if set(options) - {"lr", "lead", "until", "rounds"} or ("rounds" in options and "until" not in options):
+    if set(options) - {"lr", "lead", "align", "until", "rounds"} or ("rounds" in options and "until" not in options):
+        raise ValueError(text)
+    if options.get("align", "start") not in ("start", "end"):
         raise ValueError(text)
     until = float(options.get("until", 0))
     stage = Stage(int(fields[0]), int(fields[1]), float(options.get("lr", lr)), int(options.get("lead", 0)),
-                  until, int(options.get("rounds", 3 if until else 1)))
+                  until, int(options.get("rounds", 3 if until else 1)), options.get("align", ""))
     if stage.max_distance < 0 or stage.steps < 1 or not stage.lr > 0 or stage.lead < 0 or stage.rounds < 1:
         raise ValueError(text)
     if "until" in options and not (0 < until <= 1 and stage.max_distance > 0):
@@ -201,7 +210,7 @@ def train_point(args: dict) -> dict:
                 write_passkey_shards(shards, train_filler, count, stage.max_distance, stage.lead,
                                      1000 * args["seed"] + i + 100 * r)
             config = train_config(shards, run_dir, {"mix_init": args["setting"]}, stage.steps, stage.lr, args,
-                                  init_from)
+                                  init_from, stage.align)
             seconds += rmat_train(config, point / f"train-{tag}.yaml")
             steps += stage.steps
             score = passkey_accuracy(run_dir, held_out, args["distances"], args["samples"], args["seed"])
@@ -254,7 +263,7 @@ def main() -> None:
     p.add_argument("--settings", type=lambda s: s.split(","), default=["one_path_per_head"],
                    help="model.mix_init values")
     p.add_argument("--schedules", nargs="+", default=["0:600,1:2200,8:800", "8:3600"],
-                   metavar="MAX_DISTANCE:STEPS[:lr=X][:lead=N][:until=R[:rounds=N]],...",
+                   metavar="MAX_DISTANCE:STEPS[:lr=X][:lead=N][:align=start|end][:until=R[:rounds=N]],...",
                    help="one point each: its trainings in turn")
     p.add_argument("--distances", type=ints, default=[0, 1, 2, 4, 8], help="scored")
     p.add_argument("--seeds", type=int, default=3)
@@ -269,7 +278,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="a few steps of one seed: the path works, in seconds")
     args = p.parse_args()
     if args.smoke:
-        args.schedules, args.seeds, args.batch, args.samples = ["0:2,2:4:lead=1:until=1:rounds=2"], 1, 2, 4
+        args.schedules, args.seeds, args.batch, args.samples = ["0:2,2:4:lead=1:align=end:until=1:rounds=2"], 1, 2, 4
         args.distances, args.jobs = [0, 2], 1
         args.out = str(Path(args.out) / "smoke")
     for schedule in args.schedules:

@@ -10,7 +10,10 @@ Read in TBPTT windows, a row may also keep a short document whole: one that fits
 window but not in what is left of the current one waits for the next window, the row
 idling on padding segments until then. Otherwise a document of two segments starting on
 a window's last segment would have its first segment's memory detached before its second
-reads it: half of such documents would teach the memory's write nothing.
+reads it: half of such documents would teach the memory's write nothing. A row may also
+align documents' ends with windows' ends, so that whatever a document's last segment
+asks (a passkey's question, an answer) gets its gradient into the writes of the window's
+earlier segments, however long the document.
 """
 
 from __future__ import annotations
@@ -54,16 +57,19 @@ class RowStream:
         self.bos_id, self.eos_id = bos_id, eos_id
         self.doc_index, self.offset = 0, 0
 
-    def next_segment(self, room: int = 0, window: int = 0) -> tuple[np.ndarray, np.ndarray, bool]:
+    def next_segment(self, room: int = 0, window: int = 0,
+                     align_ends: bool = False) -> tuple[np.ndarray, np.ndarray, bool]:
         """(inputs [S], targets [S], reset) for the next segment of this row.
 
         Read in windows of ``window`` segments with ``room`` segments left in the current one
         (this one included), a document that fits in a window but not in the room left is not
         begun: the row gets a padding segment instead (no loss, no reset) and stays where it is.
+        With ``align_ends`` a longer document is not begun either unless its last segment will
+        be a window's last.
         """
         i = self.order[self.doc_index % len(self.order)]
         start = self.offset
-        if start == 0 and room < segments_of(self.docs[i], self.segment_len) <= window:
+        if start == 0 and not may_begin(segments_of(self.docs[i], self.segment_len), room, window, align_ends):
             return (np.full(self.segment_len, self.eos_id, dtype=np.int64),
                     np.full(self.segment_len, IGNORE_INDEX, dtype=np.int64), False)
         inputs, targets, last = segment_window(self.docs[i], start, self.segment_len, self.bos_id, self.eos_id,
@@ -79,6 +85,15 @@ class RowStream:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.doc_index, self.offset = int(state["doc_index"]), int(state["offset"])
+
+
+def may_begin(segments: int, room: int, window: int, align_ends: bool) -> bool:
+    """Whether a document of ``segments`` segments may begin with ``room`` segments left in a window of
+    ``window`` (0: no windows): one that fits in a window only where it fits whole; with ``align_ends`` a
+    longer one only where its last segment is a window's last, so its final ``window`` segments share one."""
+    if segments <= window:
+        return segments <= room
+    return not (align_ends and window) or (room - segments) % window == 0
 
 
 def segments_of(doc: np.ndarray, segment_len: int) -> int:
@@ -121,9 +136,9 @@ class BatchStream:
     def __init__(self, rows: Sequence[RowStream]) -> None:
         self.rows = list(rows)
 
-    def next_segment(self, room: int = 0, window: int = 0) -> Segment:
-        """The rows' next segments; ``room`` and ``window`` as in ``RowStream.next_segment``."""
-        parts = [row.next_segment(room, window) for row in self.rows]
+    def next_segment(self, room: int = 0, window: int = 0, align_ends: bool = False) -> Segment:
+        """The rows' next segments; ``room``, ``window`` and ``align_ends`` as in ``RowStream.next_segment``."""
+        parts = [row.next_segment(room, window, align_ends) for row in self.rows]
         return Segment(
             inputs=torch.from_numpy(np.stack([p[0] for p in parts])),
             targets=torch.from_numpy(np.stack([p[1] for p in parts])),

@@ -29,6 +29,11 @@ def test_a_stage_may_repeat_until_the_memory_carries_three_rounds_unless_told():
         Stage(1, 1000, 3e-3, 0, 0.6, 3), Stage(8, 50, 3e-3, 0, 0.9, 5)]
 
 
+def test_a_stage_may_align_its_documents_to_windows_starts_or_ends():
+    assert parse_schedule("1:20:lead=3:align=end,1:20:align=start", 3e-3) == [
+        Stage(1, 20, 3e-3, 3, align="end"), Stage(1, 20, 3e-3, align="start")]
+
+
 def test_a_round_ends_its_stage_once_recall_past_distance_0_reaches_until():
     scores = {"d0": [1.0, 0.0, 1.0], "d1": [0.7, 0.0, 0.1], "d8": [0.5, 0.0, 0.1]}
     assert Stage(1, 10, 3e-3, until=0.6, rounds=3).done(scores)
@@ -38,7 +43,8 @@ def test_a_round_ends_its_stage_once_recall_past_distance_0_reaches_until():
 
 @pytest.mark.parametrize("spec", ["0:600,1", "0:0", "-1:5", "a:5", "8:800:lr=0", "8:800:lr=x", "8:800:1e-3",
                                   "8:800:lead=-1", "8:800:leads=2", "8:800:rounds=2", "8:800:until=0",
-                                  "8:800:until=1.5", "0:800:until=0.5", "8:800:until=0.5:rounds=0"])
+                                  "8:800:until=1.5", "0:800:until=0.5", "8:800:until=0.5:rounds=0",
+                                  "8:800:align=middle"])
 def test_a_malformed_schedule_is_refused_naming_it(spec):
     with pytest.raises(ValueError, match="schedule"):
         parse_schedule(spec, 3e-3)
@@ -54,9 +60,10 @@ def test_the_smoke_run_trains_each_stage_from_the_last_ones_weights_and_scores_e
     assert [s["steps"] for s in record["scores"]] == [2, 10]  # the second stage's 2 rounds (until=1: never met)
     assert [s["rounds"] for s in record["scores"]] == [1, 2]
     assert all(len(s["d2"]) == 3 for s in record["scores"])  # carried, reset, carried with the key led
-    point = tmp_path / "smoke" / "one_path_per_head-0x2,2x4xlead=1xuntil=1xrounds=2-b2-w2-lr0.003-s0"
-    second = yaml.safe_load((point / "train-1.yaml").read_text())
+    point = tmp_path / "smoke" / "one_path_per_head-0x2,2x4xlead=1xalign=endxuntil=1xrounds=2-b2-w2-lr0.003-s0"
+    first, second = (yaml.safe_load((point / f"train-{i}.yaml").read_text()) for i in (0, 1))
     assert second["init_from"] == str(point / "run-0") and second["steps"] == 4
+    assert second["data"]["align_document_ends"] and not first["data"]["align_document_ends"]
     assert json.loads((point / "run-1" / "final_metrics.json").read_text())["step"] == 4
     again = yaml.safe_load((point / "train-1.1.yaml").read_text())
     assert again["init_from"] == str(point / "run-1") and again["data"]["shards"] == str(point / "shards-1.1")

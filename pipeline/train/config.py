@@ -23,6 +23,11 @@ class DataConfig:
     # until the next begins, so the gradient of its last segment reaches the memory its first wrote.
     # Off by default: on passkey it lifted recall 1-2 segments back but lowered it 8 back (docs/design.md).
     whole_short_documents: bool = False
+    # Every document ends where a window ends (and one that fits lies within one window), so the
+    # gradient of a document's last segment, where a passkey's question or an answer lies, reaches
+    # the writes of the window's earlier segments. Costs up to tbptt_segments - 1 padding segments
+    # per document; off by default (docs/design.md, section 2).
+    align_document_ends: bool = False
 
 
 @dataclass

@@ -140,11 +140,12 @@ class ShardRow:
             self.epoch, self.shard_pos = self.epoch + 1, 0
         self._stream, self._pending = None, {"doc_index": 0, "offset": 0}
 
-    def next_segment(self, room: int = 0, window: int = 0) -> tuple[np.ndarray, np.ndarray, bool]:
+    def next_segment(self, room: int = 0, window: int = 0,
+                     align_ends: bool = False) -> tuple[np.ndarray, np.ndarray, bool]:
         """(inputs [S], targets [S], reset) of this row's next segment (``RowStream.next_segment``)."""
         if self._stream is None:
             self._stream = self._open()
-        out = self._stream.next_segment(room, window)
+        out = self._stream.next_segment(room, window, align_ends)
         if self._stream.doc_index == len(self._stream.order):
             self._advance()
         return out
@@ -164,8 +165,9 @@ class TrainLoader:
     """This rank's rows in ``groups`` micro-batches (gradient accumulation), each its own stream."""
 
     def __init__(self, info: SplitInfo, rank: int, world_size: int, batch_size: int, groups: int,
-                 segment_len: int, seed: int, whole_short_documents: bool = False) -> None:
-        self.whole_short_documents = whole_short_documents
+                 segment_len: int, seed: int, whole_short_documents: bool = False,
+                 align_document_ends: bool = False) -> None:
+        self.whole_short_documents, self.align_document_ends = whole_short_documents, align_document_ends
         rows = batch_size // world_size
         owned = list(range(rank, len(info.shards), world_size))
         cache = ShardCache(info)
@@ -175,9 +177,10 @@ class TrainLoader:
 
     def window(self, group: int, k: int) -> list[Segment]:
         """The next k consecutive segments of every row of one micro-batch; with
-        ``whole_short_documents`` no document of at most k segments straddles two windows."""
-        fit = k if self.whole_short_documents else 0
-        return [self.groups[group].next_segment(k - j, fit) for j in range(k)]
+        ``whole_short_documents`` no document of at most k segments straddles two windows, with
+        ``align_document_ends`` none does and every longer one ends where a window ends."""
+        fit = k if self.whole_short_documents or self.align_document_ends else 0
+        return [self.groups[group].next_segment(k - j, fit, self.align_document_ends) for j in range(k)]
 
     def state_dict(self) -> list[list[dict]]:
         return [g.state_dict() for g in self.groups]

@@ -92,7 +92,8 @@ class Trainer:
         self.val_info = open_split(cfg.data.shards, cfg.data.val_split)
         groups = cfg.engine.grad_accum
         self.loader = TrainLoader(self.train_info, self.rank, self.world, cfg.data.batch_size, groups,
-                                  cfg.model.segment_len, cfg.seed, cfg.data.whole_short_documents)
+                                  cfg.model.segment_len, cfg.seed, cfg.data.whole_short_documents,
+                                  cfg.data.align_document_ends)
         rows = cfg.data.batch_size // (self.world * groups)
         self.memory = CarriedMemory(cfg.model, groups, rows, self.device, self.dtype)
         self.val_docs = read_documents(self.val_info, cfg.eval.max_docs)

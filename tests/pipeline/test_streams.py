@@ -83,6 +83,17 @@ def test_a_document_longer_than_a_window_starts_at_once():
     assert b1[0].tolist() == [BOS, 0, 1, 2] and b1[2]
 
 
+def test_with_aligned_ends_a_longer_document_waits_until_its_last_segment_ends_a_window():
+    # Segments of 4: a 2-segment document, then one of 3 segments, read in windows of 2.
+    r = RowStream([np.arange(5), np.arange(9)], [0, 1], 4, BOS, EOS)
+    segments = [r.next_segment(2 - j, 2, align_ends=True) for _ in range(3) for j in range(2)]
+    assert segments[0][2] and not segments[1][2]
+    pad = segments[2]  # begun here, the 3 segments would end mid-window
+    assert pad[0].tolist() == [EOS] * 4 and pad[1].tolist() == [IGNORE_INDEX] * 4 and not pad[2]
+    assert segments[3][0].tolist() == [BOS, 0, 1, 2] and segments[3][2]
+    assert segments[5][0].tolist()[:2] == [7, 8] and segments[5][1].tolist()[1] == EOS  # it ends the third window
+
+
 def test_without_a_window_documents_follow_each_other_directly():
     r = row([np.array([1]), np.arange(5)])
     r.next_segment()

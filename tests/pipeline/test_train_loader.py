@@ -55,15 +55,19 @@ def test_ranks_and_rows_read_disjoint_streams_that_cover_each_epoch(shards):
     assert not per_rank[0] & per_rank[1]
 
 
-@pytest.mark.parametrize("whole", [False, True], ids=["stream", "whole_short_documents"])
-def test_loader_position_restores_the_stream_exactly(shards, whole):
+ALIGNMENTS = {"stream": {}, "whole_short_documents": {"whole_short_documents": True},
+              "align_document_ends": {"align_document_ends": True}}
+
+
+@pytest.mark.parametrize("alignment", list(ALIGNMENTS))
+def test_loader_position_restores_the_stream_exactly(shards, alignment):
     info = open_split(shards, "train")
-    original = TrainLoader(info, 1, 2, 8, 2, S, seed=3, whole_short_documents=whole)
+    original = TrainLoader(info, 1, 2, 8, 2, S, seed=3, **ALIGNMENTS[alignment])
     for _ in range(7):
         original.window(0, 2), original.window(1, 2)
     state = json.loads(json.dumps(original.state_dict()))  # small plain data
     assert {"epoch", "shard", "sample", "offset"} <= set(state[0][0])
-    restored = TrainLoader(info, 1, 2, 8, 2, S, seed=3, whole_short_documents=whole)
+    restored = TrainLoader(info, 1, 2, 8, 2, S, seed=3, **ALIGNMENTS[alignment])
     restored.load_state_dict(state)
     for _ in range(40):
         for group in (0, 1):
@@ -88,21 +92,32 @@ def _documents_read(loader: TrainLoader, k: int, windows: int) -> list[list[tupl
     return docs
 
 
-def test_whole_short_documents_lie_in_one_window(shards):
+@pytest.mark.parametrize("alignment", ["whole_short_documents", "align_document_ends"])
+def test_short_documents_lie_in_one_window(shards, alignment):
     info = open_split(shards, "train")
     k, s = 3, 256  # the shards' documents span from 1 to many segments of 256 bytes
-    rows = _documents_read(TrainLoader(info, 0, 1, 4, 1, s, seed=0, whole_short_documents=True), k, 100)
+    rows = _documents_read(TrainLoader(info, 0, 1, 4, 1, s, seed=0, **ALIGNMENTS[alignment]), k, 100)
     short = [(first, n) for row in rows for first, n, _ in row[:-1] if n <= k]
     assert len(short) > 20
     assert all(first // k == (first + n - 1) // k for first, n in short)
 
 
-def test_whole_short_documents_only_delay_documents_never_skip_them(shards):
+def test_aligned_documents_end_where_a_window_ends(shards):
+    info = open_split(shards, "train")
+    k, s = 3, 256
+    rows = _documents_read(TrainLoader(info, 0, 1, 4, 1, s, seed=0, align_document_ends=True), k, 100)
+    long = [(first, n) for row in rows for first, n, _ in row[:-1] if n > k]
+    assert len(long) > 20
+    assert all((first + n) % k == 0 for first, n in long)
+
+
+@pytest.mark.parametrize("alignment", ["whole_short_documents", "align_document_ends"])
+def test_alignment_only_delays_documents_never_skips_them(shards, alignment):
     info = open_split(shards, "train")
     k, s = 3, 256
     plain = _documents_read(TrainLoader(info, 0, 1, 4, 1, s, seed=0), k, 100)
-    whole = _documents_read(TrainLoader(info, 0, 1, 4, 1, s, seed=0, whole_short_documents=True), k, 100)
-    for a, b in zip(plain, whole, strict=True):
+    aligned = _documents_read(TrainLoader(info, 0, 1, 4, 1, s, seed=0, **ALIGNMENTS[alignment]), k, 100)
+    for a, b in zip(plain, aligned, strict=True):
         assert [ids for _, _, ids in b[:-1]] == [ids for _, _, ids in a[:len(b) - 1]]
 
 
