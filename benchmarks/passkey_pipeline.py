@@ -166,9 +166,9 @@ def parse_schedule(spec: str, lr: float) -> list[Stage]:
     try:
         stages = [_stage(text, lr) for text in spec.split(",")]
     except (ValueError, IndexError):
-        raise ValueError(f"schedule {spec!r}: give max_distance:steps[:lr=X][:lead=N][:until=R[:rounds=N]],... "
-                         "(integers, steps >= 1, lr > 0, lead >= 0, align start or end, 0 < until <= 1 with "
-                         "max_distance > 0, rounds >= 1)") from None
+        raise ValueError(f"schedule {spec!r}: give max_distance:steps[:lr=X][:lead=N][:align=start|end]"
+                         "[:until=R[:rounds=N]],... (integers, steps >= 1, lr > 0, lead >= 0, align start or end, "
+                         "0 < until <= 1 with max_distance > 0, rounds >= 1)") from None
     return stages
 
 
