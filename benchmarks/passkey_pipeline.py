@@ -30,7 +30,9 @@ byte, read with the memory carried and, as the no-memory baseline beside it, emp
 every segment; and, in a second table, with the key after max(distances) - d segments of
 filler (the Landmark protocol's key at a random place of one long context). Model: the
 quickstart's (d_model 128, 2 layers, 4 heads, S 128, C 32, M 32: the FIFO reaches 8
-segments back), ``model.mix_init`` per ``--settings``.
+segments back), ``model.mix_init`` per ``--settings``. Each run folder keeps its scores
+(``passkey_scores.json``, under its checkpoint, the scoring settings and code), so a point
+whose schedule extends a finished one rescores none of the trainings it shares.
 
     python benchmarks/passkey_pipeline.py --schedules 0:600,1:2200,8:800 8:3600 --seeds 3
     python benchmarks/passkey_pipeline.py --smoke      # CI: seconds
@@ -39,9 +41,14 @@ segments back), ``model.mix_init`` per ``--settings``.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
+import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,14 +60,19 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import print_table, rmat_train, run_resumable, stdlib_byte_documents  # noqa: E402
 
+import data_prep.passkey  # noqa: E402
+import pipeline.train.passkey  # noqa: E402
+from data_prep.atomic import read_json, write_atomic  # noqa: E402
 from data_prep.byte_shards import write_id_shards  # noqa: E402
 from data_prep.passkey import filler_stream, make_sample, training_documents  # noqa: E402
 from pipeline.train import checkpoint  # noqa: E402
+from pipeline.train.files import latest_meta  # noqa: E402
 from pipeline.train.passkey import retrieved  # noqa: E402
 
 BOS_ID, EOS_ID = 256, 257
 MODEL = dict(vocab_size=258, d_model=128, n_layers=2, n_heads=4, segment_len=128, chunk_len=32, mem_slots=32)
 DOCS_PER_SHARD = 2048
+SCORES = "passkey_scores.json"
 
 
 def encode(text: str) -> list[int]:
@@ -131,6 +143,28 @@ def passkey_accuracy(run_dir: Path, held_out: list[np.ndarray], distances: list[
         out[f"d{d}"] = [retrieved(model, drawn, MODEL["segment_len"], reset) / samples for reset in (False, True)]
         out[f"d{d}"].append(retrieved(model, led, MODEL["segment_len"], False) / samples)
     return out
+
+
+def scoring_code() -> str:
+    """A hash of the code that makes, reads and scores a sample: an edit to it must not be answered with scores
+    made before it."""
+    parts = [inspect.getsource(f) for f in (encode, filler_documents, passkey_accuracy)]
+    parts += [inspect.getsource(m) for m in (data_prep.passkey, pipeline.train.passkey)]
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+def cached_scores(run_dir: Path, settings: dict, score: Callable[[], dict]) -> dict:
+    """``score()`` of the run's latest checkpoint, kept in the run folder under that checkpoint, ``settings`` and
+    the scoring code, and read back when all three are the same: a schedule extended by a training reruns its
+    finished trainings as no-ops, and rescoring each took minutes."""
+    key = json.dumps({"checkpoint": latest_meta(str(run_dir))["tag"], "settings": settings, "code": scoring_code()},
+                     sort_keys=True)
+    path = run_dir / SCORES
+    kept = read_json(str(path)) or {}
+    if key not in kept:
+        kept[key] = score()
+        write_atomic(str(path), json.dumps(kept).encode())
+    return kept[key]
 
 
 @dataclass(frozen=True)
@@ -213,7 +247,9 @@ def train_point(args: dict) -> dict:
                                   init_from, stage.align)
             seconds += rmat_train(config, point / f"train-{tag}.yaml")
             steps += stage.steps
-            score = passkey_accuracy(run_dir, held_out, args["distances"], args["samples"], args["seed"])
+            score = cached_scores(run_dir, {k: args[k] for k in ("distances", "samples", "seed")},
+                                  partial(passkey_accuracy, run_dir, held_out, args["distances"], args["samples"],
+                                          args["seed"]))
             init_from = str(run_dir)
             line = " ".join(f"d{d} {score[f'd{d}'][0]:.2f}" for d in args["distances"])
             print(f"    {args['setting']} {args['schedule']} seed={args['seed']} "

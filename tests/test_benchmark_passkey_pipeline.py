@@ -11,7 +11,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from passkey_pipeline import Stage, parse_schedule  # noqa: E402
+from passkey_pipeline import Stage, cached_scores, parse_schedule  # noqa: E402
 
 
 def test_a_schedule_lists_each_trainings_max_distance_steps_and_learning_rate_in_order():
@@ -50,6 +50,30 @@ def test_a_malformed_schedule_is_refused_naming_it(spec):
         parse_schedule(spec, 3e-3)
 
 
+def _checkpointed_run(run_dir: Path, tag: str) -> Path:
+    (run_dir / "checkpoints" / tag).mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints" / tag / "meta.json").write_text(json.dumps({"step": 1, "world_size": 1}))
+    (run_dir / "checkpoints" / "latest").write_text(tag)
+    return run_dir
+
+
+def test_a_run_scored_alike_before_is_read_back_not_rescored(tmp_path):
+    run, calls = _checkpointed_run(tmp_path, "global_step1"), []
+    score = lambda: calls.append(1) or {"d1": [0.5, 0.0, 0.4]}  # noqa: E731
+    settings = {"distances": [0, 1], "samples": 4, "seed": 0}
+    assert cached_scores(run, settings, score) == cached_scores(run, settings, score) == {"d1": [0.5, 0.0, 0.4]}
+    assert len(calls) == 1
+
+
+def test_a_new_checkpoint_or_other_settings_are_scored_afresh(tmp_path):
+    run, calls = _checkpointed_run(tmp_path, "global_step1"), []
+    score = lambda: calls.append(1) or {"d1": [float(len(calls)), 0.0, 0.0]}  # noqa: E731
+    cached_scores(run, {"samples": 4}, score)
+    assert cached_scores(run, {"samples": 8}, score) == {"d1": [2.0, 0.0, 0.0]}
+    _checkpointed_run(tmp_path, "global_step2")
+    assert cached_scores(run, {"samples": 4}, score) == {"d1": [3.0, 0.0, 0.0]}
+
+
 def test_the_smoke_run_trains_each_stage_from_the_last_ones_weights_and_scores_each(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/passkey_pipeline.py", "--smoke", "--out", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -65,6 +89,7 @@ def test_the_smoke_run_trains_each_stage_from_the_last_ones_weights_and_scores_e
     assert second["init_from"] == str(point / "run-0") and second["steps"] == 4
     assert second["data"]["align_document_ends"] and not first["data"]["align_document_ends"]
     assert json.loads((point / "run-1" / "final_metrics.json").read_text())["step"] == 4
+    assert all((point / f"run-{tag}" / "passkey_scores.json").exists() for tag in ("0", "1", "1.1"))
     again = yaml.safe_load((point / "train-1.1.yaml").read_text())
     assert again["init_from"] == str(point / "run-1") and again["data"]["shards"] == str(point / "shards-1.1")
     assert "2 rounds by seed" in out.stdout
