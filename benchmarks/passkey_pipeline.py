@@ -31,8 +31,9 @@ every segment; and, in a second table, with the key after max(distances) - d seg
 filler (the Landmark protocol's key at a random place of one long context). Model: the
 quickstart's (d_model 128, 2 layers, 4 heads, S 128, C 32, M 32: the FIFO reaches 8
 segments back), ``model.mix_init`` per ``--settings``. Each run folder keeps its scores
-(``passkey_scores.json``, under its checkpoint, the scoring settings and code), so a point
-whose schedule extends a finished one rescores none of the trainings it shares.
+(``passkey_scores.json``, under its checkpoint, the scoring settings and code): a schedule
+extended by a training, its point folder copied from the finished schedule's, retrains and
+rescores none of the trainings it shares.
 
     python benchmarks/passkey_pipeline.py --schedules 0:600,1:2200,8:800 8:3600 --seeds 3
     python benchmarks/passkey_pipeline.py --smoke      # CI: seconds
