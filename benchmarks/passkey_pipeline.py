@@ -30,10 +30,11 @@ byte, read with the memory carried and, as the no-memory baseline beside it, emp
 every segment; and, in a second table, with the key after max(distances) - d segments of
 filler (the Landmark protocol's key at a random place of one long context). Model: the
 quickstart's (d_model 128, 2 layers, 4 heads, S 128, C 32, M 32: the FIFO reaches 8
-segments back), ``model.mix_init`` per ``--settings``. Each run folder keeps its scores
-(``passkey_scores.json``, under its checkpoint, the scoring settings and code): a schedule
-extended by a training, its point folder copied from the finished schedule's, retrains and
-rescores none of the trainings it shares.
+segments back), ``model.mix_init`` per ``--settings``. A schedule that begins with the
+stages of another point (same setting, loader and seed) copies that point's finished
+trainings instead of training them again, and each run folder keeps its scores
+(``passkey_scores.json``, under its checkpoint, the scoring settings and code), so a
+schedule extended by a training costs that training alone.
 
     python benchmarks/passkey_pipeline.py --schedules 0:600,1:2200,8:800 8:3600 --seeds 3
     python benchmarks/passkey_pipeline.py --smoke      # CI: seconds
@@ -46,6 +47,7 @@ import hashlib
 import inspect
 import json
 import math
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,7 +69,7 @@ from data_prep.atomic import read_json, write_atomic  # noqa: E402
 from data_prep.byte_shards import write_id_shards  # noqa: E402
 from data_prep.passkey import filler_stream, make_sample, training_documents  # noqa: E402
 from pipeline.train import checkpoint  # noqa: E402
-from pipeline.train.files import latest_meta  # noqa: E402
+from pipeline.train.files import FINAL_METRICS, latest_meta  # noqa: E402
 from pipeline.train.passkey import retrieved  # noqa: E402
 
 BOS_ID, EOS_ID = 256, 257
@@ -224,14 +226,42 @@ def _stage(text: str, lr: float) -> Stage:
     return stage
 
 
+def point_folder(args: dict, schedule: str) -> Path:
+    """Everything that changes what a training computes names its folder: a rerun with other values must not
+    resume a finished training of these and score it as theirs."""
+    return Path(args["out"]) / f"{args['setting']}-{schedule.replace(':', 'x')}{_loader_and_seed(args)}"
+
+
+def _loader_and_seed(args: dict) -> str:
+    return f"-b{args['batch']}-w{args['tbptt']}{'-whole' if args['whole'] else ''}-lr{args['lr']}-s{args['seed']}"
+
+
+def reuse_finished(point: Path, tag: str, stages: list[Stage], i: int, args: dict) -> None:
+    """Copy training ``tag`` (of stage ``i``) into ``point`` from another point whose schedule begins with
+    ``stages[:i + 1]`` and whose training finished, so that a schedule extended by a training retrains none of
+    the ones it shares; the copy lands under a temporary name, then is renamed."""
+    if (point / f"run-{tag}").exists():
+        return
+    head, tail = f"{args['setting']}-", _loader_and_seed(args)
+    for other in sorted(point.parent.glob(f"{head}*{tail}")):
+        try:
+            shared = parse_schedule(other.name[len(head):-len(tail)].replace("x", ":"), args["lr"])[:i + 1]
+        except ValueError:
+            continue
+        if shared == stages[:i + 1] and (other / f"run-{tag}" / FINAL_METRICS).exists():
+            for folder in (f"shards-{tag}", f"run-{tag}"):
+                if (point / folder).exists():  # the shards of a copy cut short before its run's
+                    continue
+                shutil.rmtree(point / f"{folder}.tmp", ignore_errors=True)
+                shutil.copytree(other / folder, point / f"{folder}.tmp", symlinks=True)
+                (point / f"{folder}.tmp").rename(point / folder)
+            return
+
+
 def train_point(args: dict) -> dict:
     """The trainings of one (setting, schedule, seed) point in turn, each from the last one's weights
     and scored at its end; a stage's rounds in turn until it is done."""
-    name = (f"{args['setting']}-{args['schedule'].replace(':', 'x')}-b{args['batch']}-w{args['tbptt']}"
-            f"{'-whole' if args['whole'] else ''}-lr{args['lr']}")
-    # Everything that changes what a training computes names its folder: a rerun with other values must
-    # not resume a finished training of these and score it as theirs.
-    point = Path(args["out"]) / f"{name}-s{args['seed']}"
+    point = point_folder(args, args["schedule"])
     train_filler, held_out = filler_documents()
     stages = parse_schedule(args["schedule"], args["lr"])
     scores, seconds, init_from, steps = [], 0.0, "", 0
@@ -240,6 +270,7 @@ def train_point(args: dict) -> dict:
             # Round 0 keeps the folder names of a stage without rounds, so their trainings are reused.
             tag = f"{i}" if r == 0 else f"{i}.{r}"
             shards, run_dir = point / f"shards-{tag}", point / f"run-{tag}"
+            reuse_finished(point, tag, stages, i, args)
             if not (shards / "manifest.json").exists():
                 count = documents_for(stage.steps, args["batch"], args["tbptt"], stage.max_distance, stage.lead)
                 write_passkey_shards(shards, train_filler, count, stage.max_distance, stage.lead,

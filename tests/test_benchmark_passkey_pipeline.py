@@ -11,7 +11,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from passkey_pipeline import Stage, cached_scores, parse_schedule  # noqa: E402
+from passkey_pipeline import Stage, cached_scores, parse_schedule, point_folder, reuse_finished  # noqa: E402
 
 
 def test_a_schedule_lists_each_trainings_max_distance_steps_and_learning_rate_in_order():
@@ -72,6 +72,42 @@ def test_a_new_checkpoint_or_other_settings_are_scored_afresh(tmp_path):
     assert cached_scores(run, {"samples": 8}, score) == {"d1": [2.0, 0.0, 0.0]}
     _checkpointed_run(tmp_path, "global_step2")
     assert cached_scores(run, {"samples": 4}, score) == {"d1": [3.0, 0.0, 0.0]}
+
+
+def _point(out: Path, schedule: str, seed: int = 0) -> dict:
+    return dict(setting="one_path_per_head", schedule=schedule, seed=seed, batch=16, tbptt=2, lr=3e-3, whole=True,
+                out=str(out))
+
+
+def _trained(args: dict, tag: str, finished: bool = True) -> Path:
+    point = point_folder(args, args["schedule"])
+    (point / f"shards-{tag}").mkdir(parents=True)
+    (point / f"shards-{tag}" / "manifest.json").write_text("{}")
+    (point / f"run-{tag}").mkdir()
+    if finished:
+        (point / f"run-{tag}" / "final_metrics.json").write_text('{"step": 2}')
+    return point
+
+
+def test_a_schedule_extending_a_finished_one_copies_its_finished_trainings(tmp_path):
+    _trained(_point(tmp_path, "0:2,1:4:lr=1e-3"), "0")
+    _trained(_point(tmp_path, "0:2,1:4:lr=1e-3"), "1", finished=False)
+    longer = _point(tmp_path, "0:2,1:4:lr=0.001,8:2")
+    point, stages = point_folder(longer, longer["schedule"]), parse_schedule(longer["schedule"], 3e-3)
+    reuse_finished(point, "0", stages, 0, longer)
+    reuse_finished(point, "1", stages, 1, longer)
+    assert json.loads((point / "run-0" / "final_metrics.json").read_text()) == {"step": 2}
+    assert (point / "shards-0" / "manifest.json").exists()
+    assert not (point / "run-1").exists()  # the donor's second training never finished
+
+
+def test_trainings_of_another_seed_or_after_another_stage_are_not_copied(tmp_path):
+    _trained(_point(tmp_path, "0:3,1:4"), "1")
+    _trained(_point(tmp_path, "0:2,1:4", seed=1), "1")
+    longer = _point(tmp_path, "0:2,1:4,8:2")
+    point = point_folder(longer, longer["schedule"])
+    reuse_finished(point, "1", parse_schedule(longer["schedule"], 3e-3), 1, longer)
+    assert not point.exists()
 
 
 def test_the_smoke_run_trains_each_stage_from_the_last_ones_weights_and_scores_each(tmp_path):
