@@ -76,6 +76,8 @@ BOS_ID, EOS_ID = 256, 257
 MODEL = dict(vocab_size=258, d_model=128, n_layers=2, n_heads=4, segment_len=128, chunk_len=32, mem_slots=32)
 DOCS_PER_SHARD = 2048
 SCORES = "passkey_scores.json"
+SCHEDULE = "schedule.txt"  # a point folder's schedule, as given
+NAME_MAX = 255  # bytes of a file name on Linux file systems
 
 
 def encode(text: str) -> list[int]:
@@ -228,8 +230,12 @@ def _stage(text: str, lr: float) -> Stage:
 
 def point_folder(args: dict, schedule: str) -> Path:
     """Everything that changes what a training computes names its folder: a rerun with other values must not
-    resume a finished training of these and score it as theirs."""
-    return Path(args["out"]) / f"{args['setting']}-{schedule.replace(':', 'x')}{_loader_and_seed(args)}"
+    resume a finished training of these and score it as theirs. A schedule too long for a file name is named by
+    its hash, and every folder keeps its schedule in ``SCHEDULE``."""
+    name = f"{args['setting']}-{schedule.replace(':', 'x')}{_loader_and_seed(args)}"
+    if len(name) > NAME_MAX:
+        name = f"{args['setting']}-{hashlib.sha256(schedule.encode()).hexdigest()[:16]}{_loader_and_seed(args)}"
+    return Path(args["out"]) / name
 
 
 def _loader_and_seed(args: dict) -> str:
@@ -245,9 +251,10 @@ def reuse_finished(point: Path, tag: str, stages: list[Stage], i: int, args: dic
     head, tail = f"{args['setting']}-", _loader_and_seed(args)
     for other in sorted(point.parent.glob(f"{head}*{tail}")):
         try:
-            shared = parse_schedule(other.name[len(head):-len(tail)].replace("x", ":"), args["lr"])[:i + 1]
-        except ValueError:
+            schedule = (other / SCHEDULE).read_text().strip()
+        except OSError:
             continue
+        shared = parse_schedule(schedule, args["lr"])[:i + 1]
         if shared == stages[:i + 1] and (other / f"run-{tag}" / FINAL_METRICS).exists():
             for folder in (f"shards-{tag}", f"run-{tag}"):
                 if (point / folder).exists():  # the shards of a copy cut short before its run's
@@ -262,6 +269,8 @@ def train_point(args: dict) -> dict:
     """The trainings of one (setting, schedule, seed) point in turn, each from the last one's weights
     and scored at its end; a stage's rounds in turn until it is done."""
     point = point_folder(args, args["schedule"])
+    point.mkdir(parents=True, exist_ok=True)
+    write_atomic(str(point / SCHEDULE), args["schedule"].encode())
     train_filler, held_out = filler_documents()
     stages = parse_schedule(args["schedule"], args["lr"])
     scores, seconds, init_from, steps = [], 0.0, "", 0

@@ -82,6 +82,7 @@ def _point(out: Path, schedule: str, seed: int = 0) -> dict:
 def _trained(args: dict, tag: str, finished: bool = True) -> Path:
     point = point_folder(args, args["schedule"])
     (point / f"shards-{tag}").mkdir(parents=True)
+    (point / "schedule.txt").write_text(args["schedule"])
     (point / f"shards-{tag}" / "manifest.json").write_text("{}")
     (point / f"run-{tag}").mkdir()
     if finished:
@@ -99,6 +100,17 @@ def test_a_schedule_extending_a_finished_one_copies_its_finished_trainings(tmp_p
     assert json.loads((point / "run-0" / "final_metrics.json").read_text()) == {"step": 2}
     assert (point / "shards-0" / "manifest.json").exists()
     assert not (point / "run-1").exists()  # the donor's second training never finished
+
+
+def test_a_schedule_too_long_for_a_file_name_names_its_folder_by_hash_and_still_lends_its_trainings(tmp_path):
+    long = ",".join(["1:2000:lr=1e-4:lead=3:align=end"] * 12)
+    donor = _point(tmp_path, long)
+    assert len(point_folder(donor, long).name) <= 255
+    _trained(donor, "11")
+    longer = _point(tmp_path, long + ",8:2")
+    point = point_folder(longer, longer["schedule"])
+    reuse_finished(point, "11", parse_schedule(longer["schedule"], 3e-3), 11, longer)
+    assert (point / "run-11" / "final_metrics.json").exists()
 
 
 def test_trainings_of_another_seed_or_after_another_stage_are_not_copied(tmp_path):
@@ -121,6 +133,7 @@ def test_the_smoke_run_trains_each_stage_from_the_last_ones_weights_and_scores_e
     assert [s["rounds"] for s in record["scores"]] == [1, 2]
     assert all(len(s["d2"]) == 3 for s in record["scores"])  # carried, reset, carried with the key led
     point = tmp_path / "smoke" / "one_path_per_head-0x2,2x4xlead=1xalign=endxuntil=1xrounds=2-b2-w2-lr0.003-s0"
+    assert (point / "schedule.txt").read_text() == "0:2,2:4:lead=1:align=end:until=1:rounds=2"
     first, second = (yaml.safe_load((point / f"train-{i}.yaml").read_text()) for i in (0, 1))
     assert second["init_from"] == str(point / "run-0") and second["steps"] == 4
     assert second["data"]["align_document_ends"] and not first["data"]["align_document_ends"]
