@@ -4,11 +4,16 @@ Zoology's MQAR protocol stretched over segment boundaries. A sample is d + 2 seg
 
     segment 0        n key-value pairs ("k v k v ..."), then filler
     segments 1..d    filler
-    last segment     the n keys again in random order, each followed by its value, among filler
+    last segment     the n keys again in random order, among filler
 
-Accuracy is taken at the answers (the value after each asked key), where the loss is
-also taken, as in Zoology. Only what crosses segment boundaries can answer: attention in
-RMAT never leaves a segment. Settings, same width and depth, parameter counts within 10%:
+Accuracy is taken at the answers (the value that belongs after each asked key), where the
+loss is also taken, as in Zoology. Only what crosses segment boundaries can answer:
+attention in RMAT never leaves a segment. As in Zoology, the answer is not shown after
+its question: a shown answer rules itself out for the questions after it, and a model that
+remembers which values appeared, but not which key had which, then scores H(n) / n (0.52
+at n = 4) instead of about 1 / n. A language model's stream must show it (the pipeline's
+version of this task, ``show_answers``); the ceiling printed beside follows either way.
+Settings, same width and depth, parameter counts within 10%:
 
     rmat     the model's defaults (plus any ``--variant name:key=value,...``)
     nomem    RMAT without the memory path (global + local only): must stay at chance
@@ -19,9 +24,10 @@ RMAT never leaves a segment. Settings, same width and depth, parameter counts wi
 Every (setting, n, d, seed) point trains from scratch on fresh samples for ``--steps``
 steps and is scored on 1,024 held-out samples. Points run in ``--jobs`` processes of one
 thread each; results append to ``OUT/results.jsonl`` as they finish (a rerun skips the
-points already there). Prints mean and spread over seeds per cell with the value-set
-ceiling (what a model scores that knows which values appeared but not which key had
-which), and writes ``OUT/long_context.png``, a heat map of the means.
+points already there); each point's line gives its accuracy per question in the order
+asked. Prints mean and spread over seeds per cell with the value-set ceiling (what a model
+scores that knows which values appeared but not which key had which), and writes
+``OUT/long_context.png``, a heat map of the means.
 
     python benchmarks/long_context.py --n 1,4,16 --d 1,2,4,8 --seeds 3 --steps 3000
     python benchmarks/long_context.py --smoke          # CI: one small cell, seconds
@@ -33,7 +39,8 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -61,6 +68,7 @@ class Task:
     distance: int  # filler segments between the pairs and the questions
     segment_len: int
     tail: int = 0  # tokens at the sample's end that stay filler (room for the loader's BOS)
+    show_answers: bool = False  # each question followed by its answer, as a language model's stream holds it
 
     @property
     def n_segments(self) -> int:
@@ -83,16 +91,27 @@ class Task:
                            dim=1).values
         at = (self.n_segments - 1) * s + 2 * slots
         tokens[rows, at] = keys.gather(1, order)
-        tokens[rows, at + 1] = values.gather(1, order)
-        targets[rows, at] = values.gather(1, order)  # predicted at the key, next token is the value
+        if self.show_answers:
+            tokens[rows, at + 1] = values.gather(1, order)
+        targets[rows, at] = values.gather(1, order)  # predicted at the key: its value belongs next
         return tokens, targets
 
 
-def value_set_ceiling(tokens: Tensor, targets: Tensor) -> float:
-    """Accuracy of always answering a sample's most frequent value: knowing which values
-    appeared, not which key had which."""
-    answers = [t[t != IGNORE] for t in targets]
-    return sum(float((a == a.mode().values).float().mean()) for a in answers) / len(answers)
+def value_set_ceiling(targets: Tensor, show_answers: bool) -> float:
+    """Accuracy of a model that knows which values appeared but not which key had which: it
+    answers the most frequent value not yet ruled out. A shown answer rules itself out for
+    the questions after it."""
+    total = 0.0
+    for t in targets:
+        answers = t[t != IGNORE].tolist()
+        left = Counter(answers)
+        for a in answers:
+            total += max(left.values()) / left.total() / len(answers)
+            if show_answers:
+                left[a] -= 1
+                if not left[a]:
+                    del left[a]
+    return total / len(targets)
 
 
 # ---- the baselines that are not RMAT configs ----------------------------------------------
@@ -234,7 +253,7 @@ def train_point(args: dict) -> dict:
     model.train()
     for step in range(1, steps + 1):
         train_task = task if args["train_d"] < 0 else \
-            Task(task.n_pairs, int(torch.randint(0, args["train_d"] + 1, (), generator=gen)), task.segment_len)
+            replace(task, distance=int(torch.randint(0, args["train_d"] + 1, (), generator=gen)))
         tokens, targets = train_task.sample(args["batch"], gen)
         logits = answer_logits(model, tokens, task.segment_len, args["window"])
         if args.get("loss") == "all":  # every next token, as a language model's training takes it
@@ -254,7 +273,11 @@ def train_point(args: dict) -> dict:
     with torch.no_grad():
         hits = answer_logits(model, tokens, task.segment_len, 0).argmax(-1)[targets != IGNORE] == \
             targets[targets != IGNORE]
-    return {**args, "accuracy": float(hits.float().mean()), "ceiling": value_set_ceiling(tokens, targets),
+    # Row-major: each sample's n answers in the order asked. A model that rules out shown answers
+    # instead of binding scores 1/n, 1/(n-1), ..., 1 along them.
+    by_question = hits.view(len(tokens), task.n_pairs).float().mean(0)
+    return {**args, "accuracy": float(hits.float().mean()), "ceiling": value_set_ceiling(targets, task.show_answers),
+            "by_question": [round(float(a), 3) for a in by_question],
             "params": count_params(model), "seconds": round(seconds, 1)}
 
 
@@ -269,7 +292,7 @@ def parse_settings(names: str, variants: list[str]) -> list[Setting]:
 
 def point_key(r: dict) -> tuple:
     return (r["setting"]["name"], r["task"]["n_pairs"], r["task"]["distance"], r["seed"], r["steps"], r["window"],
-            r["train_d"], r.get("loss", "answers"))
+            r["train_d"], r.get("loss", "answers"), r["task"].get("show_answers", True))  # shown before it was a choice
 
 
 def check_params_match(settings: list[Setting], target: int, task: Task) -> None:
@@ -285,17 +308,19 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
     settings = parse_settings(args.settings, args.variant)
     rmat_reference = next((s for s in settings if s.name not in ("xl", "full", "nomem")), Setting("rmat"))
     target = rmat_params(rmat_reference)
-    points = [dict(setting=vars(s), task=vars(Task(n, d, TINY["segment_len"])), seed=seed, steps=args.steps,
-                   window=args.window, train_d=args.train_d, batch=args.batch, lr=args.lr, target_params=target,
-                   loss=args.loss)
+    points = [dict(setting=vars(s), task=vars(Task(n, d, TINY["segment_len"], show_answers=args.show_answers)),
+                   seed=seed, steps=args.steps, window=args.window, train_d=args.train_d, batch=args.batch,
+                   lr=args.lr, target_params=target, loss=args.loss)
               for n in args.n for d in args.d for s in settings for seed in range(args.seeds)]
     check_params_match(settings, target, Task(args.n[0], args.d[0], TINY["segment_len"]))
     return run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs, report)
 
 
 def report(r: dict) -> None:
+    asked = " / ".join(f"{a:.2f}" for a in r.get("by_question", []))
     print(f"  {r['setting']['name']:>10} n={r['task']['n_pairs']:<2} d={r['task']['distance']} "
-          f"seed={r['seed']}  acc {r['accuracy']:.3f}  ({r['seconds']:.0f} s)", flush=True)
+          f"seed={r['seed']}  acc {r['accuracy']:.3f}  ({r['seconds']:.0f} s)"
+          + (f"  by question asked: {asked}" if r["task"]["n_pairs"] > 1 and asked else ""), flush=True)
 
 
 def summarize(records: list[dict], args: argparse.Namespace) -> None:
@@ -313,7 +338,7 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
     rows = [[name, f"{params[name]:,}", *(_mean_spread(table.get((name, c), [])) for c in cells)] for name in names]
     rows.append(["value-set ceiling", "", *(f"{ceiling.get(c, float('nan')):.3f}" for c in cells)])
     print(f"\nMQAR accuracy across segments, mean (min-max) over {args.seeds} seeds, {args.steps} steps, "
-          f"batch {args.batch}, chance {1 / N_VALUES:.3f}\n")
+          f"batch {args.batch}, chance {1 / N_VALUES:.3f}, answers {'shown' if args.show_answers else 'hidden'}\n")
     print_table(headers, rows)
     heat_map(names, cells, table, Path(args.out) / "long_context.png")
 
@@ -361,12 +386,14 @@ def main() -> None:
                    help="train on distances drawn from 0..K each step, score on the cell's (-1: the cell's)")
     p.add_argument("--loss", choices=["answers", "all"], default="answers",
                    help="train on the loss at the answers (Zoology) or at every next token (a language model)")
+    p.add_argument("--show-answers", action="store_true",
+                   help="each question followed by its answer, as text shows it (the form before Zoology's)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/benchmarks/long_context")
     p.add_argument("--smoke", action="store_true", help="one small cell, two settings, one seed")
     args = p.parse_args()
     if args.smoke:
-        args.n, args.d, args.settings, args.seeds, args.steps = [1], [1], "rmat,nomem", 1, 30
+        args.n, args.d, args.settings, args.seeds, args.steps = [2], [1], "rmat,nomem", 1, 30
         args.out = str(Path(args.out) / "smoke")
     summarize(run_grid(args), args)
 

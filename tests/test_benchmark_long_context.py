@@ -10,7 +10,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from long_context import BASE, IGNORE, N_FILLER, N_KEYS, Task, TransformerXL, value_set_ceiling  # noqa: E402
+from long_context import (  # noqa: E402
+    BASE,
+    IGNORE,
+    N_FILLER,
+    N_KEYS,
+    Setting,
+    Task,
+    TransformerXL,
+    train_point,
+    value_set_ceiling,
+)
 
 from model import RMATConfig  # noqa: E402
 
@@ -27,10 +37,33 @@ def test_every_asked_key_was_paired_with_its_answer_in_the_first_segment():
         assert (row[32:3 * 32] < N_FILLER).all()  # the filler segments hold no key or value
 
 
+def test_the_answer_is_hidden_after_its_question_unless_the_task_shows_it():
+    for show in (False, True):
+        tokens, targets = Task(4, 1, 32, show_answers=show).sample(16, torch.Generator().manual_seed(0))
+        asked = (targets != IGNORE).nonzero()
+        after = tokens[asked[:, 0], asked[:, 1] + 1]
+        assert torch.equal(after, targets[asked[:, 0], asked[:, 1]]) if show else (after < N_FILLER).all()
+
+
 def test_value_set_ceiling_is_one_for_a_single_pair_and_lower_for_many():
     gen = torch.Generator().manual_seed(0)
-    assert value_set_ceiling(*Task(1, 1, 32).sample(64, gen)) == 1.0
-    assert value_set_ceiling(*Task(16, 1, 32).sample(64, gen)) < 0.2
+    assert value_set_ceiling(Task(1, 1, 32).sample(64, gen)[1], show_answers=False) == 1.0
+    assert value_set_ceiling(Task(16, 1, 32).sample(64, gen)[1], show_answers=False) < 0.2
+
+
+def test_shown_answers_raise_the_ceiling_to_the_harmonic_share_by_ruling_themselves_out():
+    targets = torch.full((1, 16), IGNORE)
+    targets[0, 0:8:2] = torch.tensor([130, 131, 132, 133])  # four distinct values, asked in this order
+    assert value_set_ceiling(targets, show_answers=False) == 0.25
+    assert value_set_ceiling(targets, show_answers=True) == pytest.approx((1 / 4 + 1 / 3 + 1 / 2 + 1) / 4)
+
+
+def test_a_point_reports_its_accuracy_per_question_in_the_order_asked():
+    task = Task(4, 1, 32)
+    r = train_point(dict(setting=vars(Setting("nomem")), task=vars(task), seed=0, steps=2, window=0, train_d=-1,
+                         batch=4, lr=1e-3, target_params=None))
+    assert len(r["by_question"]) == 4
+    assert sum(r["by_question"]) / 4 == pytest.approx(r["accuracy"], abs=1e-3)
 
 
 def test_transformer_xl_reads_the_previous_segment_only_and_without_gradient():
@@ -64,6 +97,7 @@ def test_smoke_run_prints_the_table_and_writes_the_heat_map_and_a_rerun_skips_do
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert first.returncode == 0, first.stderr
     assert "value-set ceiling" in first.stdout and "nomem" in first.stdout
+    assert "by question asked" in first.stdout
     png = tmp_path / "smoke" / "long_context.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
