@@ -30,6 +30,7 @@ scores that knows which values appeared but not which key had which), and writes
 ``OUT/long_context.png``, a heat map of the means.
 
     python benchmarks/long_context.py --n 1,4,16 --d 1,2,4,8 --seeds 3 --steps 3000
+    python benchmarks/long_context.py --n 4,16 --d 1,2,4,8 --device cuda --jobs 8 --batch 256 --steps 25000
     python benchmarks/long_context.py --smoke          # CI: one small cell, seconds
 """
 
@@ -243,7 +244,8 @@ def train_point(args: dict) -> dict:
     torch.set_num_threads(1)
     setting, task, seed = Setting(**args["setting"]), Task(**args["task"]), args["seed"]
     torch.manual_seed(seed)
-    model = build(setting, task, args["target_params"])
+    device = torch.device(args.get("device", "cpu"))
+    model = build(setting, task, args["target_params"]).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=0.1, betas=(0.9, 0.98))
     steps, warmup = args["steps"], max(1, args["steps"] // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -254,7 +256,7 @@ def train_point(args: dict) -> dict:
     for step in range(1, steps + 1):
         train_task = task if args["train_d"] < 0 else \
             replace(task, distance=int(torch.randint(0, args["train_d"] + 1, (), generator=gen)))
-        tokens, targets = train_task.sample(args["batch"], gen)
+        tokens, targets = (t.to(device) for t in train_task.sample(args["batch"], gen))
         logits = answer_logits(model, tokens, task.segment_len, args["window"])
         if args.get("loss") == "all":  # every next token, as a language model's training takes it
             targets = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], IGNORE)], dim=1)
@@ -269,14 +271,15 @@ def train_point(args: dict) -> dict:
                   f"loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - start
     model.eval()
-    tokens, targets = task.sample(1024, torch.Generator().manual_seed(10_000 + seed))
+    tokens, targets = (t.to(device) for t in task.sample(1024, torch.Generator().manual_seed(10_000 + seed)))
     with torch.no_grad():
         hits = answer_logits(model, tokens, task.segment_len, 0).argmax(-1)[targets != IGNORE] == \
             targets[targets != IGNORE]
     # Row-major: each sample's n answers in the order asked. A model that rules out shown answers
     # instead of binding scores 1/n, 1/(n-1), ..., 1 along them.
     by_question = hits.view(len(tokens), task.n_pairs).float().mean(0)
-    return {**args, "accuracy": float(hits.float().mean()), "ceiling": value_set_ceiling(targets, task.show_answers),
+    return {**args, "accuracy": float(hits.float().mean()),
+            "ceiling": value_set_ceiling(targets.cpu(), task.show_answers),
             "by_question": [round(float(a), 3) for a in by_question],
             "params": count_params(model), "seconds": round(seconds, 1)}
 
@@ -310,7 +313,7 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
     target = rmat_params(rmat_reference)
     points = [dict(setting=vars(s), task=vars(Task(n, d, TINY["segment_len"], show_answers=args.show_answers)),
                    seed=seed, steps=args.steps, window=args.window, train_d=args.train_d, batch=args.batch,
-                   lr=args.lr, target_params=target, loss=args.loss)
+                   lr=args.lr, target_params=target, loss=args.loss, device=args.device)
               for n in args.n for d in args.d for s in settings for seed in range(args.seeds)]
     check_params_match(settings, target, Task(args.n[0], args.d[0], TINY["segment_len"]))
     return run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs, report)
@@ -388,6 +391,7 @@ def main() -> None:
                    help="train on the loss at the answers (Zoology) or at every next token (a language model)")
     p.add_argument("--show-answers", action="store_true",
                    help="each question followed by its answer, as text shows it (the form before Zoology's)")
+    p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda (the jobs share it)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/benchmarks/long_context")
     p.add_argument("--smoke", action="store_true", help="one small cell, two settings, one seed")
