@@ -24,6 +24,9 @@ CPUS_ENV = "RMAT_CPUS_PER_TASK"  # the cores each task of a job was given (its R
 # succeeded, and accounting knows how it ended. The others run a job as it is submitted, and the
 # submitter waits for it and records how it ended.
 SCHEDULED = {"slurm"}
+# A task that fails ends its job's other tasks: a rank that dies before it joins the process group
+# would otherwise leave the rest waiting for it (30 minutes in torch) and then the job's time limit.
+SRUN_ARGS = ["--kill-on-bad-exit=1"]
 # States after which a job will not change any more (sacct's names; submitit adds its own for local jobs).
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
             "DEADLINE", "REVOKED", "DONE", "INTERRUPTED", "FINISHED"}  # not PREEMPTED: it may be requeued
@@ -58,7 +61,7 @@ class Launcher:
             params = resources.slurm_parameters(name, list(after))
             if array_parallelism:
                 params["array_parallelism"] = array_parallelism
-            ex.update_parameters(**params)
+            ex.update_parameters(**params, srun_args=SRUN_ARGS)
             return ex
         # One machine: a job's nodes x tasks become that many local processes.
         ex = submitit.AutoExecutor(folder, cluster=self.cluster, local_max_num_timeout=resources.max_requeues)

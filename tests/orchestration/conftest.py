@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,3 +47,17 @@ def slurm_cluster():
     yield root
     dev_cluster("down", root)
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def no_job_outlives_its_test(request):
+    """Cancel whatever a test left queued, so that one test's stuck job fails that test alone."""
+    yield
+    if "slurm_cluster" not in request.fixturenames or not os.environ.get("SLURM_CONF"):
+        return
+    subprocess.run(["scancel", "--me"], capture_output=True)
+    deadline = time.time() + 60
+    while subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip():
+        if time.time() > deadline:
+            pytest.fail("jobs a test left behind were still queued 60 s after scancel")
+        time.sleep(1)

@@ -68,3 +68,16 @@ def finished(state_path: str, steps: int) -> bool:
             return json.load(f)[0] >= steps
     except OSError:
         return False
+
+
+def crash_one_rank() -> None:
+    """Rank 1 fails before it joins the process group, which the others wait for (30 minutes by default)."""
+    import torch.distributed as dist
+
+    if os.environ["RANK"] == "1":
+        raise RuntimeError("rank 1 failed on purpose")
+    dist.init_process_group("gloo")
+
+
+def never_finished() -> bool:
+    return False

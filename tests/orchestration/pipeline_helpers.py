@@ -70,5 +70,17 @@ def wait_until_finished(run_dir: Path, timeout_s: float = 180) -> dict[str, str]
         queued = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
         if records and not queued and all(s.split()[0] in FINISHED for s in state.values()):
             return state
-        assert time.time() < deadline, f"jobs still not finished after {timeout_s} s: {state}, queue {queued}"
+        stuck = [job for job, s in state.items() if s.split()[0] not in FINISHED]
+        assert time.time() < deadline, (f"jobs still not finished after {timeout_s} s: {state}, queue {queued}\n"
+                                        + log_tails(run_dir, stuck))
         time.sleep(1)
+
+
+def log_tails(run_dir: Path, job_ids: list[str], lines: int = 20) -> str:
+    """The last lines of each task's logs of these jobs: what a stuck job was doing."""
+    tails = []
+    for job_id in job_ids:
+        for log in sorted((run_dir / "logs").glob(f"*/{job_id}_*_log.*")):
+            text = log.read_text(errors="replace").replace("\r", "\n").splitlines()
+            tails.append(f"--- {log.relative_to(run_dir)}\n" + "\n".join(text[-lines:]))
+    return "\n".join(tails)
