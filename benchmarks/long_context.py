@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import parse_variant, print_table, run_resumable  # noqa: E402
 
 from model import RMAT, RMATConfig  # noqa: E402
-from model.layers import Rotary, SwiGLU  # noqa: E402
+from model.layers import Rotary, SwiGLU, TokenShift  # noqa: E402
 
 N_FILLER, N_KEYS, N_VALUES = 64, 64, 64
 VOCAB = N_FILLER + N_KEYS + N_VALUES  # filler 0..63, keys 64..127, values 128..191
@@ -153,6 +153,7 @@ class TransformerXL(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.shift = TokenShift(cfg.d_model) if cfg.token_shift else None  # inside the segment, as RMAT's
         self.blocks = nn.ModuleList(XLBlock(cfg.d_model, cfg.n_heads, d_ff, cfg.segment_len)
                                     for _ in range(cfg.n_layers))
         self.norm_f = nn.RMSNorm(cfg.d_model)
@@ -167,6 +168,7 @@ class TransformerXL(nn.Module):
 
     def forward(self, tokens: Tensor, caches: list[Tensor | None]) -> tuple[Tensor, list[Tensor]]:
         x = self.tok_emb(tokens)
+        x = x if self.shift is None else self.shift(x)
         new = []
         for block, cache in zip(self.blocks, caches, strict=True):
             x, c = block(x, cache)
@@ -188,19 +190,20 @@ class Setting:
     overrides: dict = field(default_factory=dict)
 
 
-def build(setting: Setting, task: Task, target_params: int | None) -> nn.Module:
+def build(setting: Setting, task: Task, target_params: int | None, token_shift: bool = False) -> nn.Module:
     """The model of a setting; baselines get the FFN width that brings them nearest to
-    ``target_params`` (the RMAT's count)."""
+    ``target_params`` (the RMAT's count). ``token_shift`` goes to every setting alike."""
+    base = {**BASE, "token_shift": token_shift}
     if setting.name == "xl":
-        return _matched(lambda f: TransformerXL(RMATConfig(**BASE, paths=["global"], mem_slots=0), f), target_params)
+        return _matched(lambda f: TransformerXL(RMATConfig(**base, paths=["global"], mem_slots=0), f), target_params)
     if setting.name == "full":
         n = task.n_segments * task.segment_len
-        return _matched(lambda f: RMAT(RMATConfig(**{**BASE, "segment_len": n, "chunk_len": n},
+        return _matched(lambda f: RMAT(RMATConfig(**{**base, "segment_len": n, "chunk_len": n},
                                                   paths=["global"], mem_slots=0, d_ff=f)), target_params)
     if setting.name == "nomem":
-        return _matched(lambda f: RMAT(RMATConfig(**BASE, paths=["global", "local"], mem_slots=0, d_ff=f)),
+        return _matched(lambda f: RMAT(RMATConfig(**base, paths=["global", "local"], mem_slots=0, d_ff=f)),
                         target_params)
-    return RMAT(RMATConfig(**{**TINY, **setting.overrides}))
+    return RMAT(rmat_config(setting, token_shift))
 
 
 def _matched(make, target: int | None) -> nn.Module:
@@ -218,8 +221,12 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def rmat_params(setting: Setting) -> int:
-    return count_params(RMAT(RMATConfig(**{**TINY, **setting.overrides})))
+def rmat_config(setting: Setting, token_shift: bool = False) -> RMATConfig:
+    return RMATConfig(**{**TINY, "token_shift": token_shift, **setting.overrides})
+
+
+def rmat_params(setting: Setting, token_shift: bool = False) -> int:
+    return count_params(RMAT(rmat_config(setting, token_shift)))
 
 
 # ---- training and scoring ----------------------------------------------------------------
@@ -245,7 +252,7 @@ def train_point(args: dict) -> dict:
     setting, task, seed = Setting(**args["setting"]), Task(**args["task"]), args["seed"]
     torch.manual_seed(seed)
     device = torch.device(args.get("device", "cpu"))
-    model = build(setting, task, args["target_params"]).to(device)
+    model = build(setting, task, args["target_params"], args.get("token_shift", False)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=0.1, betas=(0.9, 0.98))
     steps, warmup = args["steps"], max(1, args["steps"] // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -295,13 +302,14 @@ def parse_settings(names: str, variants: list[str]) -> list[Setting]:
 
 def point_key(r: dict) -> tuple:
     return (r["setting"]["name"], r["task"]["n_pairs"], r["task"]["distance"], r["seed"], r["steps"], r["window"],
-            r["train_d"], r.get("loss", "answers"), r["task"].get("show_answers", True))  # shown before it was a choice
+            r["train_d"], r.get("loss", "answers"), r["task"].get("show_answers", True),  # shown before it was a choice
+            r.get("token_shift", False))
 
 
-def check_params_match(settings: list[Setting], target: int, task: Task) -> None:
+def check_params_match(settings: list[Setting], target: int, task: Task, token_shift: bool) -> None:
     """Every setting within 10% of the RMAT reference's parameter count, or an error naming it."""
     for s in settings:
-        n = count_params(build(s, task, target))
+        n = count_params(build(s, task, target, token_shift))
         if abs(n - target) > 0.1 * target:
             raise SystemExit(f"long_context: setting {s.name!r} has {n:,} parameters, more than 10% from "
                              f"the RMAT reference's {target:,}; compare settings of one size")
@@ -310,12 +318,12 @@ def check_params_match(settings: list[Setting], target: int, task: Task) -> None
 def run_grid(args: argparse.Namespace) -> list[dict]:
     settings = parse_settings(args.settings, args.variant)
     rmat_reference = next((s for s in settings if s.name not in ("xl", "full", "nomem")), Setting("rmat"))
-    target = rmat_params(rmat_reference)
+    target = rmat_params(rmat_reference, args.token_shift)
     points = [dict(setting=vars(s), task=vars(Task(n, d, TINY["segment_len"], show_answers=args.show_answers)),
                    seed=seed, steps=args.steps, window=args.window, train_d=args.train_d, batch=args.batch,
-                   lr=args.lr, target_params=target, loss=args.loss, device=args.device)
+                   lr=args.lr, target_params=target, loss=args.loss, device=args.device, token_shift=args.token_shift)
               for n in args.n for d in args.d for s in settings for seed in range(args.seeds)]
-    check_params_match(settings, target, Task(args.n[0], args.d[0], TINY["segment_len"]))
+    check_params_match(settings, target, Task(args.n[0], args.d[0], TINY["segment_len"]), args.token_shift)
     return run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs, report)
 
 
@@ -341,7 +349,8 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
     rows = [[name, f"{params[name]:,}", *(_mean_spread(table.get((name, c), [])) for c in cells)] for name in names]
     rows.append(["value-set ceiling", "", *(f"{ceiling.get(c, float('nan')):.3f}" for c in cells)])
     print(f"\nMQAR accuracy across segments, mean (min-max) over {args.seeds} seeds, {args.steps} steps, "
-          f"batch {args.batch}, chance {1 / N_VALUES:.3f}, answers {'shown' if args.show_answers else 'hidden'}\n")
+          f"batch {args.batch}, chance {1 / N_VALUES:.3f}, answers {'shown' if args.show_answers else 'hidden'}"
+          f"{', token shift' if args.token_shift else ''}\n")
     print_table(headers, rows)
     heat_map(names, cells, table, Path(args.out) / "long_context.png")
 
@@ -391,6 +400,8 @@ def main() -> None:
                    help="train on the loss at the answers (Zoology) or at every next token (a language model)")
     p.add_argument("--show-answers", action="store_true",
                    help="each question followed by its answer, as text shows it (the form before Zoology's)")
+    p.add_argument("--token-shift", action="store_true",
+                   help="every setting's embeddings also carry the previous token's (RMATConfig.token_shift)")
     p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda (the jobs share it)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/benchmarks/long_context")

@@ -35,6 +35,7 @@ class RMATConfig:
     mem_tokens_per_chunk: int = 0  # besides its summary, each chunk writes its k most salient tokens
     mem_sink: bool = False  # the memory read may attend to a learned empty slot (docs/design.md, section 2)
     mix_init: str = "equal"  # "one_path_per_head": head h starts on path h mod len(paths) (docs/design.md, section 2)
+    token_shift: bool = False  # each token's embedding also carries its predecessor's (docs/design.md, section 1)
     init_std: float = 0.02
     norm_eps: float = 1e-6
 

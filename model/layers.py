@@ -1,4 +1,4 @@
-"""Small building blocks: rotary positions and the SwiGLU feed-forward."""
+"""Small building blocks: rotary positions, the SwiGLU feed-forward and the token shift."""
 
 from __future__ import annotations
 
@@ -47,3 +47,24 @@ class SwiGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)
         return self.dropout(self.w2(F.silu(gate) * up))
+
+
+class TokenShift(nn.Module):
+    """Adds a learned projection of the previous token's embedding to each token's.
+
+    A layer can then match on "the token before me" directly; through attention alone that
+    takes a previous-token head in one layer feeding a matching head in the next, which the
+    tiny models of ``benchmarks/long_context.py`` never formed on CPU budgets (docs/design.md,
+    section 1). The shift stays inside the segment, like attention: a segment's first token
+    has no predecessor (zeros).
+    """
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: Tensor, before: Tensor | None = None) -> Tensor:
+        """x [B, T, D] embeddings -> shifted; ``before`` [B, 1, D] precedes x[:, 0] (None: zeros)."""
+        if before is None:
+            before = torch.zeros_like(x[:, :1])
+        return x + self.proj(torch.cat([before, x[:, :-1]], dim=1))

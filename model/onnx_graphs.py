@@ -247,6 +247,9 @@ def export_onnx(model: nn.Module, folder: str) -> list[str]:
     if model.cfg.mem_tokens_per_chunk:
         raise ValueError(f"ONNX export does not write token memory entries (model.mem_tokens_per_chunk="
                          f"{model.cfg.mem_tokens_per_chunk}); export with --format safetensors")
+    if model.cfg.token_shift:
+        raise ValueError("ONNX export does not carry the token shift's previous embedding through step.onnx "
+                         "(model.token_shift=true); export with --format safetensors")
     model = exportable(model)
     seg_inputs, step_inputs = example_inputs(model)
     batch = {"tokens": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from model.attention import MixedAttention
 from model.config import RMATConfig
-from model.layers import SwiGLU
+from model.layers import SwiGLU, TokenShift
 from model.memory import MemoryWriter
 from model.state import DecodeCache, MemoryState
 
@@ -50,6 +50,7 @@ class RMAT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.shift = TokenShift(cfg.d_model) if cfg.token_shift else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm_f = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
@@ -90,6 +91,7 @@ class RMAT(nn.Module):
             k=torch.zeros(kv_shape, device=p.device, dtype=p.dtype),
             v=torch.zeros(kv_shape, device=p.device, dtype=p.dtype),
             y=torch.zeros(c.n_layers, batch_size, c.segment_len, c.d_model, device=p.device, dtype=p.dtype),
+            emb=torch.zeros(batch_size, 1, c.d_model, device=p.device, dtype=p.dtype),
         )
 
     # ---- segment forward -------------------------------------------------------------
@@ -108,9 +110,14 @@ class RMAT(nn.Module):
         x, state, _ = self._run_layers(tokens, state, write_memory=True)
         return self.lm_head(self.norm_f(x)), state
 
+    def embed(self, tokens: Tensor, before: Optional[Tensor] = None) -> Tensor:
+        """Token embeddings [B, T, D], shifted when ``token_shift``; ``before`` [B, 1, D] precedes them."""
+        x = self.tok_emb(tokens)
+        return x if self.shift is None else self.shift(x, before)
+
     def _run_layers(self, tokens: Tensor, state: MemoryState, write_memory: bool
                     ) -> tuple[Tensor, MemoryState, list[tuple[Tensor, Tensor, Tensor]]]:
-        x = self.drop(self.tok_emb(tokens))
+        x = self.drop(self.embed(tokens))
         mems, valids, carries, per_layer = [], [], [], []
         for i, block in enumerate(self.blocks):
             mem, valid, carry = state.mem[i], state.valid[i], state.carry[i]
@@ -139,15 +146,16 @@ class RMAT(nn.Module):
             raise ValueError(f"step takes token_ids of shape [batch]; got {tuple(token_ids.shape)}")
         self._check_tokens(token_ids[:, None], cache.batch_size)
         pos, state = cache.pos, cache.state
-        x = self.tok_emb(token_ids[:, None])
+        emb = self.tok_emb(token_ids[:, None])
+        x = emb if self.shift is None else self.shift(emb, cache.emb)
         for i, block in enumerate(self.blocks):
             x = block.step(x, cache.k[i], cache.v[i], pos, state.mem[i], state.valid[i])
             cache.y[i, :, pos] = x[:, 0]
         logits = self.lm_head(self.norm_f(x))[:, 0]
         pos += 1
         if pos == self.cfg.segment_len:
-            state, pos = self._write_memory(cache.y, state), 0
-        return logits, replace(cache, state=state, pos=pos)
+            state, pos, emb = self._write_memory(cache.y, state), 0, torch.zeros_like(emb)
+        return logits, replace(cache, state=state, emb=emb, pos=pos)
 
     def _write_memory(self, ys: Tensor, state: MemoryState) -> MemoryState:
         if not self.cfg.has_memory:
@@ -178,9 +186,10 @@ class RMAT(nn.Module):
         for i, (y, k, v) in enumerate(per_layer):
             cache.k[i, :, :, :t], cache.v[i, :, :, :t], cache.y[i, :, :t] = k, v, y
         logits = self.lm_head(self.norm_f(x[:, -1]))
+        emb = self.tok_emb(rest[:, -1:])
         if t == s:
-            state, t = self._write_memory(cache.y, state), 0
-        return logits, replace(cache, state=state, pos=t)
+            state, t, emb = self._write_memory(cache.y, state), 0, torch.zeros_like(emb)
+        return logits, replace(cache, state=state, emb=emb, pos=t)
 
     @torch.no_grad()
     def generate(self, prompt_ids: Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -221,7 +230,7 @@ class RMAT(nn.Module):
         if c.has_memory:
             per_layer += 2 * 2 * d * d * c.mem_slots / c.segment_len  # memory keys and values
             per_layer += 2 * 6 * d * d / c.chunk_len  # GRU cell per chunk
-        forward = c.n_layers * per_layer + 2 * d * c.vocab_size
+        forward = c.n_layers * per_layer + 2 * d * c.vocab_size + (2 * d * d if c.token_shift else 0)
         return 3 * forward
 
     # ---- input checks ----------------------------------------------------------------

@@ -72,13 +72,16 @@ class DecodeCache:
 
     ``k``, ``v`` [L, B, H, S, d] are the segment's rotated keys and values, ``y``
     [L, B, S, D] the layers' outputs that feed the memory write when the segment is
-    full, ``pos`` the number of tokens of the segment seen. O(S + M) per layer.
+    full, ``emb`` [B, 1, D] the embedding of the segment's last token so far (zeros at its
+    start: what the token shift reads), ``pos`` the number of tokens of the segment seen.
+    O(S + M) per layer.
     """
 
     state: MemoryState
     k: Tensor
     v: Tensor
     y: Tensor
+    emb: Tensor
     pos: int = 0
 
     @property

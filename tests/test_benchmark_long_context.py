@@ -18,11 +18,15 @@ from long_context import (  # noqa: E402
     Setting,
     Task,
     TransformerXL,
+    build,
+    count_params,
+    rmat_params,
     train_point,
     value_set_ceiling,
 )
 
 from model import RMATConfig  # noqa: E402
+from model.layers import TokenShift  # noqa: E402
 
 
 def test_every_asked_key_was_paired_with_its_answer_in_the_first_segment():
@@ -88,6 +92,14 @@ def test_transformer_xl_reads_the_previous_segment_only_and_without_gradient():
     out, _ = model.blocks[0](model.tok_emb(tokens[:, 32:64]), caches)
     out.sum().backward()
     assert emb.grad is None
+
+
+@pytest.mark.parametrize("name", ["rmat", "nomem", "xl", "full"])
+def test_the_token_shift_reaches_every_setting_at_a_matched_size(name):
+    target = rmat_params(Setting("rmat"), token_shift=True)
+    model = build(Setting(name), Task(4, 1, 32), target, token_shift=True)
+    assert any(isinstance(m, TokenShift) for m in model.modules())
+    assert abs(count_params(model) - target) <= 0.1 * target
 
 
 @pytest.mark.slow

@@ -21,9 +21,10 @@ def record_embeddings(model):
     return embeddings
 
 
+@pytest.mark.parametrize("token_shift", [False, True])
 @pytest.mark.parametrize("changed", [5, 15])
-def test_logits_do_not_depend_on_later_tokens_within_a_segment(changed):
-    model = tiny_model()
+def test_logits_do_not_depend_on_later_tokens_within_a_segment(changed, token_shift):
+    model = tiny_model(token_shift=token_shift)
     tokens = doc(16)
     edited = tokens.clone()
     edited[:, changed] = (edited[:, changed] + 1) % 97
@@ -55,7 +56,7 @@ def test_later_segments_read_what_earlier_segments_wrote():
 
 @pytest.mark.parametrize("overrides", [{}, {"pool": "attn"}, {"paths": ["global"], "mem_slots": 0},
                                        {"paths": ["local", "memory"]}, {"mem_tokens_per_chunk": 2, "mem_slots": 14},
-                                       {"mem_sink": True}])
+                                       {"mem_sink": True}, {"token_shift": True}])
 def test_segments_with_carried_state_equal_token_by_token_decoding(overrides):
     model = tiny_model(dtype=torch.float32, **overrides)
     tokens = doc(53)  # crosses three segment boundaries, ends mid-segment
@@ -68,17 +69,19 @@ def test_segments_with_carried_state_equal_token_by_token_decoding(overrides):
     torch.testing.assert_close(torch.stack(by_token, dim=1), by_segment, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("token_shift", [False, True])
 @pytest.mark.parametrize("prompt_len", [1, 16, 37])
-def test_prefill_equals_the_segment_forward_at_the_prompts_end(prompt_len):
-    model = tiny_model(dtype=torch.float32)
+def test_prefill_equals_the_segment_forward_at_the_prompts_end(prompt_len, token_shift):
+    model = tiny_model(dtype=torch.float32, token_shift=token_shift)
     tokens = doc(prompt_len)
     by_segment, _ = run_segments(model, tokens)
     last, _ = model.prefill(tokens)
     torch.testing.assert_close(last, by_segment[:, -1], rtol=0, atol=1e-5)
 
 
-def test_greedy_generation_picks_the_most_likely_next_token():
-    model = tiny_model()
+@pytest.mark.parametrize("token_shift", [False, True])
+def test_greedy_generation_picks_the_most_likely_next_token(token_shift):
+    model = tiny_model(token_shift=token_shift)
     prompt = doc(21, b=1)[0]
     out = model.generate(prompt, max_new_tokens=20, temperature=0)
     assert out.shape == (41,) and torch.equal(out[:21], prompt)
@@ -111,8 +114,9 @@ def test_tbptt_gradient_reaches_earlier_segments_of_the_window_and_stops_before_
     assert grads[3].abs().sum() > 0
 
 
-def test_without_the_memory_path_no_gradient_crosses_segments():
-    model = tiny_model(dtype=torch.float32, paths=["global", "local"]).train()
+@pytest.mark.parametrize("token_shift", [False, True])  # the shift stays inside the segment too
+def test_without_the_memory_path_no_gradient_crosses_segments(token_shift):
+    model = tiny_model(dtype=torch.float32, paths=["global", "local"], token_shift=token_shift).train()
     embeddings = record_embeddings(model)
     tokens = doc(32)
     state = model.init_state(2)
@@ -120,3 +124,15 @@ def test_without_the_memory_path_no_gradient_crosses_segments():
         logits, state = model(tokens[:, 16 * i:16 * (i + 1)], state)
     logits.sum().backward()
     assert embeddings[0].grad is None or not embeddings[0].grad.any()
+
+
+def test_with_token_shift_a_token_reads_its_predecessor_without_any_attention_path():
+    # Only the memory path, written after the segment: within a segment nothing else mixes tokens.
+    model = tiny_model(dtype=torch.float32, paths=["memory"], token_shift=True)
+    tokens = doc(8)
+    edited = tokens.clone()
+    edited[:, 3] = (edited[:, 3] + 1) % 97
+    before, _ = run_segments(model, tokens)
+    after, _ = run_segments(model, edited)
+    assert torch.equal(before[:, :3], after[:, :3]) and torch.equal(before[:, 5:], after[:, 5:])
+    assert not torch.allclose(before[:, 4], after[:, 4])

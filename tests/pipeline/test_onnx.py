@@ -53,6 +53,13 @@ def test_export_refuses_token_memory_entries_naming_the_key(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_export_refuses_the_token_shift_naming_the_key(tmp_path):
+    model = RMAT(replace(CFG, token_shift=True)).eval()
+    with pytest.raises(ValueError, match=r"model.token_shift=true\).*--format safetensors"):
+        export_onnx(model, str(tmp_path))
+    assert not list(tmp_path.iterdir())
+
+
 def test_graphs_take_and_give_the_documented_names_with_dynamic_batch_and_time(graphs):
     _, folder = graphs
     seg, step = (onnx.load(f"{folder}/{name}.onnx").graph for name in ("segment", "step"))
