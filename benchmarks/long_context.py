@@ -30,8 +30,14 @@ scores that knows which values appeared but not which key had which), and writes
 ``OUT/long_context.png``, a heat map of the means.
 
     python benchmarks/long_context.py --n 1,4,16 --d 1,2,4,8 --seeds 3 --steps 3000
+    python benchmarks/long_context.py --n 4 --d 1 --token-shift --steps 6000 \
+        --variant tok8:mem_tokens_per_chunk=8,mem_slots=360   # binding on CPU budgets
     python benchmarks/long_context.py --n 4,16 --d 1,2,4,8 --device cuda --jobs 8 --batch 256 --steps 25000
     python benchmarks/long_context.py --smoke          # CI: one small cell, seconds
+
+``--token-shift`` gives every setting ``RMATConfig.token_shift`` (each embedding plus a
+projection of the previous token's): without it even the upper bound does not learn to
+bind keys to values within CPU budgets (docs/design.md, section 2).
 """
 
 from __future__ import annotations
