@@ -4,6 +4,9 @@
 ``step.onnx``     one token per row + segment cache + pos + memory
                                                         -> logits [B, V] + next cache, pos, memory
 
+With ``token_shift`` the step also takes and gives ``emb`` [B, 1, D], the embedding of the
+segment's last token so far (zeros at its start), after ``y_cache``: ``step_names(cfg)``.
+
 The graphs compute what ``RMAT.forward`` and ``RMAT.step`` compute, written so that every
 shape inside is static (the segment is padded to S, positions are masks, not slices) and
 every branch but one is a select. The one is the step's memory write, needed once per
@@ -28,10 +31,19 @@ from model.memory import MemoryWriter
 
 SEGMENT_INPUTS = ["tokens", "mem", "valid", "carry"]
 SEGMENT_OUTPUTS = ["logits", "mem_out", "valid_out", "carry_out"]
-STEP_INPUTS = ["token", "k_cache", "v_cache", "y_cache", "pos", "mem", "valid", "carry"]
-STEP_OUTPUTS = ["logits", "k_cache_out", "v_cache_out", "y_cache_out", "pos_out", "mem_out", "valid_out",
-                "carry_out"]
+STEP_STATE = ["k_cache", "v_cache", "y_cache", "pos", "mem", "valid", "carry"]
 SEGMENT_FILE, STEP_FILE = "segment.onnx", "step.onnx"
+
+
+def step_state_names(cfg) -> list[str]:
+    """The state step.onnx takes and gives back (each output named with ``_out``), in order."""
+    return STEP_STATE[:3] + ["emb"] + STEP_STATE[3:] if cfg.token_shift else list(STEP_STATE)
+
+
+def step_names(cfg) -> tuple[list[str], list[str]]:
+    """step.onnx's input and output names for a model of config ``cfg``."""
+    state = step_state_names(cfg)
+    return ["token", *state], ["logits", *(f"{name}_out" for name in state)]
 
 
 class ExplicitRMSNorm(nn.Module):
@@ -69,12 +81,26 @@ def gru_cell(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
     return gru_gates(x, h, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
 
 
+def token_entries(x: Tensor, in_chunk: Tensor, summaries: Tensor, token_score: Tensor, k: int
+                  ) -> tuple[Tensor, Tensor]:
+    """``MemoryWriter.salient_tokens`` on normed chunks x [B, n, C, D] whose positions ``in_chunk`` [n, C]
+    are real: entries [B, n * k, D] and which are real [B, n * k]."""
+    scores = torch.matmul(x, token_score).masked_fill(~in_chunk, float("-inf"))
+    top, idx = scores.topk(k, dim=-1)
+    picked = x.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, x.size(3)))
+    g = torch.sigmoid(top).unsqueeze(-1)
+    entries = g * picked + (1 - g) * summaries.unsqueeze(2)
+    real = in_chunk.unsqueeze(0).expand(x.size(0), -1, -1).gather(2, idx)
+    return entries.flatten(1, 2), real.flatten(1, 2)
+
+
 def write_memory(writer: MemoryWriter, y: Tensor, present: Tensor, mem: Tensor, valid: Tensor, carry: Tensor
                  ) -> tuple[Tensor, Tensor, Tensor]:
     """``MemoryWriter.forward`` on y [B, S, D] of which the positions ``present`` [S] are real.
 
     Every one of the S / C chunks is computed; a chunk with no real token leaves the GRU
-    carry as it was, and the FIFO keeps the last M of (old slots, carries of real chunks).
+    carry as it was, and the FIFO keeps the last M of (old slots, carries of real chunks,
+    token entries of real chunks).
     """
     b, s, d = y.shape
     c = writer.chunk_len
@@ -94,18 +120,25 @@ def write_memory(writer: MemoryWriter, y: Tensor, present: Tensor, mem: Tensor, 
     for i in range(n_chunks):
         carry = torch.where(chunk_real[i], gru_cell(writer.gru, summaries[:, i], carry), carry)
         carries.append(carry)
-    slots = mem.shape[1]
-    # Real chunks come first, so the FIFO's next state is a window of (old slots, new carries).
-    window = torch.arange(slots, device=y.device) + chunk_real.sum()
-    mem = torch.cat([mem, torch.stack(carries, dim=1)], dim=1).index_select(1, window)
-    fresh = torch.ones(b, n_chunks, dtype=torch.bool, device=valid.device)
+    new, fresh = torch.stack(carries, dim=1), torch.ones(b, n_chunks, dtype=torch.bool, device=valid.device)
+    k = writer.tokens_per_chunk
+    if k:
+        tokens, tokens_real = token_entries(x, in_chunk, summaries, writer.token_score.to(x.dtype), k)
+        new, fresh = torch.cat([new, tokens], dim=1), torch.cat([fresh, tokens_real], dim=1)
+    # Real chunks come first. The eager write appends (carries, tokens) of the r real chunks only;
+    # here all n are appended, so the last M slots of the eager FIFO, e = r(1 + k) .. M + r(1 + k) - 1,
+    # lie at e here, or past the n - r unreal carries once e reaches the tokens.
+    slots, r = mem.shape[1], chunk_real.sum()
+    e = torch.arange(slots, device=y.device) + r * (1 + k)
+    window = e + (e >= slots + r).long() * (n_chunks - r)
+    mem = torch.cat([mem, new], dim=1).index_select(1, window)
     valid = torch.cat([valid, fresh], dim=1).index_select(1, window)
     return mem, valid, carry
 
 
 def write_full_segment(y: Tensor, mem: Tensor, valid: Tensor, carry: Tensor, norm_weight: Tensor, eps: float,
                        attn_pool: bool, pool_query: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor,
-                       chunk_len: int) -> tuple[Tensor, Tensor, Tensor]:
+                       chunk_len: int, tokens_per_chunk: int, token_score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``MemoryWriter.forward`` on a whole segment y [B, S, D], its parameters passed as tensors (TorchScript)."""
     b, s, d = y.size(0), y.size(1), y.size(2)
     n_chunks = s // chunk_len
@@ -119,19 +152,26 @@ def write_full_segment(y: Tensor, mem: Tensor, valid: Tensor, carry: Tensor, nor
     for i in range(n_chunks):
         carry = gru_gates(summaries[:, i], carry, w_ih, w_hh, b_ih, b_hh)
         carries.append(carry)
-    mem = torch.cat([mem, torch.stack(carries, dim=1)], dim=1)[:, n_chunks:]
-    valid = torch.cat([valid, torch.ones(b, n_chunks, dtype=torch.bool, device=valid.device)], dim=1)[:, n_chunks:]
+    new = torch.stack(carries, dim=1)
+    if tokens_per_chunk > 0:
+        every = torch.ones(n_chunks, chunk_len, dtype=torch.bool, device=y.device)
+        tokens, _ = token_entries(x, every, summaries, token_score, tokens_per_chunk)
+        new = torch.cat([new, tokens], dim=1)
+    n_new = new.size(1)
+    mem = torch.cat([mem, new], dim=1)[:, n_new:]
+    valid = torch.cat([valid, torch.ones(b, n_new, dtype=torch.bool, device=valid.device)], dim=1)[:, n_new:]
     return mem, valid, carry
 
 
 def write_if_full(full: Tensor, y: Tensor, mem: Tensor, valid: Tensor, carry: Tensor, norm_weight: Tensor,
                   eps: float, attn_pool: bool, pool_query: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
-                  b_hh: Tensor, chunk_len: int) -> tuple[Tensor, Tensor, Tensor]:
+                  b_hh: Tensor, chunk_len: int, tokens_per_chunk: int, token_score: Tensor
+                  ) -> tuple[Tensor, Tensor, Tensor]:
     """The memory write when the segment is full, else the state unchanged: an ONNX ``If``, so a step
     that does not end a segment does not pay for the write."""
     if bool(full):
         return write_full_segment(y, mem, valid, carry, norm_weight, eps, attn_pool, pool_query, w_ih, w_hh,
-                                  b_ih, b_hh, chunk_len)
+                                  b_ih, b_hh, chunk_len, tokens_per_chunk, token_score)
     return mem, valid, carry
 
 
@@ -157,7 +197,7 @@ class SegmentGraph(nn.Module):
         padded = torch.cat([tokens, tokens.new_zeros(b, s)], dim=1)[:, :s]
         present = torch.cat([torch.ones_like(tokens[0], dtype=torch.bool),
                              torch.zeros(s, dtype=torch.bool, device=tokens.device)])[:s]
-        x = m.tok_emb(padded)
+        x = m.embed(padded)  # the shift's first token has no predecessor: a segment starts here
         mems, valids, carries = [], [], []
         for i, block in enumerate(m.blocks):
             x, _, _ = block(x, mem[i], valid[i])
@@ -196,16 +236,23 @@ def _attend_step(attn: MixedAttention, u: Tensor, k_cache: Tensor, v_cache: Tens
 
 
 class StepGraph(nn.Module):
-    """``RMAT.step``: one token per row against the segment's cache; writes the memory when the segment fills."""
+    """``RMAT.step``: one token per row against the segment's cache; writes the memory when the segment fills.
+
+    Takes (token, *state) and gives (logits, *next state), the state named by ``step_state_names``.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.state_names = step_state_names(model.cfg)
 
-    def forward(self, token: Tensor, k_cache: Tensor, v_cache: Tensor, y_cache: Tensor, pos: Tensor,
-                mem: Tensor, valid: Tensor, carry: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, token: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        st = dict(zip(self.state_names, state, strict=True))
+        k_cache, v_cache, y_cache, pos = st["k_cache"], st["v_cache"], st["y_cache"], st["pos"]
+        mem, valid, carry = st["mem"], st["valid"], st["carry"]
         m, s = self.model, self.model.cfg.segment_len
-        x = m.tok_emb(token[:, None])
+        emb = m.tok_emb(token[:, None])
+        x = emb if m.shift is None else m.shift(emb, st["emb"])
         here = (torch.arange(s, device=token.device) == pos).view(1, s, 1)
         ks, vs, ys = [], [], []
         for i, block in enumerate(m.blocks):
@@ -221,14 +268,19 @@ class StepGraph(nn.Module):
             if w is None:
                 mems.append(mem[i]), valids.append(valid[i]), carries.append(carry[i])
                 continue
-            query = w.pool_query if w.pool == "attn" else torch.zeros(m.cfg.d_model)
+            zeros = torch.zeros(m.cfg.d_model)
+            query = w.pool_query if w.pool == "attn" else zeros
+            token_score = w.token_score if w.tokens_per_chunk else zeros
             parts = scripted_write_if_full(full, ys[i], mem[i], valid[i], carry[i], w.norm.weight,
                                            float(w.norm.eps), w.pool == "attn", query, w.gru.weight_ih,
-                                           w.gru.weight_hh, w.gru.bias_ih, w.gru.bias_hh, w.chunk_len)
+                                           w.gru.weight_hh, w.gru.bias_ih, w.gru.bias_hh, w.chunk_len,
+                                           w.tokens_per_chunk, token_score)
             mems.append(parts[0]), valids.append(parts[1]), carries.append(parts[2])
         next_pos = torch.where(full, torch.zeros_like(pos), pos + 1)
-        return (logits, torch.stack(ks), torch.stack(vs), torch.stack(ys), next_pos,
-                torch.stack(mems), torch.stack(valids), torch.stack(carries))
+        out = {"k_cache": torch.stack(ks), "v_cache": torch.stack(vs), "y_cache": torch.stack(ys), "pos": next_pos,
+               "emb": torch.where(full, torch.zeros_like(emb), emb), "mem": torch.stack(mems),
+               "valid": torch.stack(valids), "carry": torch.stack(carries)}
+        return (logits, *(out[name] for name in self.state_names))
 
 
 def example_inputs(model: nn.Module, batch: int = 2, tokens: int = 3) -> tuple[tuple, tuple]:
@@ -237,27 +289,25 @@ def example_inputs(model: nn.Module, batch: int = 2, tokens: int = 3) -> tuple[t
     state = model.init_state(batch)
     seg = (torch.zeros(batch, tokens, dtype=torch.long), state.mem, state.valid, state.carry)
     cache = model.init_cache(batch)
-    step = (torch.zeros(batch, dtype=torch.long), cache.k, cache.v, cache.y, torch.tensor(min(2, c.segment_len - 1)),
-            state.mem, state.valid, state.carry)
+    values = {"k_cache": cache.k, "v_cache": cache.v, "y_cache": cache.y, "emb": cache.emb,
+              "pos": torch.tensor(min(2, c.segment_len - 1)), "mem": state.mem, "valid": state.valid,
+              "carry": state.carry}
+    step = (torch.zeros(batch, dtype=torch.long), *(values[name] for name in step_state_names(c)))
     return seg, step
 
 
 def export_onnx(model: nn.Module, folder: str) -> list[str]:
     """Write segment.onnx and step.onnx of ``model`` (fp32, eval) into ``folder``; returns their names."""
-    if model.cfg.mem_tokens_per_chunk:
-        raise ValueError(f"ONNX export does not write token memory entries (model.mem_tokens_per_chunk="
-                         f"{model.cfg.mem_tokens_per_chunk}); export with --format safetensors")
-    if model.cfg.token_shift:
-        raise ValueError("ONNX export does not carry the token shift's previous embedding through step.onnx "
-                         "(model.token_shift=true); export with --format safetensors")
     model = exportable(model)
     seg_inputs, step_inputs = example_inputs(model)
     batch = {"tokens": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}
     for name in ("mem", "valid", "carry", "mem_out", "valid_out", "carry_out"):
         batch[name] = {1: "batch"}
+    step_input_names, step_output_names = step_names(model.cfg)
     step_axes = {"token": {0: "batch"}, "logits": {0: "batch"}}
-    for name in ("k_cache", "v_cache", "y_cache", "mem", "valid", "carry"):
-        step_axes[name] = step_axes[f"{name}_out"] = {1: "batch"}
+    for name in step_state_names(model.cfg):
+        if name != "pos":
+            step_axes[name] = step_axes[f"{name}_out"] = {0 if name == "emb" else 1: "batch"}
     with torch.no_grad(), warnings.catch_warnings():
         # local_attention's `if pad:` is traced once; the segment graph pads to S, a multiple of C, so pad is 0.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -268,6 +318,6 @@ def export_onnx(model: nn.Module, folder: str) -> list[str]:
                           input_names=SEGMENT_INPUTS, output_names=SEGMENT_OUTPUTS, dynamic_axes=batch,
                           opset_version=17, dynamo=False)
         torch.onnx.export(StepGraph(model), step_inputs, os.path.join(folder, STEP_FILE),
-                          input_names=STEP_INPUTS, output_names=STEP_OUTPUTS, dynamic_axes=step_axes,
+                          input_names=step_input_names, output_names=step_output_names, dynamic_axes=step_axes,
                           opset_version=17, dynamo=False)
     return [SEGMENT_FILE, STEP_FILE]

@@ -19,7 +19,7 @@ import torch
 
 from model import RMAT
 from model.export_layout import CONFIG
-from model.onnx_graphs import SEGMENT_FILE, STEP_FILE
+from model.onnx_graphs import SEGMENT_FILE, STEP_FILE, step_state_names
 from model.pretrained import ExportedFolderError, config_from_dict, read_json_file, verify_folder
 from model.rmat import sample
 from model.tokenizer import ExportedTokenizer, load_exported
@@ -70,6 +70,7 @@ class OnnxDecoder:
                 raise ExportedFolderError(f"{path}: missing; export with --format safetensors,onnx")
             sessions.append(ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]))
         self.segment, self.stepper = sessions
+        self.step_state = step_state_names(self.cfg)
         self.state: dict[str, np.ndarray] = {}
 
     def reset(self, batch: int) -> None:
@@ -82,6 +83,8 @@ class OnnxDecoder:
                       "k_cache": np.zeros(kv, np.float32), "v_cache": np.zeros(kv, np.float32),
                       "y_cache": np.zeros((c.n_layers, batch, c.segment_len, c.d_model), np.float32),
                       "pos": np.array(0, np.int64)}
+        if c.token_shift:  # the embedding the next step's shift reads: zeros at a segment's start
+            self.state["emb"] = np.zeros((batch, 1, c.d_model), np.float32)
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
         self.reset(ids.shape[0])
@@ -112,13 +115,11 @@ class OnnxDecoder:
 
     def step(self, token: np.ndarray) -> np.ndarray:
         st = self.state
-        feed = {k: st[k] for k in ("k_cache", "v_cache", "y_cache", "pos", "mem", "valid", "carry")}
+        feed = {name: st[name] for name in self.step_state}
         out = self.stepper.run(None, {"token": token.astype(np.int64), **feed})
-        logits = out[0]
-        for name, value in zip(("k_cache", "v_cache", "y_cache", "pos", "mem", "valid", "carry"), out[1:],
-                               strict=True):
+        for name, value in zip(self.step_state, out[1:], strict=True):
             st[name] = value
-        return logits
+        return out[0]
 
 
 def open_decoder(folder: str, backend: str, threads: int = 1) -> Decoder:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from model import RMAT, RMATConfig
-from model.onnx_graphs import SEGMENT_INPUTS, SEGMENT_OUTPUTS, STEP_INPUTS, STEP_OUTPUTS, export_onnx, gru_cell
+from model.onnx_graphs import SEGMENT_INPUTS, SEGMENT_OUTPUTS, export_onnx, gru_cell, step_names
 from pipeline.inference import OnnxDecoder, Sampling, TorchDecoder, generate_ids
 
 S = 16
@@ -21,19 +21,27 @@ CFG = RMATConfig(vocab_size=61, d_model=32, n_layers=2, n_heads=2, segment_len=S
                  init_std=0.5)
 
 
-@pytest.fixture(scope="module", params=["mean", "attn", "sink"], ids=["mean_pool", "attn_pool", "mem_sink"])
+VARIANTS = {"mean_pool": {"pool": "mean"}, "attn_pool": {"pool": "attn"}, "mem_sink": {"mem_sink": True},
+            # 4 chunks of a segment write 4 carries + 8 tokens: a FIFO of 18 holds one and a half segments
+            "token_entries": {"mem_tokens_per_chunk": 2, "mem_slots": 18}, "token_shift": {"token_shift": True}}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
 def graphs(request, tmp_path_factory):
-    """(model, folder holding config.json, segment.onnx and step.onnx), for each way a chunk is pooled
-    and for a memory read with a sink."""
+    """(model, folder holding config.json, segment.onnx and step.onnx), for each way a chunk is pooled,
+    a memory read with a sink, token memory entries and the token shift."""
     torch.manual_seed(0)
-    cfg = replace(CFG, mem_sink=True) if request.param == "sink" else replace(CFG, pool=request.param)
+    cfg = replace(CFG, **VARIANTS[request.param])
     model = RMAT(cfg).eval()
-    if request.param == "attn":  # its query starts at zero (a mean): make it pick tokens
+    if request.param == "attn_pool":  # its query starts at zero (a mean): make it pick tokens
         for block in model.blocks:
             torch.nn.init.normal_(block.writer.pool_query, std=1.0)
-    if request.param == "sink":  # its key starts at zero: make it score unlike an entry
+    if request.param == "mem_sink":  # its key starts at zero: make it score unlike an entry
         for block in model.blocks:
             torch.nn.init.normal_(block.attn.mem_sink_key, std=1.0)
+    if request.param == "token_entries":  # its score starts at zero (every token tied): make it choose
+        for block in model.blocks:
+            torch.nn.init.normal_(block.writer.token_score, std=1.0)
     folder = tmp_path_factory.mktemp("onnx")
     (folder / "config.json").write_text(json.dumps(asdict(cfg)))
     export_onnx(model, str(folder))
@@ -46,25 +54,12 @@ def test_gru_cell_written_out_equals_nn_grucell():
     torch.testing.assert_close(gru_cell(cell, x, h), cell(x, h), rtol=0, atol=1e-6)
 
 
-def test_export_refuses_token_memory_entries_naming_the_key(tmp_path):
-    model = RMAT(replace(CFG, mem_tokens_per_chunk=2, mem_slots=12)).eval()
-    with pytest.raises(ValueError, match=r"model.mem_tokens_per_chunk=2\).*--format safetensors"):
-        export_onnx(model, str(tmp_path))
-    assert not list(tmp_path.iterdir())
-
-
-def test_export_refuses_the_token_shift_naming_the_key(tmp_path):
-    model = RMAT(replace(CFG, token_shift=True)).eval()
-    with pytest.raises(ValueError, match=r"model.token_shift=true\).*--format safetensors"):
-        export_onnx(model, str(tmp_path))
-    assert not list(tmp_path.iterdir())
-
-
 def test_graphs_take_and_give_the_documented_names_with_dynamic_batch_and_time(graphs):
-    _, folder = graphs
+    model, folder = graphs
     seg, step = (onnx.load(f"{folder}/{name}.onnx").graph for name in ("segment", "step"))
     assert [i.name for i in seg.input] == SEGMENT_INPUTS and [o.name for o in seg.output] == SEGMENT_OUTPUTS
-    assert [i.name for i in step.input] == STEP_INPUTS and [o.name for o in step.output] == STEP_OUTPUTS
+    assert ([i.name for i in step.input], [o.name for o in step.output]) == step_names(model.cfg)
+    assert ("emb" in step_names(model.cfg)[0]) == model.cfg.token_shift
     tokens = seg.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in tokens] == ["batch", "time"]
     assert not seg.initializer or all(i.name not in SEGMENT_INPUTS for i in seg.initializer)
@@ -112,10 +107,10 @@ def test_step_graph_logits_match_pytorch_step_across_a_memory_write(graphs):
 
 
 def test_a_prompt_many_segments_long_leaves_state_of_one_segment_and_the_memory(graphs):
-    _, folder = graphs
+    model, folder = graphs
     decoder = OnnxDecoder(folder)
     decoder.prefill(np.zeros((1, 2), np.int64))
     short = {k: v.shape for k, v in decoder.state.items()}
     decoder.prefill(np.zeros((1, 20 * S + 3), np.int64))
     assert {k: v.shape for k, v in decoder.state.items()} == short
-    assert short["k_cache"][3] == S and short["mem"][2] == CFG.mem_slots
+    assert short["k_cache"][3] == S and short["mem"][2] == model.cfg.mem_slots
