@@ -22,7 +22,12 @@ language model reads text, so with several pairs an answer rules itself out for 
 questions after it: the value-set ceiling printed beside (H(n) / n, 0.52 at n = 4) is what
 remembering the values without their keys scores.
 
+``--variant name:key=value,...`` gives both trainers the same model overrides, e.g. the
+token shift and token memory entries that let the tiny model bind several keys:
+
     python benchmarks/long_context_pipeline.py --n 1 --d 2 --tbptt 2,4 --seeds 3 --steps 1500 [--loss all]
+    python benchmarks/long_context_pipeline.py --n 4 --d 1 --tbptt 3 --seeds 1 --steps 6000 \
+        --variant tok8shift:token_shift=true,mem_tokens_per_chunk=8,mem_slots=360
     python benchmarks/long_context_pipeline.py --smoke      # CI: seconds
 """
 
@@ -40,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import print_table, rmat_train  # noqa: E402
+from common import parse_variant, print_table, rmat_train  # noqa: E402
 from long_context import IGNORE, N_VALUES, TINY, VOCAB, Setting, Task, train_point, value_set_ceiling  # noqa: E402
 
 from data_prep.byte_shards import write_id_shards  # noqa: E402
@@ -81,9 +86,11 @@ def write_task_shards(folder: Path, task: Task, n_train: int, n_val: int, seed: 
                     {"sha256": "mqar-v1", "model": "", "model_type": "mqar"})
 
 
-def train_config(shards: Path, run_dir: Path, tbptt: int, steps: int, batch: int, lr: float, seed: int) -> dict:
-    """The pipeline's training config on the benchmark's tiny model; TBPTT windows of ``tbptt`` segments."""
-    return {"model": {**TINY, "vocab_size": VOCAB + 2},
+def train_config(shards: Path, run_dir: Path, tbptt: int, steps: int, batch: int, lr: float, seed: int,
+                 model: dict) -> dict:
+    """The pipeline's training config on the benchmark's tiny model (plus the ``model`` overrides);
+    TBPTT windows of ``tbptt`` segments."""
+    return {"model": {**TINY, "vocab_size": VOCAB + 2, **model},
             "data": {"shards": str(shards), "batch_size": batch, "tbptt_segments": tbptt},
             "optim": {"lr": lr, "warmup_steps": max(1, steps // 20)},
             "engine": {"zero_stage": 0, "threads_per_proc": 1},
@@ -109,37 +116,43 @@ def pipeline_accuracy(run_dir: Path, task: Task, seed: int, n_samples: int = 102
 
 def run_point(out: Path, n: int, d: int, tbptt: int, seed: int, args: argparse.Namespace) -> dict:
     task = task_of(n, d)
-    point = out / f"n{n}-d{d}-w{tbptt}-s{seed}-{args.loss}"
+    name, overrides = args.variant
+    point = out / f"{name}-n{n}-d{d}-w{tbptt}-s{seed}-{args.loss}"
     shards = point / "shards"
     docs_per_step = args.batch * max(1, tbptt // task.n_segments)
     if not (shards / "manifest.json").exists():
         write_task_shards(shards, task, args.steps * docs_per_step + args.batch, 64, seed, args.loss == "answers")
-    seconds = rmat_train(train_config(shards, point / "run", tbptt, args.steps, args.batch, args.lr, seed),
-                         point / "train.yaml")
-    return {"trainer": f"rmat train, loss at {args.loss}", "n": n, "d": d, "tbptt": tbptt, "seed": seed,
+    seconds = rmat_train(train_config(shards, point / "run", tbptt, args.steps, args.batch, args.lr, seed,
+                                      overrides), point / "train.yaml")
+    return {"trainer": f"rmat train, loss at {args.loss}", "variant": name, "n": n, "d": d, "tbptt": tbptt,
+            "seed": seed,
             "steps": args.steps, "accuracy": pipeline_accuracy(point / "run", task, seed),
             "seconds": round(seconds, 1)}
 
 
 def reference_point(n: int, d: int, seed: int, args: argparse.Namespace) -> dict:
     """The benchmark's own loop on the same cell, steps, batch and learning rate."""
-    task = task_of(n, d)
-    r = train_point(dict(setting=vars(Setting("rmat")), task=vars(task), seed=seed, steps=args.steps, window=0,
-                         train_d=-1, batch=args.batch, lr=args.lr, target_params=None))
-    return {"trainer": "benchmark loop", "n": n, "d": d, "tbptt": 0, "seed": seed, "steps": args.steps,
+    task, (name, overrides) = task_of(n, d), args.variant
+    shift = overrides.get("token_shift", False)  # train_point gives the shift as its own argument
+    setting = Setting("rmat", {k: v for k, v in overrides.items() if k != "token_shift"})
+    r = train_point(dict(setting=vars(setting), task=vars(task), seed=seed, steps=args.steps, window=0,
+                         train_d=-1, batch=args.batch, lr=args.lr, target_params=None, token_shift=shift))
+    return {"trainer": "benchmark loop", "variant": name, "n": n, "d": d, "tbptt": 0, "seed": seed,
+            "steps": args.steps,
             "accuracy": r["accuracy"], "seconds": r["seconds"]}
 
 
 def summarize(records: list[dict], seeds: int) -> None:
     groups: dict[tuple, list[float]] = {}
     for r in records:
-        groups.setdefault((r["trainer"], r["n"], r["d"], r["tbptt"]), []).append(r["accuracy"])
-    rows = [[trainer, str(n), str(d), "whole sample" if w == 0 else str(w),
+        groups.setdefault((r["trainer"], r.get("variant", "rmat"), r["n"], r["d"], r["tbptt"]), []).append(
+            r["accuracy"])
+    rows = [[trainer, variant, str(n), str(d), "whole sample" if w == 0 else str(w),
              f"{np.mean(a):.3f} ({min(a):.2f}-{max(a):.2f})", str(len(a)), f"{ceiling(n, d):.3f}"]
-            for (trainer, n, d, w), a in groups.items()]
+            for (trainer, variant, n, d, w), a in groups.items()]
     print(f"\nMQAR accuracy across segments, trained by rmat train and by the benchmark's loop "
           f"(chance {1 / N_VALUES:.3f}; {seeds} seeds)\n")
-    print_table(["trainer", "n", "d", "backprop window (segments)", "accuracy mean (min-max)", "seeds",
+    print_table(["trainer", "model", "n", "d", "backprop window (segments)", "accuracy mean (min-max)", "seeds",
                  "value-set ceiling"], rows)
 
 
@@ -160,6 +173,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--loss", choices=["answers", "all"], default="answers",
                    help="the pipeline's loss at the answers (loss spans) or on every token")
+    p.add_argument("--variant", type=parse_variant, default=("rmat", {}),
+                   help="name:key=value,... model overrides for both trainers (default: the model's defaults)")
     p.add_argument("--out", default="runs/benchmarks/long_context_pipeline")
     p.add_argument("--smoke", action="store_true", help="a few steps of one seed: the path works, in seconds")
     args = p.parse_args()
@@ -169,13 +184,13 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"  # a rerun skips the points already there
-    key = lambda r: (r["trainer"], r["n"], r["d"], r["tbptt"], r["seed"], r["steps"])  # noqa: E731
+    key = lambda r: (r["trainer"], r.get("variant", "rmat"), r["n"], r["d"], r["tbptt"], r["seed"], r["steps"])  # noqa: E731
     done = {key(r): r for r in map(json.loads, results.read_text().splitlines())} if results.exists() else {}
     records = []
     for seed in range(args.seeds):
         for window in [0, *args.tbptt]:  # 0: the benchmark's loop, the reference
             trainer = f"rmat train, loss at {args.loss}" if window else "benchmark loop"
-            r = done.get((trainer, args.n, args.d, window, seed, args.steps))
+            r = done.get((trainer, args.variant[0], args.n, args.d, window, seed, args.steps))
             if r is None:
                 r = run_point(out, args.n, args.d, window, seed, args) if window else \
                     reference_point(args.n, args.d, seed, args)

@@ -15,6 +15,7 @@ from long_context import N_FILLER, N_KEYS  # noqa: E402
 from long_context_pipeline import BOS_ID, EOS_ID, task_of, write_task_shards  # noqa: E402
 
 from pipeline.streams import IGNORE_INDEX, RowStream  # noqa: E402
+from pipeline.train import checkpoint  # noqa: E402
 from pipeline.train.loader import open_split, read_documents  # noqa: E402
 
 
@@ -54,11 +55,15 @@ def test_with_answers_only_the_loader_counts_exactly_the_answers_of_the_last_seg
 
 
 @pytest.mark.slow
-def test_smoke_run_trains_with_rmat_train_and_prints_both_trainers(tmp_path):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "long_context_pipeline.py"), "--smoke", "--out", str(tmp_path)]
+def test_smoke_run_trains_a_variant_with_rmat_train_and_prints_both_trainers(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "long_context_pipeline.py"), "--smoke", "--out", str(tmp_path),
+           "--variant", "shift:token_shift=true"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "benchmark loop" in out.stdout and "rmat train" in out.stdout
     records = [json.loads(line) for line in (tmp_path / "smoke" / "results.jsonl").read_text().splitlines()]
-    assert [r["trainer"] for r in records] == ["benchmark loop", "rmat train, loss at answers"]
-    assert (tmp_path / "smoke" / "n1-d2-w4-s0-answers" / "run" / "final_metrics.json").exists()
+    assert [(r["trainer"], r["variant"]) for r in records] == [("benchmark loop", "shift"),
+                                                               ("rmat train, loss at answers", "shift")]
+    run = tmp_path / "smoke" / "shift-n1-d2-w4-s0-answers" / "run"
+    assert (run / "final_metrics.json").exists()
+    assert checkpoint.load_model(str(run)).cfg.token_shift  # the variant reached the pipeline's model
