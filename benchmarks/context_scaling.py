@@ -4,9 +4,12 @@ RMAT streams the context through segments with its memory carried (TBPTT windows
 ``--window`` segments); the baseline is the same width and depth with causal global
 attention over the whole context in one segment. Both run in this one process, one
 context length after the other, and achieved GFLOP/s are set against the measured fp32
-matmul peak. A last section times a training step at d_model 512.
+matmul peak. Each ``--variant name:key=value,...`` times an RMAT with those config
+overrides beside the default, point for point (a candidate default's cost, measured in the
+same run). A last section times a training step at d_model 512.
 
     python benchmarks/context_scaling.py [--max-context 32768] [--baseline-budget 240]
+    python benchmarks/context_scaling.py --variant tok8:token_shift=true,mem_tokens_per_chunk=8,mem_slots=288
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import matmul_peak_gflops, median_time, print_table  # noqa: E402
+from common import matmul_peak_gflops, median_time, parse_variant, print_table  # noqa: E402
 
 from model import RMAT, RMATConfig  # noqa: E402
 
@@ -56,12 +59,16 @@ def time_per_token(model: RMAT, context: int, window: int, budget_s: float, min_
 
 def context_scaling(args: argparse.Namespace, peak: float) -> None:
     rmat = RMAT(rmat_config(args))
+    variants = {name: RMAT(rmat_config(args, **overrides)) for name, overrides in args.variant}
     contexts = [1024 * 2 ** i for i in range(20) if 1024 * 2 ** i <= args.max_context]
     rows, rmat_times, baseline_alive = [], [], True
+    variant_times: dict[str, list[float]] = {name: [] for name in variants}
     for n in contexts:
         t_rmat = time_per_token(rmat, n, args.window, args.budget)
         rmat_times.append(t_rmat)
         g_rmat = rmat.flops_per_token() / t_rmat / 1e9
+        for name, model in variants.items():
+            variant_times[name].append(time_per_token(model, n, args.window, args.budget))
         base_cells = ["-", "-", "-", "-"]
         if baseline_alive:
             base = RMAT(rmat_config(args, paths=["global"], mem_slots=0, segment_len=n, chunk_len=n))
@@ -76,13 +83,20 @@ def context_scaling(args: argparse.Namespace, peak: float) -> None:
                 base_cells = [f"{t_base * 1e6:.1f}", f"{t_base / t_rmat:.2f}x", f"{g_base:.1f}",
                               f"{100 * g_base / peak:.0f}%"]
                 baseline_alive = (time.perf_counter() - start) * 4 < args.baseline_budget
-        rows.append([f"{n}", f"{t_rmat * 1e6:.1f}", f"{g_rmat:.1f}", f"{100 * g_rmat / peak:.0f}%", *base_cells])
+        variant_cells = []
+        for times in variant_times.values():
+            speedup = f"{t_base / times[-1]:.2f}x" if base_cells[0] != "-" else "-"
+            variant_cells += [f"{times[-1] * 1e6:.1f}", f"{times[-1] / t_rmat:.2f}x", speedup]
+        rows.append([f"{n}", f"{t_rmat * 1e6:.1f}", f"{g_rmat:.1f}", f"{100 * g_rmat / peak:.0f}%", *base_cells,
+                     *variant_cells])
         print(f"context {n}: " + ", ".join(rows[-1][1:]), flush=True)
     print()
+    variant_headers = [h for name in variants for h in (f"{name} us/tok", f"{name} / RMAT", f"{name} speedup")]
     print_table(["context", "RMAT us/tok", "RMAT GFLOP/s", "RMAT %peak", "full us/tok", "RMAT speedup",
-                 "full GFLOP/s", "full %peak"], rows)
-    spread = max(rmat_times) / min(rmat_times) - 1
-    print(f"\nRMAT time per token, slowest vs fastest context: +{100 * spread:.1f}% (target: within 10%)")
+                 "full GFLOP/s", "full %peak", *variant_headers], rows)
+    for name, times in [("RMAT", rmat_times), *variant_times.items()]:
+        spread = max(times) / min(times) - 1
+        print(f"\n{name} time per token, slowest vs fastest context: +{100 * spread:.1f}% (target: within 10%)")
 
 
 def train_step_efficiency(args: argparse.Namespace, peak: float) -> None:
@@ -114,6 +128,8 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=64)
     p.add_argument("--mem-slots", type=int, default=32)
     p.add_argument("--window", type=int, default=4, help="TBPTT window in segments")
+    p.add_argument("--variant", type=parse_variant, action="append", default=[],
+                   help="name:key=value,... an RMAT with these config overrides, timed beside the default")
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--budget", type=float, default=20.0, help="seconds of runs per RMAT point (median)")
     p.add_argument("--baseline-budget", type=float, default=600.0,
