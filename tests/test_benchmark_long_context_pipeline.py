@@ -54,6 +54,18 @@ def test_with_answers_only_the_loader_counts_exactly_the_answers_of_the_last_seg
         assert (targets[counted] >= N_FILLER + N_KEYS).all()  # and the value is the answer
 
 
+def test_with_train_d_training_documents_mix_distances_and_validation_keeps_the_cells(tmp_path):
+    task = task_of(4, 2)
+    write_task_shards(tmp_path, task, n_train=64, n_val=4, seed=0, answers_only=True, train_d=3)
+
+    def segments(split: str) -> set[int]:  # each document is d + 2 whole segments once BOS is put before it
+        docs = read_documents(open_split(str(tmp_path), split), 100)
+        return {(len(doc) + 1) // task.segment_len for doc, _, _ in docs}
+
+    assert segments("train") == {2, 3, 4, 5}  # d = 0..3
+    assert segments("val") == {task.n_segments}
+
+
 @pytest.mark.slow
 def test_smoke_run_trains_a_variant_with_rmat_train_and_prints_both_trainers(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "long_context_pipeline.py"), "--smoke", "--out", str(tmp_path),
