@@ -6,10 +6,11 @@ attention over the whole context in one segment. Both run in this one process, o
 context length after the other, and achieved GFLOP/s are set against the measured fp32
 matmul peak. Each ``--variant name:key=value,...`` times an RMAT with those config
 overrides beside the default, point for point (a candidate default's cost, measured in the
-same run). A last section times a training step at d_model 512.
+same run). A last section times a training step at d_model 512 (`--train-d-model`).
 
     python benchmarks/context_scaling.py [--max-context 32768] [--baseline-budget 240]
     python benchmarks/context_scaling.py --variant tok8:token_shift=true,mem_tokens_per_chunk=8,mem_slots=288
+    python benchmarks/context_scaling.py --smoke     # CI: seconds
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def context_scaling(args: argparse.Namespace, peak: float) -> None:
 
 
 def train_step_efficiency(args: argparse.Namespace, peak: float) -> None:
-    cfg = RMATConfig(vocab_size=args.vocab, d_model=512, n_layers=4, n_heads=8, segment_len=512, chunk_len=128,
-                     mem_slots=32)
+    cfg = RMATConfig(vocab_size=args.vocab, d_model=args.train_d_model, n_layers=4, n_heads=args.train_d_model // 64,
+                     segment_len=512, chunk_len=128, mem_slots=32)
     model = RMAT(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(0, cfg.vocab_size, (args.train_batch, 2 * cfg.segment_len))
@@ -113,7 +114,7 @@ def train_step_efficiency(args: argparse.Namespace, peak: float) -> None:
     seconds = median_time(step, args.budget)
     n = tokens.numel()
     achieved = model.flops_per_token() * n / seconds / 1e9
-    print(f"\ntraining step at d_model 512 ({model.num_params() / 1e6:.1f} M params, {n} tokens/step, "
+    print(f"\ntraining step at d_model {cfg.d_model} ({model.num_params() / 1e6:.1f} M params, {n} tokens/step, "
           f"TBPTT over 2 segments): {seconds:.2f} s, {n / seconds:.0f} tok/s, {achieved:.1f} GFLOP/s = "
           f"{100 * achieved / peak:.0f}% of the matmul peak (target: at least 50%)")
 
@@ -134,7 +135,12 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=20.0, help="seconds of runs per RMAT point (median)")
     p.add_argument("--baseline-budget", type=float, default=600.0,
                    help="stop the baseline once its next length would likely take longer than this (s)")
+    p.add_argument("--train-d-model", type=int, default=512, help="width of the timed training step")
+    p.add_argument("--smoke", action="store_true", help="1k and 2k tokens, a small model, short budgets")
     args = p.parse_args()
+    if args.smoke:
+        args.max_context, args.d_model, args.vocab, args.train_d_model, args.train_batch = 2048, 64, 512, 128, 1
+        args.budget, args.baseline_budget = 0.2, 60.0
     torch.manual_seed(0)
     peak = matmul_peak_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.1f} GFLOP/s")
