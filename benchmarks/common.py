@@ -91,14 +91,18 @@ def rmat_train(config: dict, config_path: Path) -> float:
 
 
 def run_resumable(points: list[dict], key: Callable[[dict], Hashable], train: Callable[[dict], dict],
-                  results: Path, jobs: int, report: Callable[[dict], None] | None = None) -> list[dict]:
+                  results: Path, jobs: int, report: Callable[[dict], None] | None = None,
+                  train_missing: bool = True) -> list[dict]:
     """Train every point not already in ``results`` (one JSON record per finished point), ``jobs``
     processes at a time; returns the records of ``points`` in their order. Each record is appended
-    as its point finishes, so a stopped run loses only the points in flight and a rerun skips the rest."""
+    as its point finishes, so a stopped run loses only the points in flight and a rerun skips the rest.
+    With ``train_missing`` false nothing is trained: the records of the points already there."""
     results.parent.mkdir(parents=True, exist_ok=True)
     done = {key(r): r for r in map(json.loads, results.read_text().splitlines())} if results.exists() else {}
     todo = [p for p in points if key(p) not in done]
     print(f"{len(points)} points, {len(points) - len(todo)} already in {results}", flush=True)
+    if not train_missing:
+        return [done[key(p)] for p in points if key(p) in done]
     with mp.get_context("fork").Pool(jobs) as pool:
         for r in pool.imap_unordered(train, todo):
             done[key(r)] = r

@@ -34,6 +34,7 @@ scores that knows which values appeared but not which key had which), and writes
         --variant tok8:mem_tokens_per_chunk=8,mem_slots=360   # binding on CPU budgets
     python benchmarks/long_context.py --n 4,16 --d 1,2,4,8 --device cuda --jobs 8 --batch 256 --steps 25000
     python benchmarks/long_context.py --smoke          # CI: one small cell, seconds
+    python benchmarks/long_context.py --n 4 --d 1,2,4 --token-shift --steps 6000 --report   # what is done so far
 
 ``--token-shift`` gives every setting ``RMATConfig.token_shift`` (each embedding plus a
 projection of the previous token's): without it even the upper bound does not learn to
@@ -330,7 +331,8 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
                    lr=args.lr, target_params=target, loss=args.loss, device=args.device, token_shift=args.token_shift)
               for n in args.n for d in args.d for s in settings for seed in range(args.seeds)]
     check_params_match(settings, target, Task(args.n[0], args.d[0], TINY["segment_len"]), args.token_shift)
-    return run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs, report)
+    return run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs, report,
+                         train_missing=not args.report)
 
 
 def report(r: dict) -> None:
@@ -342,7 +344,7 @@ def report(r: dict) -> None:
 
 def summarize(records: list[dict], args: argparse.Namespace) -> None:
     cells = [(n, d) for n in args.n for d in args.d]
-    names = list(dict.fromkeys(r["setting"]["name"] for r in records))
+    names = [s.name for s in parse_settings(args.settings, args.variant)]
     table: dict[tuple, list[float]] = {}
     ceiling: dict[tuple, float] = {}
     params = {}
@@ -352,9 +354,10 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
         ceiling[cell] = r["ceiling"]
         params[r["setting"]["name"]] = r["params"]
     headers = ["setting", "params", *(f"n={n} d={d}" for n, d in cells)]
-    rows = [[name, f"{params[name]:,}", *(_mean_spread(table.get((name, c), [])) for c in cells)] for name in names]
-    rows.append(["value-set ceiling", "", *(f"{ceiling.get(c, float('nan')):.3f}" for c in cells)])
-    print(f"\nMQAR accuracy across segments, mean (min-max) over {args.seeds} seeds, {args.steps} steps, "
+    rows = [[name, f"{params[name]:,}" if name in params else "-",
+             *(_mean_spread(table.get((name, c), [])) for c in cells)] for name in names]
+    rows.append(["value-set ceiling", "", *(f"{ceiling[c]:.3f}" if c in ceiling else "-" for c in cells)])
+    print(f"\nMQAR accuracy across segments, mean (min-max) over up to {args.seeds} seeds, {args.steps} steps, "
           f"batch {args.batch}, chance {1 / N_VALUES:.3f}, answers {'shown' if args.show_answers else 'hidden'}"
           f"{', token shift' if args.token_shift else ''}\n")
     print_table(headers, rows)
@@ -362,9 +365,12 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
 
 
 def _mean_spread(xs: list[float]) -> str:
+    """Mean (min-max) over seeds, and how many seeds when there is more than one."""
     if not xs:
         return "-"
-    return f"{sum(xs) / len(xs):.3f} ({min(xs):.2f}-{max(xs):.2f})"
+    if len(xs) == 1:
+        return f"{xs[0]:.3f} (1 seed)"
+    return f"{sum(xs) / len(xs):.3f} ({min(xs):.2f}-{max(xs):.2f}, {len(xs)} seeds)"
 
 
 def heat_map(names: list[str], cells: list[tuple], table: dict, path: Path) -> None:
@@ -381,7 +387,8 @@ def heat_map(names: list[str], cells: list[tuple], table: dict, path: Path) -> N
     ax.set_yticks(range(len(names)), names)
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
+            ax.text(j, i, "-" if math.isnan(v) else f"{v:.2f}", ha="center", va="center",
+                    color="w" if v < 0.6 else "k", fontsize=8)
     fig.colorbar(im, ax=ax, label="accuracy")
     ax.set_title("MQAR across segments (n pairs, d filler segments)")
     fig.tight_layout()
@@ -411,6 +418,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda (the jobs share it)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/benchmarks/long_context")
+    p.add_argument("--report", action="store_true",
+                   help="print the table and heat map of the points already in OUT/results.jsonl; train none")
     p.add_argument("--smoke", action="store_true", help="one small cell, two settings, one seed")
     args = p.parse_args()
     if args.smoke:

@@ -114,3 +114,14 @@ def test_smoke_run_prints_the_table_and_writes_the_heat_map_and_a_rerun_skips_do
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert "2 points, 2 already in" in again.stdout
+
+
+def test_report_prints_the_table_of_recorded_points_and_trains_none(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "long_context.py"), "--n", "2", "--d", "1", "--settings", "rmat",
+           "--seeds", "1", "--steps", "30", "--report", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "1 points, 0 already in" in out.stdout
+    row = next(line for line in out.stdout.splitlines() if line.strip().startswith("rmat |"))
+    assert row.split("|")[-1].strip() == "-"  # the cell is empty: nothing was trained
+    assert not (tmp_path / "results.jsonl").exists()
