@@ -346,17 +346,18 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
     cells = [(n, d) for n in args.n for d in args.d]
     names = [s.name for s in parse_settings(args.settings, args.variant)]
     table: dict[tuple, list[float]] = {}
-    ceiling: dict[tuple, float] = {}
+    ceiling: dict[tuple, list[float]] = {}  # each seed scores its own held-out samples
     params = {}
     for r in records:
         cell = (r["task"]["n_pairs"], r["task"]["distance"])
         table.setdefault((r["setting"]["name"], cell), []).append(r["accuracy"])
-        ceiling[cell] = r["ceiling"]
+        ceiling.setdefault(cell, []).append(r["ceiling"])
         params[r["setting"]["name"]] = r["params"]
     headers = ["setting", "params", *(f"n={n} d={d}" for n, d in cells)]
     rows = [[name, f"{params[name]:,}" if name in params else "-",
              *(_mean_spread(table.get((name, c), [])) for c in cells)] for name in names]
-    rows.append(["value-set ceiling", "", *(f"{ceiling[c]:.3f}" if c in ceiling else "-" for c in cells)])
+    rows.append(["value-set ceiling", "", *(f"{sum(ceiling[c]) / len(ceiling[c]):.3f}" if c in ceiling else "-"
+                                            for c in cells)])
     print(f"\nMQAR accuracy across segments, mean (min-max) over up to {args.seeds} seeds, {args.steps} steps, "
           f"batch {args.batch}, chance {1 / N_VALUES:.3f}, answers {'shown' if args.show_answers else 'hidden'}"
           f"{', token shift' if args.token_shift else ''}\n")
