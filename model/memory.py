@@ -53,19 +53,9 @@ class MemoryWriter(nn.Module):
         return mem, valid, carry
 
     def salient_tokens(self, y: Tensor, summaries: Tensor) -> tuple[Tensor, Tensor]:
-        """The k highest-scoring tokens of each chunk as entries: [B, n * k, D] and which are real.
-
-        An entry is g * token + (1 - g) * its chunk's summary, g = sigmoid(score): the choice
-        itself has no gradient, the gate does, so the score learns which tokens pay to keep.
-        """
+        """The k highest-scoring tokens of each chunk as entries: [B, n * k, D] and which are real."""
         x, present = self._chunks(y)  # [B, n, C, D], [n, C]
-        scores = (x @ self.token_score.to(x.dtype)).masked_fill(~present, float("-inf"))  # [B, n, C]
-        top, idx = scores.topk(self.tokens_per_chunk, dim=-1)  # [B, n, k]
-        picked = x.gather(2, idx[..., None].expand(*idx.shape, x.shape[-1]))  # [B, n, k, D]
-        g = torch.sigmoid(top)[..., None]
-        entries = g * picked + (1 - g) * summaries[:, :, None]
-        real = present.expand(x.shape[0], -1, -1).gather(2, idx)
-        return entries.flatten(1, 2), real.flatten(1, 2)
+        return token_entries(x, present, summaries, self.token_score.to(x.dtype), self.tokens_per_chunk)
 
     def summarize(self, y: Tensor) -> Tensor:
         """Pool each chunk of y [B, T, D] into one vector: [B, ceil(T / C), D]."""
@@ -86,3 +76,21 @@ class MemoryWriter(nn.Module):
         x = F.pad(self.norm(y), (0, 0, 0, pad)).view(b, n, self.chunk_len, d)
         present = (torch.arange(n * self.chunk_len, device=y.device) < t).view(n, self.chunk_len)
         return x, present
+
+
+def token_entries(x: Tensor, present: Tensor, summaries: Tensor, token_score: Tensor, k: int
+                  ) -> tuple[Tensor, Tensor]:
+    """The k highest-scoring of the normed chunks' tokens x [B, n, C, D] (``present`` [n, C]: the real
+    positions) as entries [B, n * k, D], and which entries are real tokens [B, n * k].
+
+    An entry is g * token + (1 - g) * its chunk's summary (``summaries`` [B, n, D]), g = sigmoid(score):
+    the choice itself has no gradient, the gate has, so the score learns which tokens pay to keep.
+    Written for TorchScript too: the ONNX step graph's memory write calls it.
+    """
+    scores = torch.matmul(x, token_score).masked_fill(~present, float("-inf"))  # [B, n, C]
+    top, idx = scores.topk(k, dim=-1)  # [B, n, k]
+    picked = x.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, x.size(3)))  # [B, n, k, D]
+    g = torch.sigmoid(top).unsqueeze(-1)
+    entries = g * picked + (1 - g) * summaries.unsqueeze(2)
+    real = present.unsqueeze(0).expand(x.size(0), -1, -1).gather(2, idx)
+    return entries.flatten(1, 2), real.flatten(1, 2)

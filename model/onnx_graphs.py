@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from model.attention import MixedAttention
 from model.layers import rotate_half
-from model.memory import MemoryWriter
+from model.memory import MemoryWriter, token_entries
 
 SEGMENT_INPUTS = ["tokens", "mem", "valid", "carry"]
 SEGMENT_OUTPUTS = ["logits", "mem_out", "valid_out", "carry_out"]
@@ -79,19 +79,6 @@ def gru_gates(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_
 def gru_cell(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
     """``cell(x, h)`` through ``gru_gates``."""
     return gru_gates(x, h, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
-
-
-def token_entries(x: Tensor, in_chunk: Tensor, summaries: Tensor, token_score: Tensor, k: int
-                  ) -> tuple[Tensor, Tensor]:
-    """``MemoryWriter.salient_tokens`` on normed chunks x [B, n, C, D] whose positions ``in_chunk`` [n, C]
-    are real: entries [B, n * k, D] and which are real [B, n * k]."""
-    scores = torch.matmul(x, token_score).masked_fill(~in_chunk, float("-inf"))
-    top, idx = scores.topk(k, dim=-1)
-    picked = x.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, x.size(3)))
-    g = torch.sigmoid(top).unsqueeze(-1)
-    entries = g * picked + (1 - g) * summaries.unsqueeze(2)
-    real = in_chunk.unsqueeze(0).expand(x.size(0), -1, -1).gather(2, idx)
-    return entries.flatten(1, 2), real.flatten(1, 2)
 
 
 def write_memory(writer: MemoryWriter, y: Tensor, present: Tensor, mem: Tensor, valid: Tensor, carry: Tensor
