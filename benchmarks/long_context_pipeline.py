@@ -28,11 +28,11 @@ token shift and token memory entries that let the tiny model bind several keys:
     python benchmarks/long_context_pipeline.py --n 1 --d 2 --tbptt 2,4 --seeds 3 --steps 1500 [--loss all]
     python benchmarks/long_context_pipeline.py --n 4 --d 1 --tbptt 3 --seeds 1 --steps 6000 \
         --variant tok8shift:token_shift=true,mem_tokens_per_chunk=8,mem_slots=360
+    python benchmarks/long_context_pipeline.py --smoke      # CI: seconds
 
 ``--train-d K`` draws each training document's distance from 0..K (scored at the cell's d),
 as real text mixes them: the pipeline's default windows of 2 segments then see whole
 samples at d = 0, learn the write there, and the FIFO carries it further.
-    python benchmarks/long_context_pipeline.py --smoke      # CI: seconds
 """
 
 from __future__ import annotations
