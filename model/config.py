@@ -33,6 +33,9 @@ class RMATConfig:
     paths: list[str] = field(default_factory=lambda: list(PATHS))
     pool: str = "mean"
     mem_tokens_per_chunk: int = 0  # besides its summary, each chunk writes its k most salient tokens
+    # Training draws those k by Gumbel-top-k on the tokens' scores, so that every token is tried and
+    # its gate tells the score whether it pays to keep; evaluation takes the top k (docs/design.md, section 2).
+    mem_token_sampling: bool = False
     mem_sink: bool = False  # the memory read may attend to a learned empty slot (docs/design.md, section 2)
     mix_init: str = "equal"  # "one_path_per_head": head h starts on path h mod len(paths) (docs/design.md, section 2)
     token_shift: bool = False  # each token's embedding also carries its predecessor's (docs/design.md, section 1)
@@ -60,6 +63,8 @@ class RMATConfig:
                "must be > 0 when the 'memory' path is on")
         _check(0 <= self.mem_tokens_per_chunk <= self.chunk_len, "mem_tokens_per_chunk", self.mem_tokens_per_chunk,
                f"must be in [0, chunk_len={self.chunk_len}]")
+        _check(not self.mem_token_sampling or self.mem_tokens_per_chunk > 0, "mem_token_sampling", True,
+               "draws the chunk's mem_tokens_per_chunk tokens; set mem_tokens_per_chunk > 0")
         _check(self.pool in POOLS, "pool", self.pool, f"choose from {POOLS}")
         _check(self.mix_init in MIX_INITS, "mix_init", self.mix_init, f"choose from {MIX_INITS}")
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")

@@ -7,10 +7,13 @@
 
 The norm keeps the pooled residual stream at a scale the GRU's gates can use. With
 ``mem_tokens_per_chunk`` k > 0 each chunk also pushes its k highest-scoring tokens as
-entries of their own (``salient_tokens``), content a summary cannot address token by token.
+entries of their own (``salient_tokens``), content a summary cannot address token by token;
+with ``mem_token_sampling`` training draws them by Gumbel-top-k instead.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,7 @@ class MemoryWriter(nn.Module):
             self.pool_query = nn.Parameter(torch.zeros(cfg.d_model))
         self.gru = nn.GRUCell(cfg.d_model, cfg.d_model)
         self.tokens_per_chunk = cfg.mem_tokens_per_chunk
+        self.sample_tokens = cfg.mem_token_sampling
         if self.tokens_per_chunk:
             self.token_score = nn.Parameter(torch.zeros(cfg.d_model))
 
@@ -53,9 +57,11 @@ class MemoryWriter(nn.Module):
         return mem, valid, carry
 
     def salient_tokens(self, y: Tensor, summaries: Tensor) -> tuple[Tensor, Tensor]:
-        """The k highest-scoring tokens of each chunk as entries: [B, n * k, D] and which are real."""
+        """The k highest-scoring tokens of each chunk as entries (in training with ``mem_token_sampling``:
+        k drawn without replacement with probabilities softmax(score)): [B, n * k, D] and which are real."""
         x, present = self._chunks(y)  # [B, n, C, D], [n, C]
-        return token_entries(x, present, summaries, self.token_score.to(x.dtype), self.tokens_per_chunk)
+        noise = gumbel_noise(x[..., 0]) if self.training and self.sample_tokens else None
+        return token_entries(x, present, summaries, self.token_score.to(x.dtype), self.tokens_per_chunk, noise)
 
     def summarize(self, y: Tensor) -> Tensor:
         """Pool each chunk of y [B, T, D] into one vector: [B, ceil(T / C), D]."""
@@ -78,17 +84,25 @@ class MemoryWriter(nn.Module):
         return x, present
 
 
-def token_entries(x: Tensor, present: Tensor, summaries: Tensor, token_score: Tensor, k: int
-                  ) -> tuple[Tensor, Tensor]:
+def gumbel_noise(like: Tensor) -> Tensor:
+    """Gumbel(0, 1) noise shaped like ``like``: the top k of scores + this noise are k draws without
+    replacement with probabilities softmax(scores) (Gumbel-top-k)."""
+    return -torch.empty_like(like).exponential_().log()  # -log of an Exp(1) draw is Gumbel(0, 1)
+
+
+def token_entries(x: Tensor, present: Tensor, summaries: Tensor, token_score: Tensor, k: int,
+                  noise: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """The k highest-scoring of the normed chunks' tokens x [B, n, C, D] (``present`` [n, C]: the real
-    positions) as entries [B, n * k, D], and which entries are real tokens [B, n * k].
+    positions) as entries [B, n * k, D], and which entries are real tokens [B, n * k]. ``noise``
+    [B, n, C], when given, is added to the scores for the choice only.
 
     An entry is g * token + (1 - g) * its chunk's summary (``summaries`` [B, n, D]), g = sigmoid(score):
     the choice itself has no gradient, the gate has, so the score learns which tokens pay to keep.
     Written for TorchScript too: the ONNX step graph's memory write calls it.
     """
     scores = torch.matmul(x, token_score).masked_fill(~present, float("-inf"))  # [B, n, C]
-    top, idx = scores.topk(k, dim=-1)  # [B, n, k]
+    idx = (scores if noise is None else scores + noise).topk(k, dim=-1).indices  # [B, n, k]
+    top = scores.gather(2, idx)
     picked = x.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, x.size(3)))  # [B, n, k, D]
     g = torch.sigmoid(top).unsqueeze(-1)
     entries = g * picked + (1 - g) * summaries.unsqueeze(2)

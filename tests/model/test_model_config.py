@@ -43,6 +43,11 @@ def test_more_memory_tokens_than_a_chunk_holds_are_rejected():
         RMATConfig(mem_tokens_per_chunk=65)
 
 
+def test_token_sampling_without_token_entries_is_rejected():
+    with pytest.raises(ValueError, match="mem_token_sampling=True: .* set mem_tokens_per_chunk > 0"):
+        RMATConfig(mem_token_sampling=True)
+
+
 def test_paths_are_kept_in_canonical_order():
     assert RMATConfig(paths=["memory", "global"]).paths == ["global", "memory"]
 

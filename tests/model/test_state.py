@@ -7,7 +7,7 @@ import torch
 from model_helpers import run_segments, tiny_config, tiny_model
 
 from model import RMAT, MemoryState, RMATConfig
-from model.memory import MemoryWriter
+from model.memory import MemoryWriter, gumbel_noise, token_entries
 
 
 def filled_state(model, b=3):
@@ -39,22 +39,64 @@ def test_memory_fills_from_newest_to_oldest_slot():
     assert torch.equal(state.mem[:, :, -1], state.carry)
 
 
-def test_a_chunk_writes_its_carry_then_its_k_highest_scoring_tokens():
-    cfg = tiny_config(mem_tokens_per_chunk=2, mem_slots=12)  # 4 chunks of 4 tokens: 4 carries + 8 tokens
+def salient_writer_and_output(**overrides):
+    """A writer whose token score is feature 0 times 50, and a segment whose salient tokens (two per chunk)
+    have feature 0 at 20."""
+    cfg = tiny_config(mem_tokens_per_chunk=2, mem_slots=12, **overrides)  # 4 chunks of 4 tokens
     writer = MemoryWriter(cfg).double()
     with torch.no_grad():
         writer.token_score.zero_()
-        writer.token_score[0] = 50.0  # a token's score is its normed feature 0, times 50
+        writer.token_score[0] = 50.0
     y = torch.randn(2, 16, cfg.d_model, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    salient = [1, 2, 4, 7, 9, 10, 12, 15]  # two per chunk
-    y[:, salient, 0] = 20.0
-    mem, valid, carry = writer(y, torch.zeros(2, 12, cfg.d_model, dtype=torch.float64),
-                               torch.zeros(2, 12, dtype=torch.bool), torch.zeros(2, cfg.d_model, dtype=torch.float64))
+    y[:, SALIENT, 0] = 20.0
+    return writer, y
+
+
+SALIENT = [1, 2, 4, 7, 9, 10, 12, 15]
+
+
+def written_tokens(writer, y):
+    """The positions whose normed token each token entry of ``writer``'s write of y is nearest."""
+    d = y.shape[-1]
+    mem, _, _ = writer(y, torch.zeros(2, 12, d, dtype=torch.float64), torch.zeros(2, 12, dtype=torch.bool),
+                       torch.zeros(2, d, dtype=torch.float64))
+    return sorted(torch.cdist(mem[0, 4:], writer.norm(y)[0]).argmin(-1).tolist())
+
+
+def test_a_chunk_writes_its_carry_then_its_k_highest_scoring_tokens():
+    writer, y = salient_writer_and_output()
+    mem, valid, carry = writer(y, torch.zeros(2, 12, y.shape[-1], dtype=torch.float64),
+                               torch.zeros(2, 12, dtype=torch.bool), torch.zeros(2, y.shape[-1], dtype=torch.float64))
     assert valid.all()
     assert torch.equal(mem[:, 3], carry)
     distance = torch.cdist(mem[0, 4:], writer.norm(y)[0])  # each token entry to each normed token
-    assert sorted(distance.argmin(-1).tolist()) == salient
+    assert sorted(distance.argmin(-1).tolist()) == SALIENT
     assert distance.min(-1).values.max() < 1e-9  # a gate near 1 keeps the token itself
+
+
+def test_token_sampling_leaves_evaluation_with_the_top_k():
+    writer, y = salient_writer_and_output(mem_token_sampling=True)
+    assert written_tokens(writer.eval(), y) == SALIENT
+
+
+def test_token_sampling_tries_other_tokens_in_training():
+    writer, y = salient_writer_and_output(mem_token_sampling=True)
+    with torch.no_grad():
+        writer.token_score.zero_()  # equal scores: every draw of two of a chunk's four is as likely
+    torch.manual_seed(0)
+    seen = {tuple(written_tokens(writer.train(), y)) for _ in range(20)}
+    assert len(seen) > 10
+
+
+def test_token_sampling_draws_a_token_as_often_as_its_softmax_probability():
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    x = torch.eye(4, dtype=torch.float64).expand(4000, 1, 4, 4)  # 4000 rows of one chunk; token c is e_c
+    present = torch.ones(1, 4, dtype=torch.bool)
+    torch.manual_seed(0)
+    entries, _ = token_entries(x, present, torch.zeros(4000, 1, 4, dtype=torch.float64), probs.log(), 1,
+                               gumbel_noise(x[..., 0]))
+    frequency = torch.bincount(entries[:, 0].argmax(-1), minlength=4).double() / 4000
+    torch.testing.assert_close(frequency, probs, atol=0.03, rtol=0)
 
 
 def test_reset_empties_exactly_the_flagged_rows():
