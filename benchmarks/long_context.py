@@ -75,7 +75,7 @@ class Task:
     n_pairs: int
     distance: int  # filler segments between the pairs and the questions
     segment_len: int
-    tail: int = 0  # tokens at the sample's end that stay filler (room for the loader's BOS)
+    lead: int = 0  # filler tokens before the pairs (a document's first is where the loader puts BOS)
     show_answers: bool = False  # each question followed by its answer, as a language model's stream holds it
 
     @property
@@ -85,17 +85,17 @@ class Task:
     def sample(self, batch: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """tokens [B, N] and targets [B, N] (IGNORE except at the answers)."""
         s, n = self.segment_len, self.n_pairs
-        if 2 * n > s - self.tail:
-            raise ValueError(f"{n} pairs do not fit a segment of {s} tokens")
+        if self.lead + 2 * n > s:
+            raise ValueError(f"{n} pairs after {self.lead} filler tokens do not fit a segment of {s} tokens")
         tokens = torch.randint(0, N_FILLER, (batch, self.n_segments * s), generator=gen)
         targets = torch.full_like(tokens, IGNORE)
         rows = torch.arange(batch)[:, None]
         keys = torch.argsort(torch.rand(batch, N_KEYS, generator=gen), dim=1)[:, :n] + N_FILLER
         values = torch.randint(0, N_VALUES, (batch, n), generator=gen) + N_FILLER + N_KEYS
-        tokens[:, 0:2 * n:2], tokens[:, 1:2 * n:2] = keys, values
+        tokens[:, self.lead:self.lead + 2 * n:2], tokens[:, self.lead + 1:self.lead + 2 * n:2] = keys, values
         # Questions: the keys in a random order at random even slots of the last segment.
         order = torch.argsort(torch.rand(batch, n, generator=gen), dim=1)
-        slots = torch.sort(torch.argsort(torch.rand(batch, (s - self.tail) // 2, generator=gen), dim=1)[:, :n],
+        slots = torch.sort(torch.argsort(torch.rand(batch, s // 2, generator=gen), dim=1)[:, :n],
                            dim=1).values
         at = (self.n_segments - 1) * s + 2 * slots
         tokens[rows, at] = keys.gather(1, order)

@@ -6,14 +6,16 @@ loader reads, trained by `rmat train` (DeepSpeed, one process) with its TBPTT wi
 ``--tbptt`` segments, and scored like the benchmark: greedy accuracy at the answers of 1,024
 held-out samples, read segment by segment with the memory carried.
 
-Each sample is one document of exactly d + 2 segments once the loader puts BOS before it
-(the sample's last token is dropped, and kept filler so that no answer is lost), so every
-row starts a document on the same step and a window of d + 2 segments holds one whole
-sample. Each document carries its answers as loss spans (data_prep.shards.loss_spans), so
-that the pipeline, like the benchmark's own loop, takes its loss at the answers only;
-``--loss all`` leaves them out to measure the loss on every token instead (only the answers
-can be learned there: filler, keys and values are random, so that loss's floor is near
-ln 64 and the answers carry a small share of the gradient).
+Each sample is one document of exactly d + 2 segments once the loader puts BOS before it:
+the sample's first token, filler, is dropped and BOS takes its place, so the stream the
+pipeline reads is the sample itself, pairs and questions at the same positions (and chunks)
+as in the reference loop's samples. Every row starts a document on the same step and a
+window of d + 2 segments holds one whole sample. Each document carries its answers as loss
+spans (data_prep.shards.loss_spans), so that the pipeline, like the benchmark's own loop,
+takes its loss at the answers only; ``--loss all`` leaves them out to measure the loss on
+every token instead (only the answers can be learned there: filler, keys and values are
+random, so that loss's floor is near ln 64 and the answers carry a small share of the
+gradient).
 
 Beside each pipeline run, the benchmark's own loop trains the same model on the same cell
 for the same steps (loss at the answers, backprop through the whole sample): the
@@ -63,18 +65,19 @@ DOCS_PER_SHARD = 4096
 
 def task_of(n: int, d: int) -> Task:
     """The cell's task as documents: each question followed by its answer, the next token the loss reads."""
-    return Task(n, d, TINY["segment_len"], tail=1, show_answers=True)
+    return Task(n, d, TINY["segment_len"], lead=1, show_answers=True)
 
 
 def answer_spans(targets: torch.Tensor) -> list[list[int]]:
     """Loss spans of a sample's answers: the answer to the key at sample position p is the
-    document's id p + 1 (the document is the sample less its last token), predicted at target p + 1."""
-    return [[int(p) + 1, int(p) + 2] for p in torch.nonzero(targets != IGNORE).flatten()]
+    document's id p (the document is the sample less its first token)."""
+    return [[int(p), int(p) + 1] for p in torch.nonzero(targets != IGNORE).flatten()]
 
 
 def write_task_shards(folder: Path, task: Task, n_train: int, n_val: int, seed: int, answers_only: bool,
                       train_d: int = -1) -> None:
-    """``n_train`` + ``n_val`` samples as documents of (d + 2) * S - 1 ids, the format of the shard stage,
+    """``n_train`` + ``n_val`` samples as documents of (d + 2) * S - 1 ids (the sample less its first token,
+    where the loader puts BOS), the format of the shard stage,
     with the answers as loss spans when ``answers_only``. With ``train_d`` >= 0 each training document
     has its own distance, drawn from 0..train_d; the validation documents keep the task's."""
     gen = torch.Generator().manual_seed(seed)
@@ -95,7 +98,7 @@ def write_task_shards(folder: Path, task: Task, n_train: int, n_val: int, seed: 
         return rows
 
     def shards(n_docs: int, split: str, max_d: int) -> list[list[tuple[str, np.ndarray, dict]]]:
-        docs = [(f"{split}{i:07d}", row[:-1].numpy().astype(np.uint16), meta(split, i, row, targets))
+        docs = [(f"{split}{i:07d}", row[1:].numpy().astype(np.uint16), meta(split, i, row, targets))
                 for i, (row, targets) in enumerate(samples(n_docs, max_d))]
         return [docs[i:i + DOCS_PER_SHARD] for i in range(0, n_docs, DOCS_PER_SHARD)]
 
@@ -119,18 +122,17 @@ def train_config(shards: Path, run_dir: Path, tbptt: int, steps: int, batch: int
 
 @torch.no_grad()
 def pipeline_accuracy(run_dir: Path, task: Task, seed: int, n_samples: int = 1024) -> float:
-    """Accuracy at the answers of held-out samples, read as the loader presents them (BOS first)."""
+    """Accuracy at the answers of held-out samples, read as the loader presents them (BOS in place of
+    the first token)."""
     model = checkpoint.load_model(str(run_dir)).eval()
     tokens, targets = task.sample(n_samples, torch.Generator().manual_seed(10_000 + seed))
-    stream = torch.cat([torch.full((n_samples, 1), BOS_ID), tokens[:, :-1]], dim=1)  # as the loader feeds it
+    stream = torch.cat([torch.full((n_samples, 1), BOS_ID), tokens[:, 1:]], dim=1)  # as the loader feeds it
     s, state, logits = task.segment_len, model.init_state(n_samples), []
     for i in range(0, stream.shape[1], s):
         out, state = model(stream[:, i:i + s], state)
         logits.append(out)
-    # Stream position p + 1 holds sample token p: the answer to the key at p is read at p + 1.
-    guess = torch.cat(logits, dim=1)[:, 1:].argmax(-1)
-    asked = targets[:, :-1] != IGNORE
-    return float((guess[asked] == targets[:, :-1][asked]).float().mean())
+    guess, asked = torch.cat(logits, dim=1).argmax(-1), targets != IGNORE
+    return float((guess[asked] == targets[asked]).float().mean())
 
 
 def run_point(out: Path, n: int, d: int, tbptt: int, seed: int, args: argparse.Namespace) -> dict:
@@ -147,8 +149,8 @@ def run_point(out: Path, n: int, d: int, tbptt: int, seed: int, args: argparse.N
     seconds = rmat_train(train_config(shards, point / "run", tbptt, args.steps, args.batch, args.lr, seed,
                                       overrides), point / "train.yaml")
     return {"trainer": f"rmat train, loss at {args.loss}", "variant": name, "n": n, "d": d, "train_d": args.train_d,
-            "tbptt": tbptt, "seed": seed, "steps": args.steps, "accuracy": pipeline_accuracy(point / "run", task, seed),
-            "seconds": round(seconds, 1)}
+            "lead": task.lead, "tbptt": tbptt, "seed": seed, "steps": args.steps,
+            "accuracy": pipeline_accuracy(point / "run", task, seed), "seconds": round(seconds, 1)}
 
 
 def reference_point(n: int, d: int, seed: int, args: argparse.Namespace) -> dict:
@@ -158,7 +160,8 @@ def reference_point(n: int, d: int, seed: int, args: argparse.Namespace) -> dict
     setting = Setting("rmat", {k: v for k, v in overrides.items() if k != "token_shift"})
     r = train_point(dict(setting=vars(setting), task=vars(task), seed=seed, steps=args.steps, window=0,
                          train_d=args.train_d, batch=args.batch, lr=args.lr, target_params=None, token_shift=shift))
-    return {"trainer": "benchmark loop", "variant": name, "n": n, "d": d, "train_d": args.train_d, "tbptt": 0,
+    return {"trainer": "benchmark loop", "variant": name, "n": n, "d": d, "train_d": args.train_d, "lead": task.lead,
+            "tbptt": 0,
             "seed": seed, "steps": args.steps, "accuracy": r["accuracy"], "seconds": r["seconds"]}
 
 
@@ -169,7 +172,7 @@ def summarize(records: list[dict], seeds: int) -> None:
     rows = [[trainer, variant, str(n), str(d), "the cell's" if t < 0 else f"0..{t}",
              "whole sample" if w == 0 else str(w), f"{np.mean(a):.3f} ({min(a):.2f}-{max(a):.2f})", str(len(a)),
              f"{ceiling(n, d):.3f}"]
-            for (trainer, variant, n, d, t, w), a in groups.items()]
+            for (trainer, variant, n, d, t, _, w), a in groups.items()]
     print(f"\nMQAR accuracy across segments, trained by rmat train and by the benchmark's loop "
           f"(chance {1 / N_VALUES:.3f}; {seeds} seeds)\n")
     print_table(["trainer", "model", "n", "d", "trained on distances", "backprop window (segments)",
@@ -177,9 +180,10 @@ def summarize(records: list[dict], seeds: int) -> None:
 
 
 def record_key(r: dict) -> tuple:
-    """What tells points apart; records written before a field existed read as its default."""
-    return (r["trainer"], r.get("variant", "rmat"), r["n"], r["d"], r.get("train_d", -1), r["tbptt"], r["seed"],
-            r["steps"])
+    """What tells points apart; records written before a field existed read as its default (before
+    ``lead``, the stream read each sample one token late)."""
+    return (r["trainer"], r.get("variant", "rmat"), r["n"], r["d"], r.get("train_d", -1), r.get("lead", 0), r["tbptt"],
+            r["seed"], r["steps"])
 
 
 def ceiling(n: int, d: int) -> float:
@@ -217,7 +221,8 @@ def main() -> None:
     for seed in range(args.seeds):
         for window in [0, *args.tbptt]:  # 0: the benchmark's loop, the reference
             trainer = f"rmat train, loss at {args.loss}" if window else "benchmark loop"
-            r = done.get((trainer, args.variant[0], args.n, args.d, args.train_d, window, seed, args.steps))
+            r = done.get((trainer, args.variant[0], args.n, args.d, args.train_d, task_of(args.n, args.d).lead, window,
+                          seed, args.steps))
             if r is None:
                 r = run_point(out, args.n, args.d, window, seed, args) if window else \
                     reference_point(args.n, args.d, seed, args)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,9 +20,24 @@ from pipeline.train import checkpoint  # noqa: E402
 from pipeline.train.loader import open_split, read_documents  # noqa: E402
 
 
-def test_a_task_sample_keeps_its_last_token_filler_so_dropping_it_loses_no_answer():
+def test_a_task_sample_begins_with_filler_so_bos_in_its_place_loses_no_pair():
     tokens, _ = task_of(15, 1).sample(256, torch.Generator().manual_seed(0))
-    assert (tokens[:, -1] < N_FILLER).all()
+    assert (tokens[:, 0] < N_FILLER).all()
+
+
+def test_the_loader_reads_a_sample_as_the_reference_loop_does_bos_in_place_of_its_first_token(tmp_path):
+    task = task_of(4, 1)
+    write_task_shards(tmp_path, task, n_train=3, n_val=1, seed=0, answers_only=True)
+    tokens, targets = task.sample(3, torch.Generator().manual_seed(0))  # the shards' first samples
+    docs = read_documents(open_split(str(tmp_path), "train"), 100)
+    row = RowStream([d for d, _, _ in docs], range(len(docs)), task.segment_len, BOS_ID, EOS_ID,
+                    [spans for _, _, spans in docs])
+    for sample, answers in zip(tokens, targets, strict=True):
+        segments = [row.next_segment() for _ in range(task.n_segments)]
+        inputs = torch.as_tensor(np.concatenate([i for i, _, _ in segments]))
+        loss_targets = torch.as_tensor(np.concatenate([t for _, t, _ in segments]))
+        assert inputs[0] == BOS_ID and torch.equal(inputs[1:], sample[1:])
+        assert torch.equal(loss_targets, answers)  # the loss reads the answers where the loop's does
 
 
 def test_the_loader_reads_each_sample_as_d_plus_2_whole_segments_pairs_first_questions_last(tmp_path):
