@@ -36,6 +36,9 @@ scores that knows which values appeared but not which key had which), and writes
     python benchmarks/long_context.py --smoke          # CI: one small cell, seconds
     python benchmarks/long_context.py --n 4 --d 1,2,4 --token-shift --steps 6000 --report   # what is done so far
 
+``--lead L`` puts L filler tokens before the pairs: where in its segment a fact sits changes how
+fast the memory learns to carry it (docs/design.md, section 2).
+
 ``--token-shift`` gives every setting ``RMATConfig.token_shift`` (each embedding plus a
 projection of the previous token's): without it even the upper bound does not learn to
 bind keys to values within CPU budgets (docs/design.md, section 2).
@@ -310,6 +313,7 @@ def parse_settings(names: str, variants: list[str]) -> list[Setting]:
 def point_key(r: dict) -> tuple:
     return (r["setting"]["name"], r["task"]["n_pairs"], r["task"]["distance"], r["seed"], r["steps"], r["window"],
             r["train_d"], r.get("loss", "answers"), r["task"].get("show_answers", True),  # shown before it was a choice
+            r["task"].get("lead", 0),
             r.get("token_shift", False))
 
 
@@ -326,7 +330,7 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
     settings = parse_settings(args.settings, args.variant)
     rmat_reference = next((s for s in settings if s.name not in ("xl", "full", "nomem")), Setting("rmat"))
     target = rmat_params(rmat_reference, args.token_shift)
-    points = [dict(setting=vars(s), task=vars(Task(n, d, TINY["segment_len"], show_answers=args.show_answers)),
+    points = [dict(setting=vars(s), task=vars(Task(n, d, TINY["segment_len"], args.lead, args.show_answers)),
                    seed=seed, steps=args.steps, window=args.window, train_d=args.train_d, batch=args.batch,
                    lr=args.lr, target_params=target, loss=args.loss, device=args.device, token_shift=args.token_shift)
               for n in args.n for d in args.d for s in settings for seed in range(args.seeds)]
@@ -360,7 +364,8 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
                                             for c in cells)])
     print(f"\nMQAR accuracy across segments, mean (min-max) over up to {args.seeds} seeds, {args.steps} steps, "
           f"batch {args.batch}, chance {1 / N_VALUES:.3f}, answers {'shown' if args.show_answers else 'hidden'}"
-          f"{', token shift' if args.token_shift else ''}\n")
+          f"{', token shift' if args.token_shift else ''}"
+          f"{f', pairs after {args.lead} filler tokens' if args.lead else ''}\n")
     print_table(headers, rows)
     heat_map(names, cells, table, Path(args.out) / "long_context.png")
 
@@ -414,6 +419,8 @@ def main() -> None:
                    help="train on the loss at the answers (Zoology) or at every next token (a language model)")
     p.add_argument("--show-answers", action="store_true",
                    help="each question followed by its answer, as text shows it (the form before Zoology's)")
+    p.add_argument("--lead", type=int, default=0,
+                   help="filler tokens before the pairs in the first segment (0: the pairs open it)")
     p.add_argument("--token-shift", action="store_true",
                    help="every setting's embeddings also carry the previous token's (RMATConfig.token_shift)")
     p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda (the jobs share it)")

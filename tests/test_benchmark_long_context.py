@@ -41,6 +41,18 @@ def test_every_asked_key_was_paired_with_its_answer_in_the_first_segment():
         assert (row[32:3 * 32] < N_FILLER).all()  # the filler segments hold no key or value
 
 
+def test_lead_puts_that_many_filler_tokens_before_the_pairs():
+    tokens, _ = Task(4, 1, 32, lead=5).sample(8, torch.Generator().manual_seed(0))
+    assert (tokens[:, :5] < N_FILLER).all()
+    assert (tokens[:, 5:13:2] >= N_FILLER).all() and (tokens[:, 5:13:2] < N_FILLER + N_KEYS).all()  # keys
+    assert (tokens[:, 6:13:2] >= N_FILLER + N_KEYS).all()  # values
+
+
+def test_pairs_that_the_lead_pushes_past_the_first_segment_are_an_error():
+    with pytest.raises(ValueError, match="4 pairs after 25 filler tokens do not fit a segment of 32"):
+        Task(4, 1, 32, lead=25).sample(1, torch.Generator().manual_seed(0))
+
+
 def test_the_answer_is_hidden_after_its_question_unless_the_task_shows_it():
     for show in (False, True):
         tokens, targets = Task(4, 1, 32, show_answers=show).sample(16, torch.Generator().manual_seed(0))
