@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import parse_variant, print_table, rmat_train  # noqa: E402
-from long_context import IGNORE, N_VALUES, TINY, VOCAB, Setting, Task, train_point, value_set_ceiling  # noqa: E402
+from long_context import BETA2, IGNORE, N_VALUES, TINY, VOCAB, Setting, Task, train_point, value_set_ceiling  # noqa: E402
 
 from data_prep.byte_shards import write_id_shards  # noqa: E402
 from pipeline.train import checkpoint  # noqa: E402
@@ -110,11 +110,11 @@ def write_task_shards(folder: Path, task: Task, n_train: int, n_val: int, seed: 
 
 def train_config(shards: Path, run_dir: Path, tbptt: int, steps: int, batch: int, lr: float, seed: int,
                  model: dict) -> dict:
-    """The pipeline's training config on the benchmark's tiny model (plus the ``model`` overrides);
-    TBPTT windows of ``tbptt`` segments."""
+    """The pipeline's training config on the benchmark's tiny model (plus the ``model`` overrides) and
+    the benchmark loop's AdamW beta2; TBPTT windows of ``tbptt`` segments."""
     return {"model": {**TINY, "vocab_size": VOCAB + 2, **model},
             "data": {"shards": str(shards), "batch_size": batch, "tbptt_segments": tbptt},
-            "optim": {"lr": lr, "warmup_steps": max(1, steps // 20)},
+            "optim": {"lr": lr, "warmup_steps": max(1, steps // 20), "beta2": BETA2},
             "engine": {"zero_stage": 0, "threads_per_proc": 1},
             "checkpoint": {"every": 0}, "eval": {"every": 0, "max_docs": 16},
             "steps": steps, "seed": seed, "run_dir": str(run_dir)}
@@ -149,7 +149,7 @@ def run_point(out: Path, n: int, d: int, tbptt: int, seed: int, args: argparse.N
     seconds = rmat_train(train_config(shards, point / "run", tbptt, args.steps, args.batch, args.lr, seed,
                                       overrides), point / "train.yaml")
     return {"trainer": f"rmat train, loss at {args.loss}", "variant": name, "n": n, "d": d, "train_d": args.train_d,
-            "lead": task.lead, "tbptt": tbptt, "seed": seed, "steps": args.steps,
+            "lead": task.lead, "beta2": BETA2, "tbptt": tbptt, "seed": seed, "steps": args.steps,
             "accuracy": pipeline_accuracy(point / "run", task, seed), "seconds": round(seconds, 1)}
 
 
@@ -172,7 +172,7 @@ def summarize(records: list[dict], seeds: int) -> None:
     rows = [[trainer, variant, str(n), str(d), "the cell's" if t < 0 else f"0..{t}",
              "whole sample" if w == 0 else str(w), f"{np.mean(a):.3f} ({min(a):.2f}-{max(a):.2f})", str(len(a)),
              f"{ceiling(n, d):.3f}"]
-            for (trainer, variant, n, d, t, _, w), a in groups.items()]
+            for (trainer, variant, n, d, t, _, _, w), a in groups.items()]
     print(f"\nMQAR accuracy across segments, trained by rmat train and by the benchmark's loop "
           f"(chance {1 / N_VALUES:.3f}; {seeds} seeds)\n")
     print_table(["trainer", "model", "n", "d", "trained on distances", "backprop window (segments)",
@@ -181,9 +181,11 @@ def summarize(records: list[dict], seeds: int) -> None:
 
 def record_key(r: dict) -> tuple:
     """What tells points apart; records written before a field existed read as its default (before
-    ``lead``, the stream read each sample one token late)."""
-    return (r["trainer"], r.get("variant", "rmat"), r["n"], r["d"], r.get("train_d", -1), r.get("lead", 0), r["tbptt"],
-            r["seed"], r["steps"])
+    ``lead``, the stream read each sample one token late; before ``beta2``, `rmat train` took the
+    pipeline's default 0.95)."""
+    beta2 = r.get("beta2", BETA2 if r["trainer"] == "benchmark loop" else 0.95)
+    return (r["trainer"], r.get("variant", "rmat"), r["n"], r["d"], r.get("train_d", -1), r.get("lead", 0), beta2,
+            r["tbptt"], r["seed"], r["steps"])
 
 
 def ceiling(n: int, d: int) -> float:
@@ -221,8 +223,8 @@ def main() -> None:
     for seed in range(args.seeds):
         for window in [0, *args.tbptt]:  # 0: the benchmark's loop, the reference
             trainer = f"rmat train, loss at {args.loss}" if window else "benchmark loop"
-            r = done.get((trainer, args.variant[0], args.n, args.d, args.train_d, task_of(args.n, args.d).lead, window,
-                          seed, args.steps))
+            r = done.get((trainer, args.variant[0], args.n, args.d, args.train_d, task_of(args.n, args.d).lead, BETA2,
+                          window, seed, args.steps))
             if r is None:
                 r = run_point(out, args.n, args.d, window, seed, args) if window else \
                     reference_point(args.n, args.d, seed, args)

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from long_context import N_FILLER, N_KEYS  # noqa: E402
+from long_context import BETA2, N_FILLER, N_KEYS  # noqa: E402
 from long_context_pipeline import BOS_ID, EOS_ID, task_of, write_task_shards  # noqa: E402
 
 from pipeline.streams import IGNORE_INDEX, RowStream  # noqa: E402
@@ -95,3 +96,4 @@ def test_smoke_run_trains_a_variant_with_rmat_train_and_prints_both_trainers(tmp
     run = tmp_path / "smoke" / "shift-n1-d2-w4-s0-answers" / "run"
     assert (run / "final_metrics.json").exists()
     assert checkpoint.load_model(str(run)).cfg.token_shift  # the variant reached the pipeline's model
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["beta2"] == BETA2  # the loop's AdamW
