@@ -161,8 +161,7 @@ def reference_point(n: int, d: int, seed: int, args: argparse.Namespace) -> dict
     r = train_point(dict(setting=vars(setting), task=vars(task), seed=seed, steps=args.steps, window=0,
                          train_d=args.train_d, batch=args.batch, lr=args.lr, target_params=None, token_shift=shift))
     return {"trainer": "benchmark loop", "variant": name, "n": n, "d": d, "train_d": args.train_d, "lead": task.lead,
-            "tbptt": 0,
-            "seed": seed, "steps": args.steps, "accuracy": r["accuracy"], "seconds": r["seconds"]}
+            "tbptt": 0, "seed": seed, "steps": args.steps, "accuracy": r["accuracy"], "seconds": r["seconds"]}
 
 
 def summarize(records: list[dict], seeds: int) -> None:
