@@ -40,7 +40,6 @@ samples at d = 0, learn the write there, and the FIFO carries it further.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import replace
@@ -53,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import parse_variant, print_table, rmat_train  # noqa: E402
+from common import parse_variant, print_table, rmat_train, run_resumable  # noqa: E402
 from long_context import BETA2, IGNORE, N_VALUES, TINY, VOCAB, Setting, Task, train_point, value_set_ceiling  # noqa: E402
 
 from data_prep.byte_shards import write_id_shards  # noqa: E402
@@ -135,33 +134,44 @@ def pipeline_accuracy(run_dir: Path, task: Task, seed: int, n_samples: int = 102
     return float((guess[asked] == targets[asked]).float().mean())
 
 
-def run_point(out: Path, n: int, d: int, tbptt: int, seed: int, args: argparse.Namespace) -> dict:
+def run_point(point: dict) -> dict:
+    """Train and score one point: `rmat train` with TBPTT windows of ``point["tbptt"]`` segments, or
+    (window 0) the benchmark's own loop, the reference."""
+    torch.set_num_threads(1)  # points run side by side, one core each
+    return pipeline_point(point) if point["tbptt"] else reference_point(point)
+
+
+def pipeline_point(point: dict) -> dict:
+    n, d, tbptt, seed, train_d, steps, batch = (point[k] for k in ("n", "d", "tbptt", "seed", "train_d", "steps",
+                                                                    "batch"))
     task = task_of(n, d)
-    name, overrides = args.variant
-    mixed = f"-t{args.train_d}" if args.train_d >= 0 else ""
-    point = out / f"{name}-n{n}-d{d}{mixed}-w{tbptt}-s{seed}-{args.loss}"
-    shards = point / "shards"
-    segments_per_doc = args.train_d / 2 + 2 if args.train_d >= 0 else task.n_segments
-    docs_per_step = args.batch * max(1, math.ceil(tbptt / segments_per_doc))
+    mixed = f"-t{train_d}" if train_d >= 0 else ""
+    folder = Path(point["out"]) / f"{point['variant']}-n{n}-d{d}{mixed}-w{tbptt}-s{seed}-{point['loss']}"
+    shards = folder / "shards"
+    segments_per_doc = train_d / 2 + 2 if train_d >= 0 else task.n_segments
+    docs_per_step = batch * max(1, math.ceil(tbptt / segments_per_doc))
     if not (shards / "manifest.json").exists():
-        write_task_shards(shards, task, args.steps * docs_per_step + args.batch, 64, seed, args.loss == "answers",
-                          args.train_d)
-    seconds = rmat_train(train_config(shards, point / "run", tbptt, args.steps, args.batch, args.lr, seed,
-                                      overrides), point / "train.yaml")
-    return {"trainer": f"rmat train, loss at {args.loss}", "variant": name, "n": n, "d": d, "train_d": args.train_d,
-            "lead": task.lead, "beta2": BETA2, "tbptt": tbptt, "seed": seed, "steps": args.steps,
-            "accuracy": pipeline_accuracy(point / "run", task, seed), "seconds": round(seconds, 1)}
+        write_task_shards(shards, task, steps * docs_per_step + batch, 64, seed, point["loss"] == "answers", train_d)
+    seconds = rmat_train(train_config(shards, folder / "run", tbptt, steps, batch, point["lr"], seed,
+                                      point["overrides"]), folder / "train.yaml")
+    return {**record_fields(point), "accuracy": pipeline_accuracy(folder / "run", task, seed),
+            "seconds": round(seconds, 1)}
 
 
-def reference_point(n: int, d: int, seed: int, args: argparse.Namespace) -> dict:
+def reference_point(point: dict) -> dict:
     """The benchmark's own loop on the same cell, steps, batch and learning rate."""
-    task, (name, overrides) = task_of(n, d), args.variant
+    overrides = point["overrides"]
     shift = overrides.get("token_shift", False)  # train_point gives the shift as its own argument
     setting = Setting("rmat", {k: v for k, v in overrides.items() if k != "token_shift"})
-    r = train_point(dict(setting=vars(setting), task=vars(task), seed=seed, steps=args.steps, window=0,
-                         train_d=args.train_d, batch=args.batch, lr=args.lr, target_params=None, token_shift=shift))
-    return {"trainer": "benchmark loop", "variant": name, "n": n, "d": d, "train_d": args.train_d, "lead": task.lead,
-            "tbptt": 0, "seed": seed, "steps": args.steps, "accuracy": r["accuracy"], "seconds": r["seconds"]}
+    r = train_point(dict(setting=vars(setting), task=vars(task_of(point["n"], point["d"])), seed=point["seed"],
+                         steps=point["steps"], window=0, train_d=point["train_d"], batch=point["batch"],
+                         lr=point["lr"], target_params=None, token_shift=shift))
+    return {**record_fields(point), "accuracy": r["accuracy"], "seconds": r["seconds"]}
+
+
+def record_fields(point: dict) -> dict:
+    return {k: point[k] for k in ("trainer", "variant", "n", "d", "train_d", "lead", "beta2", "tbptt", "seed",
+                                  "steps")}
 
 
 def summarize(records: list[dict], seeds: int) -> None:
@@ -209,30 +219,24 @@ def main() -> None:
     p.add_argument("--variant", type=parse_variant, default=("rmat", {}),
                    help="name:key=value,... model overrides for both trainers (default: the model's defaults)")
     p.add_argument("--out", default="runs/benchmarks/long_context_pipeline")
+    p.add_argument("--jobs", type=int, default=2, help="points trained at once, one core each")
     p.add_argument("--smoke", action="store_true", help="a few steps of one seed: the path works, in seconds")
     args = p.parse_args()
     if args.smoke:
         args.tbptt, args.seeds, args.steps, args.batch = [4], 1, 4, 4
         args.out = str(Path(args.out) / "smoke")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"  # a rerun skips the points already there
-    done = {record_key(r): r for r in map(json.loads, results.read_text().splitlines())} if results.exists() else {}
-    records = []
-    for seed in range(args.seeds):
-        for window in [0, *args.tbptt]:  # 0: the benchmark's loop, the reference
-            trainer = f"rmat train, loss at {args.loss}" if window else "benchmark loop"
-            r = done.get((trainer, args.variant[0], args.n, args.d, args.train_d, task_of(args.n, args.d).lead, BETA2,
-                          window, seed, args.steps))
-            if r is None:
-                r = run_point(out, args.n, args.d, window, seed, args) if window else \
-                    reference_point(args.n, args.d, seed, args)
-                with results.open("a") as f:
-                    f.write(json.dumps(r) + "\n")
-            print(f"  {trainer:>14} n={args.n} d={args.d} window={window} seed={seed}  "
-                  f"acc {r['accuracy']:.3f}  ({r['seconds']:.0f} s)", flush=True)
-            records.append(r)
+    points = [dict(trainer=f"rmat train, loss at {args.loss}" if window else "benchmark loop",
+                   variant=args.variant[0], overrides=args.variant[1], n=args.n, d=args.d, train_d=args.train_d,
+                   lead=task_of(args.n, args.d).lead, beta2=BETA2, tbptt=window, seed=seed, steps=args.steps,
+                   batch=args.batch, lr=args.lr, loss=args.loss, out=args.out)
+              for seed in range(args.seeds) for window in [0, *args.tbptt]]  # window 0: the reference loop
+    records = run_resumable(points, record_key, run_point, Path(args.out) / "results.jsonl", args.jobs, report)
     summarize(records, args.seeds)
+
+
+def report(r: dict) -> None:
+    print(f"  {r['trainer']:>14} n={r['n']} d={r['d']} window={r['tbptt']} seed={r['seed']}  "
+          f"acc {r['accuracy']:.3f}  ({r['seconds']:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
