@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,10 @@ from pipeline.train import checkpoint  # noqa: E402
 
 EDITS: dict[str, Callable[[MemoryState], MemoryState]] = {
     "state kept": lambda s: s,
-    "carry zeroed": lambda s: MemoryState(s.mem, s.valid, torch.zeros_like(s.carry)),
-    "FIFO emptied": lambda s: MemoryState(torch.zeros_like(s.mem), torch.zeros_like(s.valid), s.carry),
-    "both emptied": lambda s: MemoryState(torch.zeros_like(s.mem), torch.zeros_like(s.valid),
-                                          torch.zeros_like(s.carry)),
+    "carry zeroed": lambda s: replace(s, carry=torch.zeros_like(s.carry)),
+    "FIFO emptied": lambda s: replace(s, mem=torch.zeros_like(s.mem), valid=torch.zeros_like(s.valid)),
+    "both emptied": lambda s: MemoryState.empty(s.mem.shape[0], s.batch_size, s.mem.shape[2], s.mem.shape[3],
+                                                s.mem.device, s.mem.dtype),
 }
 
 

@@ -13,6 +13,8 @@ new query against the cached keys of the segment) that give the same numbers.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,15 +45,17 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, chunk_len: int) -> Tensor:
     return out.reshape(b, h, n * chunk_len, d)[:, :, :t]
 
 
-def memory_attention(q: Tensor, km: Tensor, vm: Tensor, valid: Tensor) -> Tensor:
+def memory_attention(q: Tensor, km: Tensor, vm: Tensor, valid: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """Attention of q [B, H, T, d] over memory slots km, vm [B, H, M, d].
 
     Only slots with ``valid`` [B, M] take part; a row with no valid slot reads zero.
     Such a row attends to every slot (so the softmax stays finite) and is zeroed after.
+    ``bias`` [B, M], when given, is added to each slot's logit.
     """
     any_valid = valid.any(dim=-1)
-    mask = (valid | ~any_valid[:, None])[:, None, None, :]
-    out = F.scaled_dot_product_attention(q, km, vm, attn_mask=mask)
+    readable = valid | ~any_valid[:, None]
+    mask = readable if bias is None else bias.to(q.dtype).masked_fill(~readable, float("-inf"))
+    out = F.scaled_dot_product_attention(q, km, vm, attn_mask=mask[:, None, None, :])
     return out * any_valid.view(-1, 1, 1, 1).to(out.dtype)
 
 
@@ -107,7 +111,7 @@ class MixedAttention(nn.Module):
         """The per-head path weights a_h, [H, n_paths], rows summing to 1."""
         return self.mix_logits.softmax(dim=-1)
 
-    def forward(self, u: Tensor, mem: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, u: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Attend a whole segment u [B, T, D]; returns (output, rotated keys, values)."""
         q_mem, q, k, v = self._qkv(u, start=0)
         outs = []
@@ -117,11 +121,11 @@ class MixedAttention(nn.Module):
             elif path == "local":
                 outs.append(local_attention(q, k, v, self.cfg.chunk_len))
             else:
-                outs.append(self._read_memory(q_mem, mem, valid))
+                outs.append(self._read_memory(q_mem, mem, valid, read_bias))
         return self._mix(outs), k, v
 
     def step(self, u: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int,
-             mem: Tensor, valid: Tensor) -> Tensor:
+             mem: Tensor, valid: Tensor, read_bias: Tensor) -> Tensor:
         """Attend one new token u [B, 1, D] at segment position ``pos``.
 
         Writes its key and value into k_cache, v_cache [B, H, S, d] in place.
@@ -138,7 +142,7 @@ class MixedAttention(nn.Module):
                 outs.append(F.scaled_dot_product_attention(
                     q, k_cache[:, :, chunk_start:pos + 1], v_cache[:, :, chunk_start:pos + 1]))
             else:
-                outs.append(self._read_memory(q_mem, mem, valid))
+                outs.append(self._read_memory(q_mem, mem, valid, read_bias))
         return self._mix(outs)
 
     def _qkv(self, u: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -150,11 +154,13 @@ class MixedAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.cfg.n_heads, self.cfg.head_dim).transpose(1, 2)
 
-    def _read_memory(self, q: Tensor, mem: Tensor, valid: Tensor) -> Tensor:
+    def _read_memory(self, q: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor) -> Tensor:
         km, vm = (self._heads(x) for x in self.wkv_mem(self.mem_norm(mem)).chunk(2, dim=-1))
+        bias = read_bias if self.cfg.mem_token_gate == "read" else None
         if self.cfg.mem_sink:
             km, vm, valid = with_sink(km, vm, valid, self.mem_sink_key)
-        return memory_attention(q, km, vm, valid)
+            bias = None if bias is None else F.pad(bias, (1, 0))  # the sink's logit is unbiased
+        return memory_attention(q, km, vm, valid, bias)
 
     def _mix(self, outs: list[Tensor]) -> Tensor:
         a = self.mix_weights().to(outs[0].dtype)  # [H, P]

@@ -8,6 +8,7 @@ from typing import Optional
 PATHS = ("global", "local", "memory")
 POOLS = ("mean", "attn")
 MIX_INITS = ("equal", "one_path_per_head")
+TOKEN_GATES = ("mix", "read")
 
 
 @dataclass
@@ -36,6 +37,10 @@ class RMATConfig:
     # Training draws those k by Gumbel-top-k on the tokens' scores, so that every token is tried and
     # its gate tells the score whether it pays to keep; evaluation takes the top k (docs/design.md, section 2).
     mem_token_sampling: bool = False
+    # How a token entry's score gates it: "mix" writes g * token + (1 - g) * its chunk's summary;
+    # "read" writes the token itself and adds log g to its logit in every read, so that each read
+    # tells the score whether the entry pays (g = sigmoid(score); docs/design.md, section 2).
+    mem_token_gate: str = "mix"
     mem_sink: bool = False  # the memory read may attend to a learned empty slot (docs/design.md, section 2)
     mix_init: str = "equal"  # "one_path_per_head": head h starts on path h mod len(paths) (docs/design.md, section 2)
     token_shift: bool = False  # each token's embedding also carries its predecessor's (docs/design.md, section 1)
@@ -65,6 +70,10 @@ class RMATConfig:
                f"must be in [0, chunk_len={self.chunk_len}]")
         _check(not self.mem_token_sampling or self.mem_tokens_per_chunk > 0, "mem_token_sampling", True,
                "draws the chunk's mem_tokens_per_chunk tokens; set mem_tokens_per_chunk > 0")
+        _check(self.mem_token_gate in TOKEN_GATES, "mem_token_gate", self.mem_token_gate,
+               f"choose from {TOKEN_GATES}")
+        _check(self.mem_token_gate == "mix" or self.mem_tokens_per_chunk > 0, "mem_token_gate",
+               self.mem_token_gate, "gates token entries; set mem_tokens_per_chunk > 0")
         _check(self.pool in POOLS, "pool", self.pool, f"choose from {POOLS}")
         _check(self.mix_init in MIX_INITS, "mix_init", self.mix_init, f"choose from {MIX_INITS}")
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")

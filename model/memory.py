@@ -8,7 +8,9 @@
 The norm keeps the pooled residual stream at a scale the GRU's gates can use. With
 ``mem_tokens_per_chunk`` k > 0 each chunk also pushes its k highest-scoring tokens as
 entries of their own (``salient_tokens``), content a summary cannot address token by token;
-with ``mem_token_sampling`` training draws them by Gumbel-top-k instead.
+with ``mem_token_sampling`` training draws them by Gumbel-top-k instead. Each slot also
+carries a read bias, added to its logit whenever the memory is read: log sigmoid(score) for a
+token entry under ``mem_token_gate="read"``, zero otherwise.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ class MemoryWriter(nn.Module):
         self.gru = nn.GRUCell(cfg.d_model, cfg.d_model)
         self.tokens_per_chunk = cfg.mem_tokens_per_chunk
         self.sample_tokens = cfg.mem_token_sampling
+        self.gate_reads = cfg.mem_token_gate == "read"
         if self.tokens_per_chunk:
             self.token_score = nn.Parameter(torch.zeros(cfg.d_model))
 
-    def forward(self, y: Tensor, mem: Tensor, valid: Tensor, carry: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """y [B, T, D] (T <= S; a partial last chunk pools its tokens); returns mem, valid, carry."""
+    def forward(self, y: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor, carry: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """y [B, T, D] (T <= S; a partial last chunk pools its tokens); returns mem, valid, read_bias, carry."""
         summaries = self.summarize(y)  # [B, n, D]
         carries = []
         for c in range(summaries.shape[1]):
@@ -49,19 +53,24 @@ class MemoryWriter(nn.Module):
             carries.append(carry)
         new = torch.stack(carries, dim=1)
         fresh = torch.ones(new.shape[:2], dtype=torch.bool, device=valid.device)
+        bias = new.new_zeros(new.shape[:2])
         if self.tokens_per_chunk:
-            tokens, tokens_real = self.salient_tokens(y, summaries)
+            tokens, tokens_real, tokens_bias = self.salient_tokens(y, summaries)
             new, fresh = torch.cat([new, tokens], dim=1), torch.cat([fresh, tokens_real], dim=1)
+            bias = torch.cat([bias, tokens_bias], dim=1)
         mem = torch.cat([mem, new], dim=1)[:, -self.mem_slots:]
         valid = torch.cat([valid, fresh], dim=1)[:, -self.mem_slots:]
-        return mem, valid, carry
+        read_bias = torch.cat([read_bias, bias.to(read_bias.dtype)], dim=1)[:, -self.mem_slots:]
+        return mem, valid, read_bias, carry
 
-    def salient_tokens(self, y: Tensor, summaries: Tensor) -> tuple[Tensor, Tensor]:
+    def salient_tokens(self, y: Tensor, summaries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The k highest-scoring tokens of each chunk as entries (in training with ``mem_token_sampling``:
-        k drawn without replacement with probabilities softmax(score)): [B, n * k, D] and which are real."""
+        k drawn without replacement with probabilities softmax(score)): [B, n * k, D], which are real,
+        and their read biases."""
         x, present = self._chunks(y)  # [B, n, C, D], [n, C]
         noise = gumbel_noise(x[..., 0]) if self.training and self.sample_tokens else None
-        return token_entries(x, present, summaries, self.token_score.to(x.dtype), self.tokens_per_chunk, noise)
+        return token_entries(x, present, summaries, self.token_score.to(x.dtype), self.tokens_per_chunk,
+                             self.gate_reads, noise)
 
     def summarize(self, y: Tensor) -> Tensor:
         """Pool each chunk of y [B, T, D] into one vector: [B, ceil(T / C), D]."""
@@ -91,20 +100,25 @@ def gumbel_noise(like: Tensor) -> Tensor:
 
 
 def token_entries(x: Tensor, present: Tensor, summaries: Tensor, token_score: Tensor, k: int,
-                  noise: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+                  gate_reads: bool = False, noise: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     """The k highest-scoring of the normed chunks' tokens x [B, n, C, D] (``present`` [n, C]: the real
-    positions) as entries [B, n * k, D], and which entries are real tokens [B, n * k]. ``noise``
-    [B, n, C], when given, is added to the scores for the choice only.
+    positions) as entries [B, n * k, D], which entries are real tokens [B, n * k], and the entries'
+    read biases [B, n * k]. ``noise`` [B, n, C], when given, is added to the scores for the choice only.
 
-    An entry is g * token + (1 - g) * its chunk's summary (``summaries`` [B, n, D]), g = sigmoid(score):
-    the choice itself has no gradient, the gate has, so the score learns which tokens pay to keep.
-    Written for TorchScript too: the ONNX step graph's memory write calls it.
+    The choice itself has no gradient; a gate g = sigmoid(score) has, so the score learns which
+    tokens pay to keep. By default an entry is g * token + (1 - g) * its chunk's summary, read
+    unbiased; with ``gate_reads`` it is the token, and every read adds log g to its logit.
+    Written for TorchScript too: the ONNX graphs' memory writes call it.
     """
     scores = torch.matmul(x, token_score).masked_fill(~present, float("-inf"))  # [B, n, C]
     idx = (scores if noise is None else scores + noise).topk(k, dim=-1).indices  # [B, n, k]
     top = scores.gather(2, idx)
     picked = x.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, x.size(3)))  # [B, n, k, D]
+    real = present.unsqueeze(0).expand(x.size(0), -1, -1).gather(2, idx)
+    if gate_reads:
+        # A padded position scores -inf; its entry is never valid, so its bias is never read.
+        bias = F.logsigmoid(top.masked_fill(~real, 0.0))
+        return picked.flatten(1, 2), real.flatten(1, 2), bias.flatten(1, 2)
     g = torch.sigmoid(top).unsqueeze(-1)
     entries = g * picked + (1 - g) * summaries.unsqueeze(2)
-    real = present.unsqueeze(0).expand(x.size(0), -1, -1).gather(2, idx)
-    return entries.flatten(1, 2), real.flatten(1, 2)
+    return entries.flatten(1, 2), real.flatten(1, 2), torch.zeros_like(top).flatten(1, 2)

@@ -5,7 +5,9 @@
                                                         -> logits [B, V] + next cache, pos, memory
 
 With ``token_shift`` the step also takes and gives ``emb`` [B, 1, D], the embedding of the
-segment's last token so far (zeros at its start), after ``y_cache``: ``step_names(cfg)``.
+segment's last token so far (zeros at its start), after ``y_cache``: ``step_names(cfg)``. With
+``mem_token_gate="read"`` both graphs take and give the memory's ``read_bias`` [L, B, M] after
+``carry``: ``segment_names(cfg)``.
 
 The graphs compute what ``RMAT.forward`` and ``RMAT.step`` compute, written so that every
 shape inside is static (the segment is padded to S, positions are masks, not slices) and
@@ -29,15 +31,25 @@ from model.attention import MixedAttention
 from model.layers import rotate_half
 from model.memory import MemoryWriter, token_entries
 
-SEGMENT_INPUTS = ["tokens", "mem", "valid", "carry"]
-SEGMENT_OUTPUTS = ["logits", "mem_out", "valid_out", "carry_out"]
-STEP_STATE = ["k_cache", "v_cache", "y_cache", "pos", "mem", "valid", "carry"]
+MEMORY_STATE = ["mem", "valid", "carry"]
+STEP_CACHE = ["k_cache", "v_cache", "y_cache"]
 SEGMENT_FILE, STEP_FILE = "segment.onnx", "step.onnx"
+
+
+def memory_state_names(cfg) -> list[str]:
+    """The memory both graphs take and give back, in order."""
+    return MEMORY_STATE + ["read_bias"] if cfg.mem_token_gate == "read" else list(MEMORY_STATE)
+
+
+def segment_names(cfg) -> tuple[list[str], list[str]]:
+    """segment.onnx's input and output names for a model of config ``cfg``."""
+    state = memory_state_names(cfg)
+    return ["tokens", *state], ["logits", *(f"{name}_out" for name in state)]
 
 
 def step_state_names(cfg) -> list[str]:
     """The state step.onnx takes and gives back (each output named with ``_out``), in order."""
-    return STEP_STATE[:3] + ["emb"] + STEP_STATE[3:] if cfg.token_shift else list(STEP_STATE)
+    return STEP_CACHE + (["emb"] if cfg.token_shift else []) + ["pos"] + memory_state_names(cfg)
 
 
 def step_names(cfg) -> tuple[list[str], list[str]]:
@@ -81,8 +93,8 @@ def gru_cell(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
     return gru_gates(x, h, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
 
 
-def write_memory(writer: MemoryWriter, y: Tensor, present: Tensor, mem: Tensor, valid: Tensor, carry: Tensor
-                 ) -> tuple[Tensor, Tensor, Tensor]:
+def write_memory(writer: MemoryWriter, y: Tensor, present: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor,
+                 carry: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``MemoryWriter.forward`` on y [B, S, D] of which the positions ``present`` [S] are real.
 
     Every one of the S / C chunks is computed; a chunk with no real token leaves the GRU
@@ -108,10 +120,13 @@ def write_memory(writer: MemoryWriter, y: Tensor, present: Tensor, mem: Tensor, 
         carry = torch.where(chunk_real[i], gru_cell(writer.gru, summaries[:, i], carry), carry)
         carries.append(carry)
     new, fresh = torch.stack(carries, dim=1), torch.ones(b, n_chunks, dtype=torch.bool, device=valid.device)
+    bias = new.new_zeros(b, n_chunks)
     k = writer.tokens_per_chunk
     if k:
-        tokens, tokens_real = token_entries(x, in_chunk, summaries, writer.token_score.to(x.dtype), k)
+        tokens, tokens_real, tokens_bias = token_entries(x, in_chunk, summaries, writer.token_score.to(x.dtype), k,
+                                                         writer.gate_reads)
         new, fresh = torch.cat([new, tokens], dim=1), torch.cat([fresh, tokens_real], dim=1)
+        bias = torch.cat([bias, tokens_bias], dim=1)
     # Real chunks come first. The eager write appends (carries, tokens) of the r real chunks only;
     # here all n are appended, so the last M slots of the eager FIFO, e = r(1 + k) .. M + r(1 + k) - 1,
     # lie at e here, or past the n - r unreal carries once e reaches the tokens.
@@ -120,12 +135,14 @@ def write_memory(writer: MemoryWriter, y: Tensor, present: Tensor, mem: Tensor, 
     window = e + (e >= slots + r).long() * (n_chunks - r)
     mem = torch.cat([mem, new], dim=1).index_select(1, window)
     valid = torch.cat([valid, fresh], dim=1).index_select(1, window)
-    return mem, valid, carry
+    read_bias = torch.cat([read_bias, bias], dim=1).index_select(1, window)
+    return mem, valid, read_bias, carry
 
 
-def write_full_segment(y: Tensor, mem: Tensor, valid: Tensor, carry: Tensor, norm_weight: Tensor, eps: float,
-                       attn_pool: bool, pool_query: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor,
-                       chunk_len: int, tokens_per_chunk: int, token_score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def write_full_segment(y: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor, carry: Tensor, norm_weight: Tensor,
+                       eps: float, attn_pool: bool, pool_query: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
+                       b_hh: Tensor, chunk_len: int, tokens_per_chunk: int, token_score: Tensor, gate_reads: bool
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``MemoryWriter.forward`` on a whole segment y [B, S, D], its parameters passed as tensors (TorchScript)."""
     b, s, d = y.size(0), y.size(1), y.size(2)
     n_chunks = s // chunk_len
@@ -140,26 +157,28 @@ def write_full_segment(y: Tensor, mem: Tensor, valid: Tensor, carry: Tensor, nor
         carry = gru_gates(summaries[:, i], carry, w_ih, w_hh, b_ih, b_hh)
         carries.append(carry)
     new = torch.stack(carries, dim=1)
+    bias = torch.zeros(b, n_chunks, dtype=y.dtype, device=y.device)
     if tokens_per_chunk > 0:
         every = torch.ones(n_chunks, chunk_len, dtype=torch.bool, device=y.device)
-        tokens, _ = token_entries(x, every, summaries, token_score, tokens_per_chunk)
-        new = torch.cat([new, tokens], dim=1)
+        tokens, _, tokens_bias = token_entries(x, every, summaries, token_score, tokens_per_chunk, gate_reads)
+        new, bias = torch.cat([new, tokens], dim=1), torch.cat([bias, tokens_bias], dim=1)
     n_new = new.size(1)
     mem = torch.cat([mem, new], dim=1)[:, n_new:]
     valid = torch.cat([valid, torch.ones(b, n_new, dtype=torch.bool, device=valid.device)], dim=1)[:, n_new:]
-    return mem, valid, carry
+    read_bias = torch.cat([read_bias, bias], dim=1)[:, n_new:]
+    return mem, valid, read_bias, carry
 
 
-def write_if_full(full: Tensor, y: Tensor, mem: Tensor, valid: Tensor, carry: Tensor, norm_weight: Tensor,
-                  eps: float, attn_pool: bool, pool_query: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
-                  b_hh: Tensor, chunk_len: int, tokens_per_chunk: int, token_score: Tensor
-                  ) -> tuple[Tensor, Tensor, Tensor]:
+def write_if_full(full: Tensor, y: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor, carry: Tensor,
+                  norm_weight: Tensor, eps: float, attn_pool: bool, pool_query: Tensor, w_ih: Tensor, w_hh: Tensor,
+                  b_ih: Tensor, b_hh: Tensor, chunk_len: int, tokens_per_chunk: int, token_score: Tensor,
+                  gate_reads: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The memory write when the segment is full, else the state unchanged: an ONNX ``If``, so a step
     that does not end a segment does not pay for the write."""
     if bool(full):
-        return write_full_segment(y, mem, valid, carry, norm_weight, eps, attn_pool, pool_query, w_ih, w_hh,
-                                  b_ih, b_hh, chunk_len, tokens_per_chunk, token_score)
-    return mem, valid, carry
+        return write_full_segment(y, mem, valid, read_bias, carry, norm_weight, eps, attn_pool, pool_query, w_ih,
+                                  w_hh, b_ih, b_hh, chunk_len, tokens_per_chunk, token_score, gate_reads)
+    return mem, valid, read_bias, carry
 
 
 with warnings.catch_warnings():
@@ -169,15 +188,31 @@ with warnings.catch_warnings():
     scripted_write_if_full = torch.jit.script(write_if_full)
 
 
+def memory_of(state: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(mem, valid, read_bias, carry) of a graph's named state; a graph without ``read_bias`` reads every
+    slot unbiased."""
+    mem, valid = state["mem"], state["valid"]
+    read_bias = state["read_bias"] if "read_bias" in state else torch.zeros_like(valid, dtype=mem.dtype)
+    return mem, valid, read_bias, state["carry"]
+
+
+def stacked_memory(layers: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> dict[str, Tensor]:
+    """Every layer's (mem, valid, read_bias, carry), stacked over layers and named."""
+    return dict(zip(["mem", "valid", "read_bias", "carry"], (torch.stack(p) for p in zip(*layers, strict=True)),
+                    strict=True))
+
+
 class SegmentGraph(nn.Module):
-    """``RMAT.forward`` with T dynamic: (tokens, mem, valid, carry) -> (logits, mem, valid, carry)."""
+    """``RMAT.forward`` with T dynamic: (tokens, *memory) -> (logits, *next memory), the memory named by
+    ``memory_state_names``."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.state_names = memory_state_names(model.cfg)
 
-    def forward(self, tokens: Tensor, mem: Tensor, valid: Tensor, carry: Tensor
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, tokens: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        mem, valid, read_bias, carry = memory_of(dict(zip(self.state_names, state, strict=True)))
         m, s = self.model, self.model.cfg.segment_len
         b = tokens.shape[0]
         # Padding at the end: causal attention keeps it from every real token, the memory write masks it.
@@ -185,20 +220,18 @@ class SegmentGraph(nn.Module):
         present = torch.cat([torch.ones_like(tokens[0], dtype=torch.bool),
                              torch.zeros(s, dtype=torch.bool, device=tokens.device)])[:s]
         x = m.embed(padded)  # the shift's first token has no predecessor: a segment starts here
-        mems, valids, carries = [], [], []
+        layers = []
         for i, block in enumerate(m.blocks):
-            x, _, _ = block(x, mem[i], valid[i])
-            if block.writer is None:
-                mems.append(mem[i]), valids.append(valid[i]), carries.append(carry[i])
-                continue
-            parts = write_memory(block.writer, x, present, mem[i], valid[i], carry[i])
-            mems.append(parts[0]), valids.append(parts[1]), carries.append(parts[2])
+            x, _, _ = block(x, mem[i], valid[i], read_bias[i])
+            before = (mem[i], valid[i], read_bias[i], carry[i])
+            layers.append(before if block.writer is None else write_memory(block.writer, x, present, *before))
         logits = m.lm_head(m.norm_f(x[:, :tokens.shape[1]]))
-        return logits, torch.stack(mems), torch.stack(valids), torch.stack(carries)
+        out = stacked_memory(layers)
+        return (logits, *(out[name] for name in self.state_names))
 
 
 def _attend_step(attn: MixedAttention, u: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor,
-                 mem: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                 mem: Tensor, valid: Tensor, read_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``MixedAttention.step`` with the position as a tensor: masks over the whole cache instead of slices."""
     cfg = attn.cfg
     s = k_cache.shape[2]
@@ -218,7 +251,7 @@ def _attend_step(attn: MixedAttention, u: Tensor, k_cache: Tensor, v_cache: Tens
             in_chunk = seen & (index >= pos - pos % cfg.chunk_len)
             outs.append(F.scaled_dot_product_attention(q_rot, k_cache, v_cache, attn_mask=in_chunk.view(1, 1, 1, s)))
         else:
-            outs.append(attn._read_memory(q, mem, valid))
+            outs.append(attn._read_memory(q, mem, valid, read_bias))
     return attn._mix(outs), k_cache, v_cache
 
 
@@ -236,37 +269,36 @@ class StepGraph(nn.Module):
     def forward(self, token: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
         st = dict(zip(self.state_names, state, strict=True))
         k_cache, v_cache, y_cache, pos = st["k_cache"], st["v_cache"], st["y_cache"], st["pos"]
-        mem, valid, carry = st["mem"], st["valid"], st["carry"]
+        mem, valid, read_bias, carry = memory_of(st)
         m, s = self.model, self.model.cfg.segment_len
         emb = m.tok_emb(token[:, None])
         x = emb if m.shift is None else m.shift(emb, st["emb"])
         here = (torch.arange(s, device=token.device) == pos).view(1, s, 1)
         ks, vs, ys = [], [], []
         for i, block in enumerate(m.blocks):
-            a, k_i, v_i = _attend_step(block.attn, block.attn_norm(x), k_cache[i], v_cache[i], pos, mem[i], valid[i])
+            a, k_i, v_i = _attend_step(block.attn, block.attn_norm(x), k_cache[i], v_cache[i], pos, mem[i], valid[i],
+                                       read_bias[i])
             x = x + a
             x = x + block.ffn(block.ffn_norm(x))
             ks.append(k_i), vs.append(v_i), ys.append(torch.where(here, x, y_cache[i]))
         logits = m.lm_head(m.norm_f(x))[:, 0]
         full = pos == s - 1
-        mems, valids, carries = [], [], []
+        layers = []
         for i, block in enumerate(m.blocks):
-            w = block.writer
+            w, before = block.writer, (mem[i], valid[i], read_bias[i], carry[i])
             if w is None:
-                mems.append(mem[i]), valids.append(valid[i]), carries.append(carry[i])
+                layers.append(before)
                 continue
             zeros = torch.zeros(m.cfg.d_model)
             query = w.pool_query if w.pool == "attn" else zeros
             token_score = w.token_score if w.tokens_per_chunk else zeros
-            parts = scripted_write_if_full(full, ys[i], mem[i], valid[i], carry[i], w.norm.weight,
-                                           float(w.norm.eps), w.pool == "attn", query, w.gru.weight_ih,
-                                           w.gru.weight_hh, w.gru.bias_ih, w.gru.bias_hh, w.chunk_len,
-                                           w.tokens_per_chunk, token_score)
-            mems.append(parts[0]), valids.append(parts[1]), carries.append(parts[2])
+            layers.append(scripted_write_if_full(full, ys[i], *before, w.norm.weight, float(w.norm.eps),
+                                                 w.pool == "attn", query, w.gru.weight_ih, w.gru.weight_hh,
+                                                 w.gru.bias_ih, w.gru.bias_hh, w.chunk_len, w.tokens_per_chunk,
+                                                 token_score, w.gate_reads))
         next_pos = torch.where(full, torch.zeros_like(pos), pos + 1)
         out = {"k_cache": torch.stack(ks), "v_cache": torch.stack(vs), "y_cache": torch.stack(ys), "pos": next_pos,
-               "emb": torch.where(full, torch.zeros_like(emb), emb), "mem": torch.stack(mems),
-               "valid": torch.stack(valids), "carry": torch.stack(carries)}
+               "emb": torch.where(full, torch.zeros_like(emb), emb), **stacked_memory(layers)}
         return (logits, *(out[name] for name in self.state_names))
 
 
@@ -274,11 +306,11 @@ def example_inputs(model: nn.Module, batch: int = 2, tokens: int = 3) -> tuple[t
     """Inputs to trace both graphs with: batch and length >= 2, so the exporter keeps them dynamic."""
     c = model.cfg
     state = model.init_state(batch)
-    seg = (torch.zeros(batch, tokens, dtype=torch.long), state.mem, state.valid, state.carry)
+    memory = {"mem": state.mem, "valid": state.valid, "carry": state.carry, "read_bias": state.read_bias}
+    seg = (torch.zeros(batch, tokens, dtype=torch.long), *(memory[name] for name in memory_state_names(c)))
     cache = model.init_cache(batch)
     values = {"k_cache": cache.k, "v_cache": cache.v, "y_cache": cache.y, "emb": cache.emb,
-              "pos": torch.tensor(min(2, c.segment_len - 1)), "mem": state.mem, "valid": state.valid,
-              "carry": state.carry}
+              "pos": torch.tensor(min(2, c.segment_len - 1)), **memory}
     step = (torch.zeros(batch, dtype=torch.long), *(values[name] for name in step_state_names(c)))
     return seg, step
 
@@ -288,8 +320,9 @@ def export_onnx(model: nn.Module, folder: str) -> list[str]:
     model = exportable(model)
     seg_inputs, step_inputs = example_inputs(model)
     batch = {"tokens": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}
-    for name in ("mem", "valid", "carry", "mem_out", "valid_out", "carry_out"):
-        batch[name] = {1: "batch"}
+    for name in memory_state_names(model.cfg):
+        batch[name] = batch[f"{name}_out"] = {1: "batch"}
+    seg_input_names, seg_output_names = segment_names(model.cfg)
     step_input_names, step_output_names = step_names(model.cfg)
     step_axes = {"token": {0: "batch"}, "logits": {0: "batch"}}
     for name in step_state_names(model.cfg):
@@ -302,7 +335,7 @@ def export_onnx(model: nn.Module, folder: str) -> list[str]:
         # flow for torch.export to capture, and the newer exporter would add onnxscript as a dependency.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(SegmentGraph(model), seg_inputs, os.path.join(folder, SEGMENT_FILE),
-                          input_names=SEGMENT_INPUTS, output_names=SEGMENT_OUTPUTS, dynamic_axes=batch,
+                          input_names=seg_input_names, output_names=seg_output_names, dynamic_axes=batch,
                           opset_version=17, dynamo=False)
         torch.onnx.export(StepGraph(model), step_inputs, os.path.join(folder, STEP_FILE),
                           input_names=step_input_names, output_names=step_output_names, dynamic_axes=step_axes,

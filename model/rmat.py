@@ -33,13 +33,14 @@ class Block(nn.Module):
         self.ffn = SwiGLU(cfg.d_model, cfg.ffn_dim, cfg.dropout)
         self.writer = MemoryWriter(cfg) if cfg.has_memory else None
 
-    def forward(self, x: Tensor, mem: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        a, k, v = self.attn(self.attn_norm(x), mem, valid)
+    def forward(self, x: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        a, k, v = self.attn(self.attn_norm(x), mem, valid, read_bias)
         x = x + a
         return x + self.ffn(self.ffn_norm(x)), k, v
 
-    def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int, mem: Tensor, valid: Tensor) -> Tensor:
-        x = x + self.attn.step(self.attn_norm(x), k_cache, v_cache, pos, mem, valid)
+    def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int, mem: Tensor, valid: Tensor,
+             read_bias: Tensor) -> Tensor:
+        x = x + self.attn.step(self.attn_norm(x), k_cache, v_cache, pos, mem, valid, read_bias)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -118,19 +119,17 @@ class RMAT(nn.Module):
     def _run_layers(self, tokens: Tensor, state: MemoryState, write_memory: bool
                     ) -> tuple[Tensor, MemoryState, list[tuple[Tensor, Tensor, Tensor]]]:
         x = self.drop(self.embed(tokens))
-        mems, valids, carries, per_layer = [], [], [], []
+        layers, per_layer = [], []
         for i, block in enumerate(self.blocks):
-            mem, valid, carry = state.mem[i], state.valid[i], state.carry[i]
-            x, k, v = block(x, mem, valid)
+            mem, valid, read_bias, carry = state.mem[i], state.valid[i], state.read_bias[i], state.carry[i]
+            x, k, v = block(x, mem, valid, read_bias)
             per_layer.append((x, k, v))
             if write_memory and block.writer is not None:
-                mem, valid, carry = block.writer(x, mem, valid, carry)
-            mems.append(mem)
-            valids.append(valid)
-            carries.append(carry)
+                mem, valid, read_bias, carry = block.writer(x, mem, valid, read_bias, carry)
+            layers.append((mem, valid, read_bias, carry))
         if not (write_memory and self.cfg.has_memory):
             return x, state, per_layer
-        return x, MemoryState(torch.stack(mems), torch.stack(valids), torch.stack(carries)), per_layer
+        return x, stacked(layers), per_layer
 
     # ---- token-by-token decoding -----------------------------------------------------
 
@@ -149,7 +148,7 @@ class RMAT(nn.Module):
         emb = self.tok_emb(token_ids[:, None])
         x = emb if self.shift is None else self.shift(emb, cache.emb)
         for i, block in enumerate(self.blocks):
-            x = block.step(x, cache.k[i], cache.v[i], pos, state.mem[i], state.valid[i])
+            x = block.step(x, cache.k[i], cache.v[i], pos, state.mem[i], state.valid[i], state.read_bias[i])
             cache.y[i, :, pos] = x[:, 0]
         logits = self.lm_head(self.norm_f(x))[:, 0]
         pos += 1
@@ -160,10 +159,8 @@ class RMAT(nn.Module):
     def _write_memory(self, ys: Tensor, state: MemoryState) -> MemoryState:
         if not self.cfg.has_memory:
             return state
-        written = [block.writer(ys[i], state.mem[i], state.valid[i], state.carry[i])
-                   for i, block in enumerate(self.blocks)]
-        mem, valid, carry = (torch.stack(parts) for parts in zip(*written, strict=True))
-        return MemoryState(mem, valid, carry)
+        return stacked([block.writer(ys[i], state.mem[i], state.valid[i], state.read_bias[i], state.carry[i])
+                        for i, block in enumerate(self.blocks)])
 
     @torch.no_grad()
     def prefill(self, tokens: Tensor) -> tuple[Tensor, DecodeCache]:
@@ -250,6 +247,12 @@ class RMAT(nn.Module):
         if lo < 0 or hi >= c.vocab_size:
             raise ValueError(f"token ids must lie in [0, {c.vocab_size}) (vocab_size); "
                              f"got min {int(lo)}, max {int(hi)}")
+
+
+def stacked(layers: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> MemoryState:
+    """The state of every layer's (mem, valid, read_bias, carry), stacked over layers."""
+    mem, valid, read_bias, carry = (torch.stack(parts) for parts in zip(*layers, strict=True))
+    return MemoryState(mem, valid, carry, read_bias)
 
 
 def sample(logits: Tensor, temperature: float, top_k: Optional[int]) -> Tensor:

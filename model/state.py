@@ -12,14 +12,16 @@ from torch import Tensor
 class MemoryState:
     """Every layer's gated FIFO memory, stacked over layers.
 
-    ``mem`` [L, B, M, D] holds the last M carries (newest last), ``valid`` [L, B, M]
+    ``mem`` [L, B, M, D] holds the last M entries (newest last), ``valid`` [L, B, M]
     marks the slots written since the row's last reset, ``carry`` [L, B, D] is the
-    GRU's running state.
+    GRU's running state, ``read_bias`` [L, B, M] what each read adds to a slot's logit
+    (zero but for token entries under ``mem_token_gate="read"``).
     """
 
     mem: Tensor
     valid: Tensor
     carry: Tensor
+    read_bias: Tensor
 
     @classmethod
     def empty(cls, n_layers: int, batch_size: int, mem_slots: int, d_model: int,
@@ -28,6 +30,7 @@ class MemoryState:
             mem=torch.zeros(n_layers, batch_size, mem_slots, d_model, device=device, dtype=dtype),
             valid=torch.zeros(n_layers, batch_size, mem_slots, dtype=torch.bool, device=device),
             carry=torch.zeros(n_layers, batch_size, d_model, device=device, dtype=dtype),
+            read_bias=torch.zeros(n_layers, batch_size, mem_slots, device=device, dtype=dtype),
         )
 
     @property
@@ -36,7 +39,7 @@ class MemoryState:
 
     def detach(self) -> MemoryState:
         """Cut the graph: the TBPTT window ends here."""
-        return MemoryState(self.mem.detach(), self.valid, self.carry.detach())
+        return MemoryState(self.mem.detach(), self.valid, self.carry.detach(), self.read_bias.detach())
 
     def reset_rows(self, reset: Tensor) -> MemoryState:
         """Empty the memory of the rows flagged in ``reset`` [B] (bool); keep the others."""
@@ -45,25 +48,29 @@ class MemoryState:
             mem=self.mem * keep.view(1, -1, 1, 1).to(self.mem.dtype),
             valid=self.valid & keep.view(1, -1, 1),
             carry=self.carry * keep.view(1, -1, 1).to(self.carry.dtype),
+            read_bias=self.read_bias * keep.view(1, -1, 1).to(self.read_bias.dtype),
         )
 
     def select_rows(self, rows: Tensor) -> MemoryState:
         """The state whose row r is this state's row ``rows[r]``."""
-        return MemoryState(self.mem[:, rows], self.valid[:, rows], self.carry[:, rows])
+        return MemoryState(self.mem[:, rows], self.valid[:, rows], self.carry[:, rows], self.read_bias[:, rows])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> MemoryState:
-        return MemoryState(self.mem.to(device, dtype), self.valid.to(device), self.carry.to(device, dtype))
+        return MemoryState(self.mem.to(device, dtype), self.valid.to(device), self.carry.to(device, dtype),
+                           self.read_bias.to(device, dtype))
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"mem": self.mem.detach().clone(), "valid": self.valid.clone(),
-                "carry": self.carry.detach().clone()}
+                "carry": self.carry.detach().clone(), "read_bias": self.read_bias.detach().clone()}
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, Tensor]) -> MemoryState:
         missing = {"mem", "valid", "carry"} - set(sd)
         if missing:
             raise KeyError(f"memory state is missing {sorted(missing)}; was it saved by MemoryState.state_dict()?")
-        return cls(sd["mem"], sd["valid"].to(torch.bool), sd["carry"])
+        # A state saved before read biases existed read every slot unbiased.
+        read_bias = sd["read_bias"] if "read_bias" in sd else torch.zeros_like(sd["valid"], dtype=sd["mem"].dtype)
+        return cls(sd["mem"], sd["valid"].to(torch.bool), sd["carry"], read_bias)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 
 from model import RMAT
 from model.export_layout import CONFIG
-from model.onnx_graphs import SEGMENT_FILE, STEP_FILE, step_state_names
+from model.onnx_graphs import SEGMENT_FILE, STEP_FILE, memory_state_names, step_state_names
 from model.pretrained import ExportedFolderError, config_from_dict, read_json_file, verify_folder
 from model.rmat import sample
 from model.tokenizer import ExportedTokenizer, load_exported
@@ -71,6 +71,7 @@ class OnnxDecoder:
             sessions.append(ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]))
         self.segment, self.stepper = sessions
         self.step_state = step_state_names(self.cfg)
+        self.memory_state = memory_state_names(self.cfg)
         self.state: dict[str, np.ndarray] = {}
 
     def reset(self, batch: int) -> None:
@@ -82,7 +83,8 @@ class OnnxDecoder:
                       "carry": np.zeros((c.n_layers, batch, c.d_model), np.float32),
                       "k_cache": np.zeros(kv, np.float32), "v_cache": np.zeros(kv, np.float32),
                       "y_cache": np.zeros((c.n_layers, batch, c.segment_len, c.d_model), np.float32),
-                      "pos": np.array(0, np.int64)}
+                      "pos": np.array(0, np.int64),
+                      "read_bias": np.zeros((c.n_layers, batch, c.mem_slots), np.float32)}
         if c.token_shift:  # the embedding the next step's shift reads: zeros at a segment's start
             self.state["emb"] = np.zeros((batch, 1, c.d_model), np.float32)
 
@@ -109,9 +111,9 @@ class OnnxDecoder:
     def run_segment(self, tokens: np.ndarray) -> np.ndarray:
         """One segment through segment.onnx from the current memory; returns logits [B, T, V]."""
         st = self.state
-        logits, st["mem"], st["valid"], st["carry"] = self.segment.run(
-            None, {"tokens": tokens.astype(np.int64), "mem": st["mem"], "valid": st["valid"], "carry": st["carry"]})
-        return logits
+        out = self.segment.run(None, {"tokens": tokens.astype(np.int64), **{n: st[n] for n in self.memory_state}})
+        st.update(zip(self.memory_state, out[1:], strict=True))
+        return out[0]
 
     def step(self, token: np.ndarray) -> np.ndarray:
         st = self.state

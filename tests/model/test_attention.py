@@ -47,6 +47,15 @@ def test_memory_path_reads_only_valid_slots():
     torch.testing.assert_close(memory_attention(q, km, changed, valid)[0], out[0])
 
 
+def test_memory_read_adds_each_slots_bias_to_its_logit():
+    q, km, vm = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 8)
+    valid = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    bias = torch.tensor([[5.0, -1.0, 0.0, 2.0], [-30.0, 0.5, 0.0, -2.0]])
+    logits = (q @ km.transpose(-1, -2) / math.sqrt(8) + bias[:, None, None, :])
+    weights = logits.masked_fill(~valid[:, None, None, :], float("-inf")).softmax(-1)
+    torch.testing.assert_close(memory_attention(q, km, vm, valid, bias), weights @ vm)
+
+
 def test_memory_path_reads_zero_when_no_slot_is_valid():
     q, km, vm = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 8)
     valid = torch.tensor([[False] * 4, [True] * 4])

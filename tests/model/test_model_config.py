@@ -48,6 +48,16 @@ def test_token_sampling_without_token_entries_is_rejected():
         RMATConfig(mem_token_sampling=True)
 
 
+def test_a_token_gate_without_token_entries_is_rejected():
+    with pytest.raises(ValueError, match="mem_token_gate='read': .* set mem_tokens_per_chunk > 0"):
+        RMATConfig(mem_token_gate="read")
+
+
+def test_an_unknown_token_gate_is_named():
+    with pytest.raises(ValueError, match="mem_token_gate='soft': choose from"):
+        RMATConfig(mem_tokens_per_chunk=2, mem_token_gate="soft")
+
+
 def test_paths_are_kept_in_canonical_order():
     assert RMATConfig(paths=["memory", "global"]).paths == ["global", "memory"]
 

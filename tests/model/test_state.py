@@ -55,23 +55,38 @@ def salient_writer_and_output(**overrides):
 SALIENT = [1, 2, 4, 7, 9, 10, 12, 15]
 
 
+def empty_layer(d, rows=2, slots=12):
+    """One layer's empty (mem, valid, read_bias, carry) in float64."""
+    return (torch.zeros(rows, slots, d, dtype=torch.float64), torch.zeros(rows, slots, dtype=torch.bool),
+            torch.zeros(rows, slots, dtype=torch.float64), torch.zeros(rows, d, dtype=torch.float64))
+
+
 def written_tokens(writer, y):
     """The positions whose normed token each token entry of ``writer``'s write of y is nearest."""
     d = y.shape[-1]
-    mem, _, _ = writer(y, torch.zeros(2, 12, d, dtype=torch.float64), torch.zeros(2, 12, dtype=torch.bool),
-                       torch.zeros(2, d, dtype=torch.float64))
+    mem, _, _, _ = writer(y, *empty_layer(d))
     return sorted(torch.cdist(mem[0, 4:], writer.norm(y)[0]).argmin(-1).tolist())
 
 
 def test_a_chunk_writes_its_carry_then_its_k_highest_scoring_tokens():
     writer, y = salient_writer_and_output()
-    mem, valid, carry = writer(y, torch.zeros(2, 12, y.shape[-1], dtype=torch.float64),
-                               torch.zeros(2, 12, dtype=torch.bool), torch.zeros(2, y.shape[-1], dtype=torch.float64))
-    assert valid.all()
+    mem, valid, read_bias, carry = writer(y, *empty_layer(y.shape[-1]))
+    assert valid.all() and not read_bias.any()  # entries mixed with their summary are read unbiased
     assert torch.equal(mem[:, 3], carry)
     distance = torch.cdist(mem[0, 4:], writer.norm(y)[0])  # each token entry to each normed token
     assert sorted(distance.argmin(-1).tolist()) == SALIENT
     assert distance.min(-1).values.max() < 1e-9  # a gate near 1 keeps the token itself
+
+
+def test_a_read_gated_entry_is_its_token_and_its_read_bias_the_log_gate():
+    writer, y = salient_writer_and_output(mem_token_gate="read")
+    mem, valid, read_bias, carry = writer(y, *empty_layer(y.shape[-1]))
+    normed = writer.norm(y)[0]
+    distance = torch.cdist(mem[0, 4:], normed)
+    assert sorted(distance.argmin(-1).tolist()) == SALIENT and distance.min(-1).values.max() == 0
+    scores = normed[distance.argmin(-1)] @ writer.token_score
+    torch.testing.assert_close(read_bias[0, 4:], torch.nn.functional.logsigmoid(scores))
+    assert not read_bias[:, :4].any()  # the chunk summaries are read unbiased
 
 
 def test_token_sampling_leaves_evaluation_with_the_top_k():
@@ -93,8 +108,8 @@ def test_token_sampling_draws_a_token_as_often_as_its_softmax_probability():
     x = torch.eye(4, dtype=torch.float64).expand(4000, 1, 4, 4)  # 4000 rows of one chunk; token c is e_c
     present = torch.ones(1, 4, dtype=torch.bool)
     torch.manual_seed(0)
-    entries, _ = token_entries(x, present, torch.zeros(4000, 1, 4, dtype=torch.float64), probs.log(), 1,
-                               gumbel_noise(x[..., 0]))
+    entries, _, _ = token_entries(x, present, torch.zeros(4000, 1, 4, dtype=torch.float64), probs.log(), 1,
+                                  noise=gumbel_noise(x[..., 0]))
     frequency = torch.bincount(entries[:, 0].argmax(-1), minlength=4).double() / 4000
     torch.testing.assert_close(frequency, probs, atol=0.03, rtol=0)
 
@@ -129,6 +144,25 @@ def test_state_round_trips_through_its_state_dict():
     loaded = MemoryState.from_state_dict(torch.load(buffer, weights_only=True))
     tokens = torch.randint(0, 97, (3, 16))
     assert torch.equal(model(tokens, state)[0], model(tokens, loaded)[0])
+
+
+def test_a_state_saved_before_read_biases_loads_with_every_slot_unbiased():
+    model = tiny_model()
+    state = filled_state(model)
+    older = {k: v for k, v in state.state_dict().items() if k != "read_bias"}
+    loaded = MemoryState.from_state_dict(older)
+    assert loaded.read_bias.shape == state.valid.shape and not loaded.read_bias.any()
+    tokens = torch.randint(0, 97, (3, 16))
+    assert torch.equal(model(tokens, state)[0], model(tokens, loaded)[0])
+
+
+def test_read_gated_entries_are_read_through_their_bias():
+    model = tiny_model(mem_tokens_per_chunk=2, mem_slots=14, mem_token_gate="read")
+    state = filled_state(model)
+    assert state.read_bias.min() < 0  # log sigmoid of each token entry's score
+    unbiased = MemoryState(state.mem, state.valid, state.carry, torch.zeros_like(state.read_bias))
+    tokens = torch.randint(0, 97, (3, 16))
+    assert not torch.allclose(model(tokens, state)[0], model(tokens, unbiased)[0])
 
 
 def test_baseline_config_is_a_plain_causal_transformer():

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from model import RMAT, RMATConfig
-from model.onnx_graphs import SEGMENT_INPUTS, SEGMENT_OUTPUTS, export_onnx, gru_cell, step_names
+from model.onnx_graphs import export_onnx, gru_cell, segment_names, step_names
 from pipeline.inference import OnnxDecoder, Sampling, TorchDecoder, generate_ids
 
 S = 16
@@ -23,13 +23,16 @@ CFG = RMATConfig(vocab_size=61, d_model=32, n_layers=2, n_heads=2, segment_len=S
 
 VARIANTS = {"mean_pool": {"pool": "mean"}, "attn_pool": {"pool": "attn"}, "mem_sink": {"mem_sink": True},
             # 4 chunks of a segment write 4 carries + 8 tokens: a FIFO of 18 holds one and a half segments
-            "token_entries": {"mem_tokens_per_chunk": 2, "mem_slots": 18}, "token_shift": {"token_shift": True}}
+            "token_entries": {"mem_tokens_per_chunk": 2, "mem_slots": 18},
+            "read_gated_tokens": {"mem_tokens_per_chunk": 2, "mem_slots": 18, "mem_token_gate": "read"},
+            "token_shift": {"token_shift": True}}
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def graphs(request, tmp_path_factory):
     """(model, folder holding config.json, segment.onnx and step.onnx), for each way a chunk is pooled,
-    a memory read with a sink, token memory entries and the token shift."""
+    a memory read with a sink, token memory entries (mixed with their summary or read through a bias)
+    and the token shift."""
     torch.manual_seed(0)
     cfg = replace(CFG, **VARIANTS[request.param])
     model = RMAT(cfg).eval()
@@ -39,7 +42,7 @@ def graphs(request, tmp_path_factory):
     if request.param == "mem_sink":  # its key starts at zero: make it score unlike an entry
         for block in model.blocks:
             torch.nn.init.normal_(block.attn.mem_sink_key, std=1.0)
-    if request.param == "token_entries":  # its score starts at zero (every token tied): make it choose
+    if "token" in request.param and "shift" not in request.param:  # its score starts at zero: make it choose
         for block in model.blocks:
             torch.nn.init.normal_(block.writer.token_score, std=1.0)
     folder = tmp_path_factory.mktemp("onnx")
@@ -57,12 +60,14 @@ def test_gru_cell_written_out_equals_nn_grucell():
 def test_graphs_take_and_give_the_documented_names_with_dynamic_batch_and_time(graphs):
     model, folder = graphs
     seg, step = (onnx.load(f"{folder}/{name}.onnx").graph for name in ("segment", "step"))
-    assert [i.name for i in seg.input] == SEGMENT_INPUTS and [o.name for o in seg.output] == SEGMENT_OUTPUTS
+    assert ([i.name for i in seg.input], [o.name for o in seg.output]) == segment_names(model.cfg)
     assert ([i.name for i in step.input], [o.name for o in step.output]) == step_names(model.cfg)
     assert ("emb" in step_names(model.cfg)[0]) == model.cfg.token_shift
+    assert ("read_bias" in segment_names(model.cfg)[0]) == ("read_bias" in step_names(model.cfg)[0]) == \
+        (model.cfg.mem_token_gate == "read")
     tokens = seg.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in tokens] == ["batch", "time"]
-    assert not seg.initializer or all(i.name not in SEGMENT_INPUTS for i in seg.initializer)
+    assert not seg.initializer or all(i.name not in segment_names(model.cfg)[0] for i in seg.initializer)
 
 
 def test_segment_graph_matches_pytorch_over_a_stream_of_segments(graphs):
@@ -77,7 +82,8 @@ def test_segment_graph_matches_pytorch_over_a_stream_of_segments(graphs):
             logits, state = model(tokens, state)
         onnx_logits = decoder.run_segment(tokens.numpy())
         worst = max(worst, float(np.abs(onnx_logits - logits.numpy()).max()),
-                    float(np.abs(decoder.state["mem"] - state.mem.numpy()).max()))
+                    float(np.abs(decoder.state["mem"] - state.mem.numpy()).max()),
+                    float(np.abs(decoder.state["read_bias"] - state.read_bias.numpy()).max()))
         assert (decoder.state["valid"] == state.valid.numpy()).all()
     assert worst < 1e-4
 
