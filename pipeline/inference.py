@@ -83,10 +83,11 @@ class OnnxDecoder:
                       "carry": np.zeros((c.n_layers, batch, c.d_model), np.float32),
                       "k_cache": np.zeros(kv, np.float32), "v_cache": np.zeros(kv, np.float32),
                       "y_cache": np.zeros((c.n_layers, batch, c.segment_len, c.d_model), np.float32),
-                      "pos": np.array(0, np.int64),
-                      "read_bias": np.zeros((c.n_layers, batch, c.mem_slots), np.float32)}
+                      "pos": np.array(0, np.int64)}
         if c.token_shift:  # the embedding the next step's shift reads: zeros at a segment's start
             self.state["emb"] = np.zeros((batch, 1, c.d_model), np.float32)
+        if "read_bias" in self.memory_state:  # what each read adds to a slot's logit: nothing to start
+            self.state["read_bias"] = np.zeros((c.n_layers, batch, c.mem_slots), np.float32)
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
         self.reset(ids.shape[0])
