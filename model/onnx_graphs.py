@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from model.attention import MixedAttention
 from model.layers import rotate_half
 from model.memory import MemoryWriter, token_entries
+from model.rmat import stacked
 
 MEMORY_STATE = ["mem", "valid", "carry"]
 STEP_CACHE = ["k_cache", "v_cache", "y_cache"]
@@ -196,12 +197,6 @@ def memory_of(state: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]
     return mem, valid, read_bias, state["carry"]
 
 
-def stacked_memory(layers: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> dict[str, Tensor]:
-    """Every layer's (mem, valid, read_bias, carry), stacked over layers and named."""
-    return dict(zip(["mem", "valid", "read_bias", "carry"], (torch.stack(p) for p in zip(*layers, strict=True)),
-                    strict=True))
-
-
 class SegmentGraph(nn.Module):
     """``RMAT.forward`` with T dynamic: (tokens, *memory) -> (logits, *next memory), the memory named by
     ``memory_state_names``."""
@@ -226,7 +221,7 @@ class SegmentGraph(nn.Module):
             before = (mem[i], valid[i], read_bias[i], carry[i])
             layers.append(before if block.writer is None else write_memory(block.writer, x, present, *before))
         logits = m.lm_head(m.norm_f(x[:, :tokens.shape[1]]))
-        out = stacked_memory(layers)
+        out = vars(stacked(layers))
         return (logits, *(out[name] for name in self.state_names))
 
 
@@ -298,7 +293,7 @@ class StepGraph(nn.Module):
                                                  token_score, w.gate_reads))
         next_pos = torch.where(full, torch.zeros_like(pos), pos + 1)
         out = {"k_cache": torch.stack(ks), "v_cache": torch.stack(vs), "y_cache": torch.stack(ys), "pos": next_pos,
-               "emb": torch.where(full, torch.zeros_like(emb), emb), **stacked_memory(layers)}
+               "emb": torch.where(full, torch.zeros_like(emb), emb), **vars(stacked(layers))}
         return (logits, *(out[name] for name in self.state_names))
 
 
