@@ -13,6 +13,7 @@ prompt is really read; the baseline's cache is filled with zeros up to the promp
 length (the time of a step does not depend on what the cache holds).
 
     python benchmarks/generate_latency.py [--budget 5] [--rounds 5] [--lengths 1024,8192,32768]
+    python benchmarks/generate_latency.py --model token_shift=true,mem_tokens_per_chunk=64,mem_slots=2080
     python benchmarks/generate_latency.py --smoke     # a tiny model, seconds: what the test runs
 """
 
@@ -32,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import median_time, print_table  # noqa: E402
+from common import median_time, parse_variant, print_table  # noqa: E402
 
 from model import RMAT, RMATConfig  # noqa: E402
 from model.onnx_graphs import export_onnx  # noqa: E402
@@ -106,10 +107,12 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=5.0, help="seconds of decoding per point, all rounds")
     parser.add_argument("--lengths", default="1024,8192,32768", help="prompt lengths in tokens")
     parser.add_argument("--rounds", type=int, default=5, help="turns the points take to share out the budget")
+    parser.add_argument("--model", type=lambda spec: parse_variant(":" + spec)[1], default={},
+                        help="key=value,... overrides of the default RMAT's config")
     parser.add_argument("--smoke", action="store_true", help="a tiny model and short prompts (seconds)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg, lengths, budget = FULL, [int(x) for x in args.lengths.split(",")], args.budget
+    cfg, lengths, budget = replace(FULL, **args.model), [int(x) for x in args.lengths.split(",")], args.budget
     if args.smoke:
         cfg, lengths, budget = SMOKE, [32, 128], 0.05
     rows = measure(cfg, lengths, budget, 1 if args.smoke else args.rounds)

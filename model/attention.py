@@ -111,8 +111,9 @@ class MixedAttention(nn.Module):
         """The per-head path weights a_h, [H, n_paths], rows summing to 1."""
         return self.mix_logits.softmax(dim=-1)
 
-    def forward(self, u: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Attend a whole segment u [B, T, D]; returns (output, rotated keys, values)."""
+    def forward(self, u: Tensor, mem_kv: Tensor, valid: Tensor, read_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Attend a whole segment u [B, T, D] and the memory's projected slots mem_kv [B, M, 2D]
+        (``memory_kv``); returns (output, rotated keys, values)."""
         q_mem, q, k, v = self._qkv(u, start=0)
         outs = []
         for path in self.cfg.paths:
@@ -121,11 +122,11 @@ class MixedAttention(nn.Module):
             elif path == "local":
                 outs.append(local_attention(q, k, v, self.cfg.chunk_len))
             else:
-                outs.append(self._read_memory(q_mem, mem, valid, read_bias))
+                outs.append(self._read_memory(q_mem, mem_kv, valid, read_bias))
         return self._mix(outs), k, v
 
     def step(self, u: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int,
-             mem: Tensor, valid: Tensor, read_bias: Tensor) -> Tensor:
+             mem_kv: Tensor, valid: Tensor, read_bias: Tensor) -> Tensor:
         """Attend one new token u [B, 1, D] at segment position ``pos``.
 
         Writes its key and value into k_cache, v_cache [B, H, S, d] in place.
@@ -142,8 +143,16 @@ class MixedAttention(nn.Module):
                 outs.append(F.scaled_dot_product_attention(
                     q, k_cache[:, :, chunk_start:pos + 1], v_cache[:, :, chunk_start:pos + 1]))
             else:
-                outs.append(self._read_memory(q_mem, mem, valid, read_bias))
+                outs.append(self._read_memory(q_mem, mem_kv, valid, read_bias))
         return self._mix(outs)
+
+    def memory_kv(self, mem: Tensor) -> Tensor:
+        """Memory slots mem [B, M, D] -> their keys and values [B, M, 2D], what a read attends.
+
+        Row by row: a slot's projection does not depend on the others, so the state keeps it
+        from the write that pushed the slot to the read that drops it (``MemoryState.kv``).
+        """
+        return self.wkv_mem(self.mem_norm(mem))
 
     def _qkv(self, u: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The memory's query, then the rotated query and key and the value of the segment."""
@@ -154,8 +163,8 @@ class MixedAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.cfg.n_heads, self.cfg.head_dim).transpose(1, 2)
 
-    def _read_memory(self, q: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor) -> Tensor:
-        km, vm = (self._heads(x) for x in self.wkv_mem(self.mem_norm(mem)).chunk(2, dim=-1))
+    def _read_memory(self, q: Tensor, mem_kv: Tensor, valid: Tensor, read_bias: Tensor) -> Tensor:
+        km, vm = (self._heads(x) for x in mem_kv.chunk(2, dim=-1))
         bias = read_bias if self.cfg.mem_token_gate == "read" else None
         if self.cfg.mem_sink:
             km, vm, valid = with_sink(km, vm, valid, self.mem_sink_key)

@@ -63,6 +63,10 @@ class MemoryWriter(nn.Module):
         read_bias = torch.cat([read_bias, bias.to(read_bias.dtype)], dim=1)[:, -self.mem_slots:]
         return mem, valid, read_bias, carry
 
+    def entries_written(self, t: int) -> int:
+        """How many entries a write of t tokens pushes: per chunk its summary, then its k tokens."""
+        return -(-t // self.chunk_len) * (1 + self.tokens_per_chunk)
+
     def salient_tokens(self, y: Tensor, summaries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The k highest-scoring tokens of each chunk as entries (in training with ``mem_token_sampling``:
         k drawn without replacement with probabilities softmax(score)): [B, n * k, D], which are real,

@@ -217,7 +217,8 @@ class SegmentGraph(nn.Module):
         x = m.embed(padded)  # the shift's first token has no predecessor: a segment starts here
         layers = []
         for i, block in enumerate(m.blocks):
-            x, _, _ = block(x, mem[i], valid[i], read_bias[i])
+            mem_kv = None if block.writer is None else block.attn.memory_kv(mem[i])
+            x, _, _ = block(x, mem_kv, valid[i], read_bias[i])
             before = (mem[i], valid[i], read_bias[i], carry[i])
             layers.append(before if block.writer is None else write_memory(block.writer, x, present, *before))
         logits = m.lm_head(m.norm_f(x[:, :tokens.shape[1]]))
@@ -246,7 +247,7 @@ def _attend_step(attn: MixedAttention, u: Tensor, k_cache: Tensor, v_cache: Tens
             in_chunk = seen & (index >= pos - pos % cfg.chunk_len)
             outs.append(F.scaled_dot_product_attention(q_rot, k_cache, v_cache, attn_mask=in_chunk.view(1, 1, 1, s)))
         else:
-            outs.append(attn._read_memory(q, mem, valid, read_bias))
+            outs.append(attn._read_memory(q, attn.memory_kv(mem), valid, read_bias))
     return attn._mix(outs), k_cache, v_cache
 
 

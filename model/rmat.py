@@ -33,15 +33,25 @@ class Block(nn.Module):
         self.ffn = SwiGLU(cfg.d_model, cfg.ffn_dim, cfg.dropout)
         self.writer = MemoryWriter(cfg) if cfg.has_memory else None
 
-    def forward(self, x: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        a, k, v = self.attn(self.attn_norm(x), mem, valid, read_bias)
+    def forward(self, x: Tensor, mem_kv: Optional[Tensor], valid: Tensor, read_bias: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        a, k, v = self.attn(self.attn_norm(x), mem_kv, valid, read_bias)
         x = x + a
         return x + self.ffn(self.ffn_norm(x)), k, v
 
-    def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int, mem: Tensor, valid: Tensor,
+    def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int, mem_kv: Optional[Tensor], valid: Tensor,
              read_bias: Tensor) -> Tensor:
-        x = x + self.attn.step(self.attn_norm(x), k_cache, v_cache, pos, mem, valid, read_bias)
+        x = x + self.attn.step(self.attn_norm(x), k_cache, v_cache, pos, mem_kv, valid, read_bias)
         return x + self.ffn(self.ffn_norm(x))
+
+    def write(self, y: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor, carry: Tensor, kv: Tensor
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Write the memory from this block's output y [B, T, D]; the cached keys and values ``kv`` follow
+        the FIFO, projecting only the entries this write pushed."""
+        mem, valid, read_bias, carry = self.writer(y, mem, valid, read_bias, carry)
+        pushed = min(self.writer.entries_written(y.shape[1]), mem.shape[1])
+        kv = torch.cat([kv, self.attn.memory_kv(mem[:, -pushed:])], dim=1)[:, -mem.shape[1]:]
+        return mem, valid, read_bias, carry, kv
 
 
 class RMAT(nn.Module):
@@ -119,17 +129,23 @@ class RMAT(nn.Module):
     def _run_layers(self, tokens: Tensor, state: MemoryState, write_memory: bool
                     ) -> tuple[Tensor, MemoryState, list[tuple[Tensor, Tensor, Tensor]]]:
         x = self.drop(self.embed(tokens))
+        state = self._with_memory_kv(state)
         layers, per_layer = [], []
         for i, block in enumerate(self.blocks):
-            mem, valid, read_bias, carry = state.mem[i], state.valid[i], state.read_bias[i], state.carry[i]
-            x, k, v = block(x, mem, valid, read_bias)
+            x, k, v = block(x, _layer(state.kv, i), state.valid[i], state.read_bias[i])
             per_layer.append((x, k, v))
             if write_memory and block.writer is not None:
-                mem, valid, read_bias, carry = block.writer(x, mem, valid, read_bias, carry)
-            layers.append((mem, valid, read_bias, carry))
-        if not (write_memory and self.cfg.has_memory):
+                layers.append(block.write(x, *_layer_state(state, i)))
+        if not layers:
             return x, state, per_layer
         return x, stacked(layers), per_layer
+
+    def _with_memory_kv(self, state: MemoryState) -> MemoryState:
+        """``state`` with every layer's memory keys and values projected, when they are not yet."""
+        if state.kv is not None or not self.cfg.has_memory:
+            return state
+        kv = torch.stack([block.attn.memory_kv(state.mem[i]) for i, block in enumerate(self.blocks)])
+        return replace(state, kv=kv)
 
     # ---- token-by-token decoding -----------------------------------------------------
 
@@ -144,11 +160,11 @@ class RMAT(nn.Module):
         if token_ids.dim() != 1:
             raise ValueError(f"step takes token_ids of shape [batch]; got {tuple(token_ids.shape)}")
         self._check_tokens(token_ids[:, None], cache.batch_size)
-        pos, state = cache.pos, cache.state
+        pos, state = cache.pos, self._with_memory_kv(cache.state)
         emb = self.tok_emb(token_ids[:, None])
         x = emb if self.shift is None else self.shift(emb, cache.emb)
         for i, block in enumerate(self.blocks):
-            x = block.step(x, cache.k[i], cache.v[i], pos, state.mem[i], state.valid[i], state.read_bias[i])
+            x = block.step(x, cache.k[i], cache.v[i], pos, _layer(state.kv, i), state.valid[i], state.read_bias[i])
             cache.y[i, :, pos] = x[:, 0]
         logits = self.lm_head(self.norm_f(x))[:, 0]
         pos += 1
@@ -159,8 +175,8 @@ class RMAT(nn.Module):
     def _write_memory(self, ys: Tensor, state: MemoryState) -> MemoryState:
         if not self.cfg.has_memory:
             return state
-        return stacked([block.writer(ys[i], state.mem[i], state.valid[i], state.read_bias[i], state.carry[i])
-                        for i, block in enumerate(self.blocks)])
+        state = self._with_memory_kv(state)
+        return stacked([block.write(ys[i], *_layer_state(state, i)) for i, block in enumerate(self.blocks)])
 
     @torch.no_grad()
     def prefill(self, tokens: Tensor) -> tuple[Tensor, DecodeCache]:
@@ -217,7 +233,9 @@ class RMAT(nn.Module):
         """Training FLOPs per token (forward + backward = 3x forward), matmuls and attention.
 
         Attention counts the context each token really attends: (S+1)/2 on average for
-        the causal global path, (C+1)/2 for the local path, M memory slots.
+        the causal global path, (C+1)/2 for the local path, M memory slots. A memory entry's
+        keys and values are projected once (``MemoryState.kv``); the M slots a TBPTT window
+        starts from are projected again, which this count leaves out.
         """
         c = self.cfg
         d, f = c.d_model, c.ffn_dim
@@ -225,7 +243,8 @@ class RMAT(nn.Module):
         context = {"global": (c.segment_len + 1) / 2, "local": (c.chunk_len + 1) / 2, "memory": c.mem_slots}
         per_layer += 4 * d * sum(context[p] for p in c.paths)
         if c.has_memory:
-            per_layer += 2 * 2 * d * d * c.mem_slots / c.segment_len  # memory keys and values
+            entries = (c.segment_len // c.chunk_len) * (1 + c.mem_tokens_per_chunk)
+            per_layer += 2 * 2 * d * d * entries / c.segment_len  # memory keys and values of the new entries
             per_layer += 2 * 6 * d * d / c.chunk_len  # GRU cell per chunk
         forward = c.n_layers * per_layer + 2 * d * c.vocab_size + (2 * d * d if c.token_shift else 0)
         return 3 * forward
@@ -249,10 +268,19 @@ class RMAT(nn.Module):
                              f"got min {int(lo)}, max {int(hi)}")
 
 
-def stacked(layers: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> MemoryState:
-    """The state of every layer's (mem, valid, read_bias, carry), stacked over layers."""
-    mem, valid, read_bias, carry = (torch.stack(parts) for parts in zip(*layers, strict=True))
-    return MemoryState(mem, valid, carry, read_bias)
+def stacked(layers: list[tuple[Tensor, ...]]) -> MemoryState:
+    """The state of every layer's (mem, valid, read_bias, carry[, kv]), stacked over layers."""
+    mem, valid, read_bias, carry, *kv = (torch.stack(parts) for parts in zip(*layers, strict=True))
+    return MemoryState(mem, valid, carry, read_bias, *kv)
+
+
+def _layer(kv: Optional[Tensor], i: int) -> Optional[Tensor]:
+    return None if kv is None else kv[i]
+
+
+def _layer_state(state: MemoryState, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Layer i's (mem, valid, read_bias, carry, kv) of a state whose keys and values are projected."""
+    return state.mem[i], state.valid[i], state.read_bias[i], state.carry[i], state.kv[i]
 
 
 def sample(logits: Tensor, temperature: float, top_k: Optional[int]) -> Tensor:

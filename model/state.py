@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -16,12 +17,18 @@ class MemoryState:
     marks the slots written since the row's last reset, ``carry`` [L, B, D] is the
     GRU's running state, ``read_bias`` [L, B, M] what each read adds to a slot's logit
     (zero but for token entries under ``mem_token_gate="read"``).
+
+    ``kv`` [L, B, M, 2D] caches each slot's memory keys and values as the model's current
+    weights project them (None: not projected yet), so that a slot is projected once, not
+    at every read. It is derived, never saved, and ``detach`` drops it: after the window's
+    backward the optimizer may change the weights that projected it.
     """
 
     mem: Tensor
     valid: Tensor
     carry: Tensor
     read_bias: Tensor
+    kv: Optional[Tensor] = None
 
     @classmethod
     def empty(cls, n_layers: int, batch_size: int, mem_slots: int, d_model: int,
@@ -38,7 +45,7 @@ class MemoryState:
         return self.carry.shape[1]
 
     def detach(self) -> MemoryState:
-        """Cut the graph: the TBPTT window ends here."""
+        """Cut the graph: the TBPTT window ends here (and the cached keys and values with it)."""
         return MemoryState(self.mem.detach(), self.valid, self.carry.detach(), self.read_bias.detach())
 
     def reset_rows(self, reset: Tensor) -> MemoryState:
@@ -49,15 +56,18 @@ class MemoryState:
             valid=self.valid & keep.view(1, -1, 1),
             carry=self.carry * keep.view(1, -1, 1).to(self.carry.dtype),
             read_bias=self.read_bias * keep.view(1, -1, 1).to(self.read_bias.dtype),
+            # An emptied slot holds zeros, which RMSNorm and the bias-free projection keep at zero.
+            kv=None if self.kv is None else self.kv * keep.view(1, -1, 1, 1).to(self.kv.dtype),
         )
 
     def select_rows(self, rows: Tensor) -> MemoryState:
         """The state whose row r is this state's row ``rows[r]``."""
-        return MemoryState(self.mem[:, rows], self.valid[:, rows], self.carry[:, rows], self.read_bias[:, rows])
+        return MemoryState(self.mem[:, rows], self.valid[:, rows], self.carry[:, rows], self.read_bias[:, rows],
+                           None if self.kv is None else self.kv[:, rows])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> MemoryState:
         return MemoryState(self.mem.to(device, dtype), self.valid.to(device), self.carry.to(device, dtype),
-                           self.read_bias.to(device, dtype))
+                           self.read_bias.to(device, dtype), None if self.kv is None else self.kv.to(device, dtype))
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"mem": self.mem.detach().clone(), "valid": self.valid.clone(),

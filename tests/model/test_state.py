@@ -1,6 +1,7 @@
-"""The recurrent state: mixing at init, per-row reset, save and load, input checks."""
+"""The recurrent state: mixing at init, per-row reset, save and load, cached memory keys and values, input checks."""
 
 import io
+from dataclasses import replace
 
 import pytest
 import torch
@@ -144,6 +145,49 @@ def test_state_round_trips_through_its_state_dict():
     loaded = MemoryState.from_state_dict(torch.load(buffer, weights_only=True))
     tokens = torch.randint(0, 97, (3, 16))
     assert torch.equal(model(tokens, state)[0], model(tokens, loaded)[0])
+
+
+def projected(model, state):
+    """Every layer's memory keys and values projected from scratch: [L, B, M, 2D]."""
+    return torch.stack([block.attn.memory_kv(state.mem[i]) for i, block in enumerate(model.blocks)])
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(mem_tokens_per_chunk=2, mem_slots=20, mem_token_gate="read")])
+def test_the_cached_keys_and_values_are_the_projection_of_the_slots_the_fifo_holds(overrides):
+    model = tiny_model(**overrides)
+    state = model.init_state(3)
+    for length, reset in [(16, None), (16, torch.tensor([False, True, False])), (7, None), (16, None)]:
+        _, state = model(torch.randint(0, 97, (3, length)), state, reset=reset)
+        torch.testing.assert_close(state.kv, projected(model, state), rtol=0, atol=1e-12)
+    rows = torch.tensor([2, 0])
+    torch.testing.assert_close(state.select_rows(rows).kv, projected(model, state)[:, rows], rtol=0, atol=1e-12)
+
+
+def test_a_window_reads_and_learns_the_same_with_cached_keys_and_values_as_with_fresh_ones():
+    tokens = torch.randint(0, 97, (2, 48))
+    results = []
+    for fresh_each_segment in (False, True):
+        torch.manual_seed(0)
+        model = tiny_model(mem_tokens_per_chunk=2, mem_slots=20).train()  # 12 entries a segment: it shifts and drops
+        state, loss = model.init_state(2), 0.0
+        for i in range(0, 48, 16):
+            state = replace(state, kv=None) if fresh_each_segment else state
+            logits, state = model(tokens[:, i:i + 16], state)
+            loss = loss + logits.square().mean()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (cached_loss, cached_grads), (fresh_loss, fresh_grads) = results
+    torch.testing.assert_close(cached_loss, fresh_loss, rtol=1e-12, atol=0)
+    for cached, fresh in zip(cached_grads, fresh_grads, strict=True):
+        torch.testing.assert_close(cached, fresh, rtol=1e-9, atol=1e-12)
+
+
+def test_detaching_or_saving_the_state_leaves_the_cached_keys_and_values_behind():
+    model = tiny_model()
+    state = filled_state(model)
+    assert state.kv is not None
+    assert state.detach().kv is None  # the optimizer may change the weights that projected them
+    assert "kv" not in state.state_dict()
 
 
 def test_a_state_saved_before_read_biases_loads_with_every_slot_unbiased():
