@@ -39,6 +39,10 @@ scores that knows which values appeared but not which key had which), and writes
 ``--lead L`` puts L filler tokens before the pairs: where in its segment a fact sits changes how
 fast the memory learns to carry it (docs/design.md, section 2).
 
+``--token-warmup N`` makes the first N steps of every setting with token entries write every
+token (``RMAT.write_every_token``), a curriculum before the choice narrows to its k tokens
+(docs/design.md, section 2).
+
 ``--token-shift`` gives every setting ``RMATConfig.token_shift`` (each embedding plus a
 projection of the previous token's): without it even the upper bound does not learn to
 bind keys to values within CPU budgets (docs/design.md, section 2).
@@ -273,7 +277,10 @@ def train_point(args: dict) -> dict:
     gen = torch.Generator().manual_seed(1_000 + seed)
     start = time.perf_counter()
     model.train()
+    token_warmup = args.get("token_warmup", 0) if has_token_entries(model) else 0
     for step in range(1, steps + 1):
+        if token_warmup:
+            model.write_every_token(step <= token_warmup)
         train_task = task if args["train_d"] < 0 else \
             replace(task, distance=int(torch.randint(0, args["train_d"] + 1, (), generator=gen)))
         tokens, targets = (t.to(device) for t in train_task.sample(args["batch"], gen))
@@ -304,6 +311,10 @@ def train_point(args: dict) -> dict:
             "params": count_params(model), "seconds": round(seconds, 1)}
 
 
+def has_token_entries(model: nn.Module) -> bool:
+    return isinstance(model, RMAT) and model.cfg.has_memory and model.cfg.mem_tokens_per_chunk > 0
+
+
 # ---- the grid -----------------------------------------------------------------------------
 
 def parse_settings(names: str, variants: list[str]) -> list[Setting]:
@@ -317,7 +328,7 @@ def point_key(r: dict) -> tuple:
     return (r["setting"]["name"], r["task"]["n_pairs"], r["task"]["distance"], r["seed"], r["steps"], r["window"],
             r["train_d"], r.get("loss", "answers"), r["task"].get("show_answers", True),  # shown before it was a choice
             r["task"].get("lead", 0),
-            r.get("token_shift", False))
+            r.get("token_shift", False), r.get("token_warmup", 0))
 
 
 def check_params_match(settings: list[Setting], target: int, task: Task, token_shift: bool) -> None:
@@ -335,7 +346,8 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
     target = rmat_params(rmat_reference, args.token_shift)
     points = [dict(setting=vars(s), task=vars(Task(n, d, TINY["segment_len"], args.lead, args.show_answers)),
                    seed=seed, steps=args.steps, window=args.window, train_d=args.train_d, batch=args.batch,
-                   lr=args.lr, target_params=target, loss=args.loss, device=args.device, token_shift=args.token_shift)
+                   lr=args.lr, target_params=target, loss=args.loss, device=args.device, token_shift=args.token_shift,
+                   token_warmup=args.token_warmup)
               for n in args.n for d in args.d for s in settings for seed in range(args.seeds)]
     check_params_match(settings, target, Task(args.n[0], args.d[0], TINY["segment_len"]), args.token_shift)
     return run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs, report,
@@ -368,6 +380,7 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
     print(f"\nMQAR accuracy across segments, mean (min-max) over up to {args.seeds} seeds, {args.steps} steps, "
           f"batch {args.batch}, chance {1 / N_VALUES:.3f}, answers {'shown' if args.show_answers else 'hidden'}"
           f"{', token shift' if args.token_shift else ''}"
+          f"{f', every token written for {args.token_warmup} steps' if args.token_warmup else ''}"
           f"{f', pairs after {args.lead} filler tokens' if args.lead else ''}\n")
     print_table(headers, rows)
     heat_map(names, cells, table, Path(args.out) / "long_context.png")
@@ -426,6 +439,8 @@ def main() -> None:
                    help="filler tokens before the pairs in the first segment (0: the pairs open it)")
     p.add_argument("--token-shift", action="store_true",
                    help="every setting's embeddings also carry the previous token's (RMATConfig.token_shift)")
+    p.add_argument("--token-warmup", type=int, default=0,
+                   help="steps at the start in which settings with token entries write every token")
     p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda (the jobs share it)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/benchmarks/long_context")

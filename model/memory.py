@@ -38,6 +38,8 @@ class MemoryWriter(nn.Module):
             self.pool_query = nn.Parameter(torch.zeros(cfg.d_model))
         self.gru = nn.GRUCell(cfg.d_model, cfg.d_model)
         self.tokens_per_chunk = cfg.mem_tokens_per_chunk
+        # Set by RMAT.write_every_token: in training, every token of a chunk becomes an entry.
+        self.every_token_in_training = False
         self.sample_tokens = cfg.mem_token_sampling
         self.gate_reads = cfg.mem_token_gate == "read"
         if self.tokens_per_chunk:
@@ -65,7 +67,10 @@ class MemoryWriter(nn.Module):
 
     def entries_written(self, t: int) -> int:
         """How many entries a write of t tokens pushes: per chunk its summary, then its k tokens."""
-        return -(-t // self.chunk_len) * (1 + self.tokens_per_chunk)
+        return -(-t // self.chunk_len) * (1 + self._tokens_written())
+
+    def _tokens_written(self) -> int:
+        return self.chunk_len if self.training and self.every_token_in_training else self.tokens_per_chunk
 
     def salient_tokens(self, y: Tensor, summaries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The k highest-scoring tokens of each chunk as entries (in training with ``mem_token_sampling``:
@@ -73,7 +78,7 @@ class MemoryWriter(nn.Module):
         and their read biases."""
         x, present = self._chunks(y)  # [B, n, C, D], [n, C]
         noise = gumbel_noise(x[..., 0]) if self.training and self.sample_tokens else None
-        return token_entries(x, present, summaries, self.token_score.to(x.dtype), self.tokens_per_chunk,
+        return token_entries(x, present, summaries, self.token_score.to(x.dtype), self._tokens_written(),
                              self.gate_reads, noise)
 
     def summarize(self, y: Tensor) -> Tensor:

@@ -105,6 +105,19 @@ class RMAT(nn.Module):
             emb=torch.zeros(batch_size, 1, c.d_model, device=p.device, dtype=p.dtype),
         )
 
+    def write_every_token(self, on: bool) -> None:
+        """While ``on``, training writes every token of a chunk as an entry, not its top
+        ``mem_tokens_per_chunk``; evaluation keeps the top ones.
+
+        The first phase of a curriculum: reads grade every token through its gate before the
+        choice narrows to k, which otherwise can settle on tokens no read needs before any read
+        has learned what to ask (docs/design.md, section 2).
+        """
+        if not (self.cfg.has_memory and self.cfg.mem_tokens_per_chunk):
+            raise ValueError("write_every_token needs token entries; set mem_tokens_per_chunk > 0")
+        for block in self.blocks:
+            block.writer.every_token_in_training = on
+
     # ---- segment forward -------------------------------------------------------------
 
     def forward(self, tokens: Tensor, state: MemoryState, reset: Optional[Tensor] = None

@@ -82,6 +82,18 @@ def test_a_point_reports_its_accuracy_per_question_in_the_order_asked():
     assert sum(r["by_question"]) / 4 == pytest.approx(r["accuracy"], abs=1e-3)
 
 
+def test_token_warmup_writes_every_token_for_its_first_steps_only(monkeypatch):
+    from model import RMAT
+
+    calls = []
+    write_every_token = RMAT.write_every_token
+    monkeypatch.setattr(RMAT, "write_every_token", lambda self, on: calls.append(on) or write_every_token(self, on))
+    setting = Setting("tok", {"mem_tokens_per_chunk": 2, "mem_slots": 60})
+    train_point(dict(setting=vars(setting), task=vars(Task(2, 1, 32)), seed=0, steps=3, window=0, train_d=-1,
+                     batch=2, lr=1e-3, target_params=None, token_warmup=2))
+    assert calls == [True, True, False]
+
+
 def test_transformer_xl_reads_the_previous_segment_only_and_without_gradient():
     torch.manual_seed(0)
     model = TransformerXL(RMATConfig(**{**BASE, "n_layers": 1}, paths=["global"], mem_slots=0), d_ff=128)

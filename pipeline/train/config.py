@@ -111,6 +111,9 @@ class TrainConfig:
     # A run folder whose latest checkpoint's weights start this training (a fresh optimizer, step 0): one
     # training continues another, e.g. a curriculum's later stage. Empty: random weights from ``seed``.
     init_from: str = ""
+    # Steps at the start in which every token of a chunk is written as a memory entry, before the
+    # model's mem_tokens_per_chunk choice applies (RMAT.write_every_token; docs/design.md, section 2).
+    token_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         e = self.engine
@@ -124,6 +127,10 @@ class TrainConfig:
         _require(self.data.batch_size >= 1, "data.batch_size", self.data.batch_size, "must be >= 1")
         _require(self.data.tbptt_segments >= 1, "data.tbptt_segments", self.data.tbptt_segments, "must be >= 1")
         _require(self.steps >= 1, "steps", self.steps, "must be >= 1")
+        _require(self.token_warmup_steps >= 0, "token_warmup_steps", self.token_warmup_steps, "must be >= 0")
+        _require(not self.token_warmup_steps or (self.model.has_memory and self.model.mem_tokens_per_chunk > 0),
+                 "token_warmup_steps", self.token_warmup_steps,
+                 "writes every token as an entry before the choice of model.mem_tokens_per_chunk; set that > 0")
         _require(self.checkpoint.keep >= 1, "checkpoint.keep", self.checkpoint.keep, "must be >= 1")
         _require(self.optim.grad_clip >= 0, "optim.grad_clip", self.optim.grad_clip, "must be >= 0")
         _require(self.checkpoint.every >= 0, "checkpoint.every", self.checkpoint.every, "must be >= 0")

@@ -213,6 +213,8 @@ class Trainer:
         # everything the loop does per step (logging, tracker, progress bar) but no checkpoint or eval.
         last_end = time.perf_counter()
         while self.step < cfg.steps:
+            if cfg.token_warmup_steps:
+                self.engine.module.write_every_token(self.step < cfg.token_warmup_steps)
             result = self.train_step()
             seconds, last_end = time.perf_counter() - last_end, time.perf_counter()
             self.step += 1

@@ -115,6 +115,27 @@ def test_token_sampling_draws_a_token_as_often_as_its_softmax_probability():
     torch.testing.assert_close(frequency, probs, atol=0.03, rtol=0)
 
 
+def entries_written(model, mode):
+    """How many slots one 16-token segment fills from empty with ``model`` in ``mode`` ("train" or "eval")."""
+    getattr(model, mode)()
+    _, state = model(torch.randint(0, 97, (2, 16)), model.init_state(2))
+    torch.testing.assert_close(state.kv, projected(model, state), rtol=0, atol=1e-12)
+    return int(state.valid[0, 0].sum())
+
+
+def test_write_every_token_makes_training_write_every_token_of_a_chunk_and_evaluation_its_top_k():
+    model = tiny_model(mem_tokens_per_chunk=1, mem_slots=40)  # 4 chunks of 4 tokens
+    model.write_every_token(True)
+    assert (entries_written(model, "train"), entries_written(model, "eval")) == (4 * (1 + 4), 4 * (1 + 1))
+    model.write_every_token(False)
+    assert entries_written(model, "train") == 4 * (1 + 1)
+
+
+def test_write_every_token_without_token_entries_is_an_error():
+    with pytest.raises(ValueError, match="mem_tokens_per_chunk > 0"):
+        tiny_model().write_every_token(True)
+
+
 def test_reset_empties_exactly_the_flagged_rows():
     model = tiny_model()
     state = filled_state(model)
