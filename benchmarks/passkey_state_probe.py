@@ -34,7 +34,8 @@ from pipeline.train import checkpoint  # noqa: E402
 EDITS: dict[str, Callable[[MemoryState], MemoryState]] = {
     "state kept": lambda s: s,
     "carry zeroed": lambda s: replace(s, carry=torch.zeros_like(s.carry)),
-    "FIFO emptied": lambda s: replace(s, mem=torch.zeros_like(s.mem), valid=torch.zeros_like(s.valid)),
+    # New slots drop the keys and values the state projected from the old ones (MemoryState.kv).
+    "FIFO emptied": lambda s: replace(s, mem=torch.zeros_like(s.mem), valid=torch.zeros_like(s.valid), kv=None),
     "both emptied": lambda s: MemoryState.empty(s.mem.shape[0], s.batch_size, s.mem.shape[2], s.mem.shape[3],
                                                 s.mem.device, s.mem.dtype),
 }
