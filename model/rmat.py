@@ -109,9 +109,9 @@ class RMAT(nn.Module):
         """While ``on``, training writes every token of a chunk as an entry, not its top
         ``mem_tokens_per_chunk``; evaluation keeps the top ones.
 
-        The first phase of a curriculum: reads grade every token through its gate before the
-        choice narrows to k, which otherwise can settle on tokens no read needs before any read
-        has learned what to ask (docs/design.md, section 2).
+        The first phase of a curriculum: the reads learn to bind while every token is there,
+        and go on binding through the k chosen later; choosing from the first step left a seed
+        at the value-set ceiling (docs/design.md, section 2).
         """
         if not (self.cfg.has_memory and self.cfg.mem_tokens_per_chunk):
             raise ValueError("write_every_token needs token entries; set mem_tokens_per_chunk > 0")
