@@ -108,13 +108,14 @@ def main() -> None:
     parser.add_argument("--lengths", default="1024,8192,32768", help="prompt lengths in tokens")
     parser.add_argument("--rounds", type=int, default=5, help="turns the points take to share out the budget")
     parser.add_argument("--model", type=lambda spec: parse_variant(":" + spec)[1], default={},
-                        help="key=value,... overrides of the default RMAT's config")
+                        help="key=value,... overrides of the timed RMAT's config (the default, or --smoke's)")
     parser.add_argument("--smoke", action="store_true", help="a tiny model and short prompts (seconds)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg, lengths, budget = replace(FULL, **args.model), [int(x) for x in args.lengths.split(",")], args.budget
+    cfg, lengths, budget = FULL, [int(x) for x in args.lengths.split(",")], args.budget
     if args.smoke:
         cfg, lengths, budget = SMOKE, [32, 128], 0.05
+    cfg = replace(cfg, **args.model)
     rows = measure(cfg, lengths, budget, 1 if args.smoke else args.rounds)
     print("CPU ms per token (wall ms in brackets)")
     print_table(["prompt tokens", "RMAT torch", "RMAT onnxruntime", "full attention"],
