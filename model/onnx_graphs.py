@@ -7,7 +7,9 @@
 With ``token_shift`` the step also takes and gives ``emb`` [B, 1, D], the embedding of the
 segment's last token so far (zeros at its start), after ``y_cache``: ``step_names(cfg)``. With
 ``mem_token_gate="read"`` both graphs take and give the memory's ``read_bias`` [L, B, M] after
-``carry``: ``segment_names(cfg)``.
+``carry``. A model with a memory path takes and gives ``mem_kv`` [L, B, M, 2D] last: each slot's
+keys and values as the read attends them (``MemoryState.kv``), so a write projects only its new
+entries and a step none (``segment_names(cfg)``).
 
 The graphs compute what ``RMAT.forward`` and ``RMAT.step`` compute, written so that every
 shape inside is static (the segment is padded to S, positions are masks, not slices) and
@@ -31,6 +33,7 @@ from model.attention import MixedAttention
 from model.layers import rotate_half
 from model.memory import MemoryWriter, token_entries
 from model.rmat import stacked
+from model.state import MemoryState
 
 MEMORY_STATE = ["mem", "valid", "carry"]
 STEP_CACHE = ["k_cache", "v_cache", "y_cache"]
@@ -39,7 +42,8 @@ SEGMENT_FILE, STEP_FILE = "segment.onnx", "step.onnx"
 
 def memory_state_names(cfg) -> list[str]:
     """The memory both graphs take and give back, in order."""
-    return MEMORY_STATE + ["read_bias"] if cfg.mem_token_gate == "read" else list(MEMORY_STATE)
+    return (MEMORY_STATE + (["read_bias"] if cfg.mem_token_gate == "read" else [])
+            + (["mem_kv"] if cfg.has_memory else []))
 
 
 def segment_names(cfg) -> tuple[list[str], list[str]]:
@@ -94,13 +98,14 @@ def gru_cell(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
     return gru_gates(x, h, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
 
 
-def write_memory(writer: MemoryWriter, y: Tensor, present: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor,
-                 carry: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``MemoryWriter.forward`` on y [B, S, D] of which the positions ``present`` [S] are real.
+def write_memory(writer: MemoryWriter, attn: MixedAttention, y: Tensor, present: Tensor, mem: Tensor, valid: Tensor,
+                 read_bias: Tensor, carry: Tensor, kv: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``Block.write`` on y [B, S, D] of which the positions ``present`` [S] are real.
 
     Every one of the S / C chunks is computed; a chunk with no real token leaves the GRU
     carry as it was, and the FIFO keeps the last M of (old slots, carries of real chunks,
-    token entries of real chunks).
+    token entries of real chunks); the slots' keys and values ``kv`` follow it, only the new
+    entries projected.
     """
     b, s, d = y.shape
     c = writer.chunk_len
@@ -134,20 +139,28 @@ def write_memory(writer: MemoryWriter, y: Tensor, present: Tensor, mem: Tensor, 
     slots, r = mem.shape[1], chunk_real.sum()
     e = torch.arange(slots, device=y.device) + r * (1 + k)
     window = e + (e >= slots + r).long() * (n_chunks - r)
+    kv = torch.cat([kv, attn.memory_kv(new)], dim=1).index_select(1, window)
     mem = torch.cat([mem, new], dim=1).index_select(1, window)
     valid = torch.cat([valid, fresh], dim=1).index_select(1, window)
     read_bias = torch.cat([read_bias, bias], dim=1).index_select(1, window)
-    return mem, valid, read_bias, carry
+    return mem, valid, read_bias, carry, kv
 
 
-def write_full_segment(y: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor, carry: Tensor, norm_weight: Tensor,
-                       eps: float, attn_pool: bool, pool_query: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
-                       b_hh: Tensor, chunk_len: int, tokens_per_chunk: int, token_score: Tensor, gate_reads: bool
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``MemoryWriter.forward`` on a whole segment y [B, S, D], its parameters passed as tensors (TorchScript)."""
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """``nn.RMSNorm`` written out, for TorchScript."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def write_full_segment(y: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor, carry: Tensor, kv: Tensor,
+                       norm_weight: Tensor, eps: float, attn_pool: bool, pool_query: Tensor, w_ih: Tensor, w_hh: Tensor,
+                       b_ih: Tensor, b_hh: Tensor, chunk_len: int, tokens_per_chunk: int, token_score: Tensor,
+                       gate_reads: bool, kv_norm_weight: Tensor, kv_eps: float, w_kv: Tensor
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``Block.write`` on a whole segment y [B, S, D], its parameters passed as tensors (TorchScript): the
+    writer's, then the memory keys' and values' norm and projection."""
     b, s, d = y.size(0), y.size(1), y.size(2)
     n_chunks = s // chunk_len
-    x = (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps) * norm_weight).view(b, n_chunks, chunk_len, d)
+    x = rms_norm(y, norm_weight, eps).view(b, n_chunks, chunk_len, d)
     if attn_pool:
         w = torch.softmax(torch.matmul(x, pool_query) / float(d) ** 0.5, dim=-1)
         summaries = (x * w.unsqueeze(-1)).sum(2)
@@ -164,22 +177,25 @@ def write_full_segment(y: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor,
         tokens, _, tokens_bias = token_entries(x, every, summaries, token_score, tokens_per_chunk, gate_reads)
         new, bias = torch.cat([new, tokens], dim=1), torch.cat([bias, tokens_bias], dim=1)
     n_new = new.size(1)
+    kv = torch.cat([kv, F.linear(rms_norm(new, kv_norm_weight, kv_eps), w_kv)], dim=1)[:, n_new:]
     mem = torch.cat([mem, new], dim=1)[:, n_new:]
     valid = torch.cat([valid, torch.ones(b, n_new, dtype=torch.bool, device=valid.device)], dim=1)[:, n_new:]
     read_bias = torch.cat([read_bias, bias], dim=1)[:, n_new:]
-    return mem, valid, read_bias, carry
+    return mem, valid, read_bias, carry, kv
 
 
-def write_if_full(full: Tensor, y: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor, carry: Tensor,
+def write_if_full(full: Tensor, y: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor, carry: Tensor, kv: Tensor,
                   norm_weight: Tensor, eps: float, attn_pool: bool, pool_query: Tensor, w_ih: Tensor, w_hh: Tensor,
                   b_ih: Tensor, b_hh: Tensor, chunk_len: int, tokens_per_chunk: int, token_score: Tensor,
-                  gate_reads: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  gate_reads: bool, kv_norm_weight: Tensor, kv_eps: float, w_kv: Tensor
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The memory write when the segment is full, else the state unchanged: an ONNX ``If``, so a step
     that does not end a segment does not pay for the write."""
     if bool(full):
-        return write_full_segment(y, mem, valid, read_bias, carry, norm_weight, eps, attn_pool, pool_query, w_ih,
-                                  w_hh, b_ih, b_hh, chunk_len, tokens_per_chunk, token_score, gate_reads)
-    return mem, valid, read_bias, carry
+        return write_full_segment(y, mem, valid, read_bias, carry, kv, norm_weight, eps, attn_pool, pool_query,
+                                  w_ih, w_hh, b_ih, b_hh, chunk_len, tokens_per_chunk, token_score, gate_reads,
+                                  kv_norm_weight, kv_eps, w_kv)
+    return mem, valid, read_bias, carry, kv
 
 
 with warnings.catch_warnings():
@@ -189,12 +205,19 @@ with warnings.catch_warnings():
     scripted_write_if_full = torch.jit.script(write_if_full)
 
 
-def memory_of(state: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(mem, valid, read_bias, carry) of a graph's named state; a graph without ``read_bias`` reads every
-    slot unbiased."""
+def memory_of(state: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(mem, valid, read_bias, carry, mem_kv) of a graph's named state; a graph without ``read_bias`` reads
+    every slot unbiased, one without a memory path has no keys and values (an empty [L, B, M, 0])."""
     mem, valid = state["mem"], state["valid"]
     read_bias = state["read_bias"] if "read_bias" in state else torch.zeros_like(valid, dtype=mem.dtype)
-    return mem, valid, read_bias, state["carry"]
+    kv = state["mem_kv"] if "mem_kv" in state else mem[..., :0]
+    return mem, valid, read_bias, state["carry"], kv
+
+
+def named_memory(state: MemoryState) -> dict[str, Tensor]:
+    """A state's tensors under the graphs' names."""
+    return {"mem": state.mem, "valid": state.valid, "carry": state.carry, "read_bias": state.read_bias,
+            "mem_kv": state.kv}
 
 
 class SegmentGraph(nn.Module):
@@ -207,7 +230,7 @@ class SegmentGraph(nn.Module):
         self.state_names = memory_state_names(model.cfg)
 
     def forward(self, tokens: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        mem, valid, read_bias, carry = memory_of(dict(zip(self.state_names, state, strict=True)))
+        mem, valid, read_bias, carry, kv = memory_of(dict(zip(self.state_names, state, strict=True)))
         m, s = self.model, self.model.cfg.segment_len
         b = tokens.shape[0]
         # Padding at the end: causal attention keeps it from every real token, the memory write masks it.
@@ -217,17 +240,17 @@ class SegmentGraph(nn.Module):
         x = m.embed(padded)  # the shift's first token has no predecessor: a segment starts here
         layers = []
         for i, block in enumerate(m.blocks):
-            mem_kv = None if block.writer is None else block.attn.memory_kv(mem[i])
-            x, _, _ = block(x, mem_kv, valid[i], read_bias[i])
-            before = (mem[i], valid[i], read_bias[i], carry[i])
-            layers.append(before if block.writer is None else write_memory(block.writer, x, present, *before))
+            x, _, _ = block(x, kv[i], valid[i], read_bias[i])
+            before = (mem[i], valid[i], read_bias[i], carry[i], kv[i])
+            layers.append(before if block.writer is None
+                          else write_memory(block.writer, block.attn, x, present, *before))
         logits = m.lm_head(m.norm_f(x[:, :tokens.shape[1]]))
-        out = vars(stacked(layers))
+        out = named_memory(stacked(layers))
         return (logits, *(out[name] for name in self.state_names))
 
 
 def _attend_step(attn: MixedAttention, u: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor,
-                 mem: Tensor, valid: Tensor, read_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                 mem_kv: Tensor, valid: Tensor, read_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``MixedAttention.step`` with the position as a tensor: masks over the whole cache instead of slices."""
     cfg = attn.cfg
     s = k_cache.shape[2]
@@ -247,7 +270,7 @@ def _attend_step(attn: MixedAttention, u: Tensor, k_cache: Tensor, v_cache: Tens
             in_chunk = seen & (index >= pos - pos % cfg.chunk_len)
             outs.append(F.scaled_dot_product_attention(q_rot, k_cache, v_cache, attn_mask=in_chunk.view(1, 1, 1, s)))
         else:
-            outs.append(attn._read_memory(q, attn.memory_kv(mem), valid, read_bias))
+            outs.append(attn._read_memory(q, mem_kv, valid, read_bias))
     return attn._mix(outs), k_cache, v_cache
 
 
@@ -265,14 +288,14 @@ class StepGraph(nn.Module):
     def forward(self, token: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
         st = dict(zip(self.state_names, state, strict=True))
         k_cache, v_cache, y_cache, pos = st["k_cache"], st["v_cache"], st["y_cache"], st["pos"]
-        mem, valid, read_bias, carry = memory_of(st)
+        mem, valid, read_bias, carry, kv = memory_of(st)
         m, s = self.model, self.model.cfg.segment_len
         emb = m.tok_emb(token[:, None])
         x = emb if m.shift is None else m.shift(emb, st["emb"])
         here = (torch.arange(s, device=token.device) == pos).view(1, s, 1)
         ks, vs, ys = [], [], []
         for i, block in enumerate(m.blocks):
-            a, k_i, v_i = _attend_step(block.attn, block.attn_norm(x), k_cache[i], v_cache[i], pos, mem[i], valid[i],
+            a, k_i, v_i = _attend_step(block.attn, block.attn_norm(x), k_cache[i], v_cache[i], pos, kv[i], valid[i],
                                        read_bias[i])
             x = x + a
             x = x + block.ffn(block.ffn_norm(x))
@@ -281,7 +304,7 @@ class StepGraph(nn.Module):
         full = pos == s - 1
         layers = []
         for i, block in enumerate(m.blocks):
-            w, before = block.writer, (mem[i], valid[i], read_bias[i], carry[i])
+            w, before = block.writer, (mem[i], valid[i], read_bias[i], carry[i], kv[i])
             if w is None:
                 layers.append(before)
                 continue
@@ -291,10 +314,11 @@ class StepGraph(nn.Module):
             layers.append(scripted_write_if_full(full, ys[i], *before, w.norm.weight, float(w.norm.eps),
                                                  w.pool == "attn", query, w.gru.weight_ih, w.gru.weight_hh,
                                                  w.gru.bias_ih, w.gru.bias_hh, w.chunk_len, w.tokens_per_chunk,
-                                                 token_score, w.gate_reads))
+                                                 token_score, w.gate_reads, block.attn.mem_norm.weight,
+                                                 float(block.attn.mem_norm.eps), block.attn.wkv_mem.weight))
         next_pos = torch.where(full, torch.zeros_like(pos), pos + 1)
         out = {"k_cache": torch.stack(ks), "v_cache": torch.stack(vs), "y_cache": torch.stack(ys), "pos": next_pos,
-               "emb": torch.where(full, torch.zeros_like(emb), emb), **vars(stacked(layers))}
+               "emb": torch.where(full, torch.zeros_like(emb), emb), **named_memory(stacked(layers))}
         return (logits, *(out[name] for name in self.state_names))
 
 
@@ -302,7 +326,8 @@ def example_inputs(model: nn.Module, batch: int = 2, tokens: int = 3) -> tuple[t
     """Inputs to trace both graphs with: batch and length >= 2, so the exporter keeps them dynamic."""
     c = model.cfg
     state = model.init_state(batch)
-    memory = {"mem": state.mem, "valid": state.valid, "carry": state.carry, "read_bias": state.read_bias}
+    memory = {"mem": state.mem, "valid": state.valid, "carry": state.carry, "read_bias": state.read_bias,
+              "mem_kv": state.mem.new_zeros(*state.mem.shape[:-1], 2 * c.d_model)}
     seg = (torch.zeros(batch, tokens, dtype=torch.long), *(memory[name] for name in memory_state_names(c)))
     cache = model.init_cache(batch)
     values = {"k_cache": cache.k, "v_cache": cache.v, "y_cache": cache.y, "emb": cache.emb,

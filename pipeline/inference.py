@@ -70,8 +70,10 @@ class OnnxDecoder:
                 raise ExportedFolderError(f"{path}: missing; export with --format safetensors,onnx")
             sessions.append(ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]))
         self.segment, self.stepper = sessions
-        self.step_state = step_state_names(self.cfg)
-        self.memory_state = memory_state_names(self.cfg)
+        # A folder exported before the graphs carried the slots' keys and values (mem_kv) lacks that input.
+        taken = {i.name for i in self.stepper.get_inputs()}
+        self.step_state = [name for name in step_state_names(self.cfg) if name in taken]
+        self.memory_state = [name for name in memory_state_names(self.cfg) if name in taken]
         self.state: dict[str, np.ndarray] = {}
 
     def reset(self, batch: int) -> None:
@@ -88,6 +90,8 @@ class OnnxDecoder:
             self.state["emb"] = np.zeros((batch, 1, c.d_model), np.float32)
         if "read_bias" in self.memory_state:  # what each read adds to a slot's logit: nothing to start
             self.state["read_bias"] = np.zeros((c.n_layers, batch, c.mem_slots), np.float32)
+        if "mem_kv" in self.memory_state:  # empty slots project to zeros (RMSNorm and a bias-free projection)
+            self.state["mem_kv"] = np.zeros((c.n_layers, batch, c.mem_slots, 2 * c.d_model), np.float32)
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
         self.reset(ids.shape[0])

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from safetensors.torch import load_model
 from torch import nn
 
 from model import RMAT, RMATConfig
 from model.onnx_graphs import export_onnx, gru_cell, segment_names, step_names
+from model.pretrained import config_from_dict
 from pipeline.inference import OnnxDecoder, Sampling, TorchDecoder, generate_ids
 
 S = 16
@@ -65,6 +68,7 @@ def test_graphs_take_and_give_the_documented_names_with_dynamic_batch_and_time(g
     assert ("emb" in step_names(model.cfg)[0]) == model.cfg.token_shift
     assert ("read_bias" in segment_names(model.cfg)[0]) == ("read_bias" in step_names(model.cfg)[0]) == \
         (model.cfg.mem_token_gate == "read")
+    assert "mem_kv" in segment_names(model.cfg)[0] and "mem_kv" in step_names(model.cfg)[0]
     tokens = seg.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in tokens] == ["batch", "time"]
     assert not seg.initializer or all(i.name not in segment_names(model.cfg)[0] for i in seg.initializer)
@@ -84,7 +88,8 @@ def test_segment_graph_matches_pytorch_over_a_stream_of_segments(graphs):
         read_bias = decoder.state.get("read_bias", np.zeros_like(state.read_bias.numpy()))  # none: unbiased
         worst = max(worst, float(np.abs(onnx_logits - logits.numpy()).max()),
                     float(np.abs(decoder.state["mem"] - state.mem.numpy()).max()),
-                    float(np.abs(read_bias - state.read_bias.numpy()).max()))
+                    float(np.abs(read_bias - state.read_bias.numpy()).max()),
+                    float(np.abs(decoder.state["mem_kv"] - state.kv.numpy()).max()))
         assert (decoder.state["valid"] == state.valid.numpy()).all()
     assert worst < 1e-4
 
@@ -111,6 +116,19 @@ def test_step_graph_logits_match_pytorch_step_across_a_memory_write(graphs):
         worst = max(worst, float(np.abs(a - b).max()))
     assert worst < 1e-4
     assert int(onnx_decoder.state["pos"]) == torch_decoder.cache.pos
+    # the keys and values the step graph carried, projected only for the entries each write pushed
+    np.testing.assert_allclose(onnx_decoder.state["mem_kv"], torch_decoder.cache.state.kv.numpy(), rtol=0, atol=1e-4)
+
+
+def test_a_folder_exported_before_the_graphs_carried_mem_kv_decodes_as_pytorch():
+    folder = Path(__file__).parent.parent / "data" / "onnx_before_mem_kv"  # exported by rmat 010b226
+    model = RMAT(config_from_dict(json.loads((folder / "config.json").read_text()))).eval()
+    load_model(model, str(folder / "model.safetensors"))
+    decoder = OnnxDecoder(str(folder))
+    assert "mem_kv" not in decoder.memory_state + decoder.step_state
+    prompt = torch.randint(0, model.cfg.vocab_size, (3 * model.cfg.segment_len + 5,)).tolist()
+    greedy = Sampling(max_new_tokens=32, temperature=0.0)
+    assert list(generate_ids(decoder, prompt, greedy)) == list(generate_ids(TorchDecoder(model), prompt, greedy))
 
 
 def test_a_prompt_many_segments_long_leaves_state_of_one_segment_and_the_memory(graphs):
