@@ -24,13 +24,22 @@ from torch import Tensor, nn
 from model.config import RMATConfig
 
 
+def push(fifo: Tensor, new: Tensor) -> Tensor:
+    """The FIFO fifo [B, M, ...] after pushing new [B, n, ...] (newest last): its last M entries.
+
+    The old entries that stay are sliced before the concatenation, so neither the forward nor the
+    backward builds the M + n entries only to drop n of them.
+    """
+    m, n = fifo.shape[1], new.shape[1]
+    return new[:, n - m:] if n >= m else torch.cat([fifo[:, n:], new], dim=1)
+
+
 class MemoryWriter(nn.Module):
     """Writes one layer's memory from that layer's output for a segment."""
 
     def __init__(self, cfg: RMATConfig) -> None:
         super().__init__()
         self.chunk_len = cfg.chunk_len
-        self.mem_slots = cfg.mem_slots
         self.pool = cfg.pool
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         if cfg.pool == "attn":
@@ -60,10 +69,7 @@ class MemoryWriter(nn.Module):
             tokens, tokens_real, tokens_bias = self.salient_tokens(y, summaries)
             new, fresh = torch.cat([new, tokens], dim=1), torch.cat([fresh, tokens_real], dim=1)
             bias = torch.cat([bias, tokens_bias], dim=1)
-        mem = torch.cat([mem, new], dim=1)[:, -self.mem_slots:]
-        valid = torch.cat([valid, fresh], dim=1)[:, -self.mem_slots:]
-        read_bias = torch.cat([read_bias, bias.to(read_bias.dtype)], dim=1)[:, -self.mem_slots:]
-        return mem, valid, read_bias, carry
+        return push(mem, new), push(valid, fresh), push(read_bias, bias.to(read_bias.dtype)), carry
 
     def entries_written(self, t: int) -> int:
         """How many entries a write of t tokens pushes: per chunk its summary, then its k tokens."""

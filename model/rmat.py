@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from model.attention import MixedAttention
 from model.config import RMATConfig
 from model.layers import SwiGLU, TokenShift
-from model.memory import MemoryWriter
+from model.memory import MemoryWriter, push
 from model.state import DecodeCache, MemoryState
 
 
@@ -50,7 +50,7 @@ class Block(nn.Module):
         the FIFO, projecting only the entries this write pushed."""
         mem, valid, read_bias, carry = self.writer(y, mem, valid, read_bias, carry)
         pushed = min(self.writer.entries_written(y.shape[1]), mem.shape[1])
-        kv = torch.cat([kv, self.attn.memory_kv(mem[:, -pushed:])], dim=1)[:, -mem.shape[1]:]
+        kv = push(kv, self.attn.memory_kv(mem[:, -pushed:]))
         return mem, valid, read_bias, carry, kv
 
 
@@ -144,11 +144,11 @@ class RMAT(nn.Module):
         x = self.drop(self.embed(tokens))
         state = self._with_memory_kv(state)
         layers, per_layer = [], []
-        for i, block in enumerate(self.blocks):
-            x, k, v = block(x, _layer(state.kv, i), state.valid[i], state.read_bias[i])
+        for block, (mem, valid, read_bias, carry, kv) in zip(self.blocks, by_layer(state), strict=True):
+            x, k, v = block(x, kv, valid, read_bias)
             per_layer.append((x, k, v))
             if write_memory and block.writer is not None:
-                layers.append(block.write(x, *_layer_state(state, i)))
+                layers.append(block.write(x, mem, valid, read_bias, carry, kv))
         if not layers:
             return x, state, per_layer
         return x, stacked(layers), per_layer
@@ -157,7 +157,8 @@ class RMAT(nn.Module):
         """``state`` with every layer's memory keys and values projected, when they are not yet."""
         if state.kv is not None or not self.cfg.has_memory:
             return state
-        kv = torch.stack([block.attn.memory_kv(state.mem[i]) for i, block in enumerate(self.blocks)])
+        slots = zip(self.blocks, state.mem.unbind(0), strict=True)
+        kv = torch.stack([block.attn.memory_kv(mem) for block, mem in slots])
         return replace(state, kv=kv)
 
     # ---- token-by-token decoding -----------------------------------------------------
@@ -176,8 +177,8 @@ class RMAT(nn.Module):
         pos, state = cache.pos, self._with_memory_kv(cache.state)
         emb = self.tok_emb(token_ids[:, None])
         x = emb if self.shift is None else self.shift(emb, cache.emb)
-        for i, block in enumerate(self.blocks):
-            x = block.step(x, cache.k[i], cache.v[i], pos, _layer(state.kv, i), state.valid[i], state.read_bias[i])
+        for i, (block, (_, valid, read_bias, _, kv)) in enumerate(zip(self.blocks, by_layer(state), strict=True)):
+            x = block.step(x, cache.k[i], cache.v[i], pos, kv, valid, read_bias)
             cache.y[i, :, pos] = x[:, 0]
         logits = self.lm_head(self.norm_f(x))[:, 0]
         pos += 1
@@ -189,7 +190,8 @@ class RMAT(nn.Module):
         if not self.cfg.has_memory:
             return state
         state = self._with_memory_kv(state)
-        return stacked([block.write(ys[i], *_layer_state(state, i)) for i, block in enumerate(self.blocks)])
+        layers = zip(self.blocks, ys, by_layer(state), strict=True)
+        return stacked([block.write(y, *layer) for block, y, layer in layers])
 
     @torch.no_grad()
     def prefill(self, tokens: Tensor) -> tuple[Tensor, DecodeCache]:
@@ -287,13 +289,15 @@ def stacked(layers: list[tuple[Tensor, ...]]) -> MemoryState:
     return MemoryState(mem, valid, carry, read_bias, *kv)
 
 
-def _layer(kv: Optional[Tensor], i: int) -> Optional[Tensor]:
-    return None if kv is None else kv[i]
+def by_layer(state: MemoryState) -> list[tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]]:
+    """Each layer's (mem, valid, read_bias, carry, kv); kv is None where the keys and values are not projected.
 
-
-def _layer_state(state: MemoryState, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Layer i's (mem, valid, read_bias, carry, kv) of a state whose keys and values are projected."""
-    return state.mem[i], state.valid[i], state.read_bias[i], state.carry[i], state.kv[i]
+    One unbind per tensor: its backward stacks the layers' gradients once, where indexing layer
+    by layer would fill a zero tensor the size of all layers for each of them.
+    """
+    kv = [None] * state.mem.shape[0] if state.kv is None else state.kv.unbind(0)
+    return list(zip(state.mem.unbind(0), state.valid.unbind(0), state.read_bias.unbind(0), state.carry.unbind(0), kv,
+                    strict=True))
 
 
 def sample(logits: Tensor, temperature: float, top_k: Optional[int]) -> Tensor:

@@ -8,7 +8,7 @@ import torch
 from model_helpers import run_segments, tiny_config, tiny_model
 
 from model import RMAT, MemoryState, RMATConfig
-from model.memory import MemoryWriter, gumbel_noise, token_entries
+from model.memory import MemoryWriter, gumbel_noise, push, token_entries
 
 
 def filled_state(model, b=3):
@@ -274,3 +274,10 @@ def test_flops_per_token_grow_with_segment_length_only_for_the_global_path():
     glob = [tiny_model(paths=["global"], mem_slots=0, segment_len=s).flops_per_token() for s in (16, 64)]
     assert local[1] <= local[0]  # memory costs are amortised over longer segments
     assert glob[1] - glob[0] == pytest.approx(3 * 2 * 4 * 32 * (65 - 17) / 2)
+
+
+def test_push_keeps_the_newest_m_of_the_fifo_and_the_new_entries():
+    fifo = torch.arange(5.0).view(1, 5, 1)
+    for n in (0, 2, 5, 7):
+        new = 10 + torch.arange(float(n)).view(1, n, 1)
+        assert torch.equal(push(fifo, new), torch.cat([fifo, new], dim=1)[:, -5:])
