@@ -9,6 +9,7 @@ PATHS = ("global", "local", "memory")
 POOLS = ("mean", "attn")
 MIX_INITS = ("equal", "one_path_per_head")
 TOKEN_GATES = ("mix", "read")
+TOKEN_CHOICES = ("score", "spans")
 
 
 @dataclass
@@ -41,6 +42,10 @@ class RMATConfig:
     # "read" writes the token itself and adds log g to its logit in every read, so that each read
     # tells the score whether the entry pays (g = sigmoid(score); docs/design.md, section 2).
     mem_token_gate: str = "mix"
+    # Which k entries a chunk writes besides its summary: "score", its k best-scoring tokens (above);
+    # "spans", the means of its k spans of C / k consecutive tokens: no choice to learn, and each span
+    # keeps its tokens apart from the rest of the chunk (docs/design.md, section 2).
+    mem_token_choice: str = "score"
     mem_sink: bool = False  # the memory read may attend to a learned empty slot (docs/design.md, section 2)
     mix_init: str = "equal"  # "one_path_per_head": head h starts on path h mod len(paths) (docs/design.md, section 2)
     token_shift: bool = False  # each token's embedding also carries its predecessor's (docs/design.md, section 1)
@@ -72,6 +77,14 @@ class RMATConfig:
                "draws the chunk's mem_tokens_per_chunk tokens; set mem_tokens_per_chunk > 0")
         _check(self.mem_token_gate in TOKEN_GATES, "mem_token_gate", self.mem_token_gate,
                f"choose from {TOKEN_GATES}")
+        _check(self.mem_token_choice in TOKEN_CHOICES, "mem_token_choice", self.mem_token_choice,
+               f"choose from {TOKEN_CHOICES}")
+        if self.mem_token_choice == "spans":
+            _check(self.mem_tokens_per_chunk > 0 and self.chunk_len % self.mem_tokens_per_chunk == 0,
+                   "mem_tokens_per_chunk", self.mem_tokens_per_chunk,
+                   f"is the number of spans a chunk of {self.chunk_len} is cut into: a divisor of chunk_len")
+            _check(not self.mem_token_sampling and self.mem_token_gate == "mix", "mem_token_choice", "spans",
+                   "has no score to draw or gate by: leave mem_token_sampling and mem_token_gate at their defaults")
         _check(self.mem_token_gate == "mix" or self.mem_tokens_per_chunk > 0, "mem_token_gate",
                self.mem_token_gate, "gates token entries; set mem_tokens_per_chunk > 0")
         _check(self.pool in POOLS, "pool", self.pool, f"choose from {POOLS}")

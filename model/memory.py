@@ -8,7 +8,8 @@
 The norm keeps the pooled residual stream at a scale the GRU's gates can use. With
 ``mem_tokens_per_chunk`` k > 0 each chunk also pushes its k highest-scoring tokens as
 entries of their own (``salient_tokens``), content a summary cannot address token by token;
-with ``mem_token_sampling`` training draws them by Gumbel-top-k instead. Each slot also
+with ``mem_token_sampling`` training draws them by Gumbel-top-k instead, and with
+``mem_token_choice="spans"`` the k entries are the means of the chunk's k spans of C / k tokens. Each slot also
 carries a read bias, added to its logit whenever the memory is read: log sigmoid(score) for a
 token entry under ``mem_token_gate="read"``, zero otherwise.
 """
@@ -51,7 +52,8 @@ class MemoryWriter(nn.Module):
         self.every_token_in_training = False
         self.sample_tokens = cfg.mem_token_sampling
         self.gate_reads = cfg.mem_token_gate == "read"
-        if self.tokens_per_chunk:
+        self.spans = cfg.mem_token_choice == "spans"
+        if self.tokens_per_chunk and not self.spans:
             self.token_score = nn.Parameter(torch.zeros(cfg.d_model))
 
     def forward(self, y: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor, carry: Tensor
@@ -80,9 +82,11 @@ class MemoryWriter(nn.Module):
 
     def salient_tokens(self, y: Tensor, summaries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The k highest-scoring tokens of each chunk as entries (in training with ``mem_token_sampling``:
-        k drawn without replacement with probabilities softmax(score)): [B, n * k, D], which are real,
-        and their read biases."""
+        k drawn without replacement with probabilities softmax(score); with ``spans``, the means of its
+        k spans): [B, n * k, D], which are real, and their read biases."""
         x, present = self._chunks(y)  # [B, n, C, D], [n, C]
+        if self.spans:
+            return span_entries(x, present, self._tokens_written())
         noise = gumbel_noise(x[..., 0]) if self.training and self.sample_tokens else None
         return token_entries(x, present, summaries, self.token_score.to(x.dtype), self._tokens_written(),
                              self.gate_reads, noise)
@@ -112,6 +116,21 @@ def gumbel_noise(like: Tensor) -> Tensor:
     """Gumbel(0, 1) noise shaped like ``like``: the top k of scores + this noise are k draws without
     replacement with probabilities softmax(scores) (Gumbel-top-k)."""
     return -torch.empty_like(like).exponential_().log()  # -log of an Exp(1) draw is Gumbel(0, 1)
+
+
+def span_entries(x: Tensor, present: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The means of the k spans of C / k consecutive tokens of each of the normed chunks x [B, n, C, D]
+    (``present`` [n, C]: the real positions, which alone are averaged) as entries [B, n * k, D], which
+    entries hold a real token [B, n * k], and their read biases (zero) [B, n * k].
+
+    Written for TorchScript too: the ONNX graphs' memory writes call it.
+    """
+    b, n, c, d = x.size(0), x.size(1), x.size(2), x.size(3)
+    w = present.to(x.dtype).view(n, k, c // k)
+    count = w.sum(-1)  # [n, k]
+    entries = torch.einsum("bnksd,nks->bnkd", x.view(b, n, k, c // k, d), w) / count.clamp(min=1.0).unsqueeze(-1)
+    real = (count > 0).unsqueeze(0).expand(b, -1, -1)
+    return entries.flatten(1, 2), real.flatten(1, 2), x.new_zeros(b, n * k)
 
 
 def token_entries(x: Tensor, present: Tensor, summaries: Tensor, token_score: Tensor, k: int,

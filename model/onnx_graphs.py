@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from model.attention import MixedAttention
 from model.layers import rotate_half
-from model.memory import MemoryWriter, token_entries
+from model.memory import MemoryWriter, span_entries, token_entries
 from model.rmat import stacked
 from model.state import MemoryState
 
@@ -129,8 +129,11 @@ def write_memory(writer: MemoryWriter, attn: MixedAttention, y: Tensor, present:
     bias = new.new_zeros(b, n_chunks)
     k = writer.tokens_per_chunk
     if k:
-        tokens, tokens_real, tokens_bias = token_entries(x, in_chunk, summaries, writer.token_score.to(x.dtype), k,
-                                                         writer.gate_reads)
+        if writer.spans:
+            tokens, tokens_real, tokens_bias = span_entries(x, in_chunk, k)
+        else:
+            tokens, tokens_real, tokens_bias = token_entries(x, in_chunk, summaries, writer.token_score.to(x.dtype),
+                                                             k, writer.gate_reads)
         new, fresh = torch.cat([new, tokens], dim=1), torch.cat([fresh, tokens_real], dim=1)
         bias = torch.cat([bias, tokens_bias], dim=1)
     # Real chunks come first. The eager write appends (carries, tokens) of the r real chunks only;
@@ -154,7 +157,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 def write_full_segment(y: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor, carry: Tensor, kv: Tensor,
                        norm_weight: Tensor, eps: float, attn_pool: bool, pool_query: Tensor, w_ih: Tensor, w_hh: Tensor,
                        b_ih: Tensor, b_hh: Tensor, chunk_len: int, tokens_per_chunk: int, token_score: Tensor,
-                       gate_reads: bool, kv_norm_weight: Tensor, kv_eps: float, w_kv: Tensor
+                       gate_reads: bool, spans: bool, kv_norm_weight: Tensor, kv_eps: float, w_kv: Tensor
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``Block.write`` on a whole segment y [B, S, D], its parameters passed as tensors (TorchScript): the
     writer's, then the memory keys' and values' norm and projection."""
@@ -174,7 +177,10 @@ def write_full_segment(y: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor,
     bias = torch.zeros(b, n_chunks, dtype=y.dtype, device=y.device)
     if tokens_per_chunk > 0:
         every = torch.ones(n_chunks, chunk_len, dtype=torch.bool, device=y.device)
-        tokens, _, tokens_bias = token_entries(x, every, summaries, token_score, tokens_per_chunk, gate_reads)
+        if spans:
+            tokens, _, tokens_bias = span_entries(x, every, tokens_per_chunk)
+        else:
+            tokens, _, tokens_bias = token_entries(x, every, summaries, token_score, tokens_per_chunk, gate_reads)
         new, bias = torch.cat([new, tokens], dim=1), torch.cat([bias, tokens_bias], dim=1)
     n_new = new.size(1)
     kv = torch.cat([kv, F.linear(rms_norm(new, kv_norm_weight, kv_eps), w_kv)], dim=1)[:, n_new:]
@@ -187,14 +193,14 @@ def write_full_segment(y: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor,
 def write_if_full(full: Tensor, y: Tensor, mem: Tensor, valid: Tensor, read_bias: Tensor, carry: Tensor, kv: Tensor,
                   norm_weight: Tensor, eps: float, attn_pool: bool, pool_query: Tensor, w_ih: Tensor, w_hh: Tensor,
                   b_ih: Tensor, b_hh: Tensor, chunk_len: int, tokens_per_chunk: int, token_score: Tensor,
-                  gate_reads: bool, kv_norm_weight: Tensor, kv_eps: float, w_kv: Tensor
+                  gate_reads: bool, spans: bool, kv_norm_weight: Tensor, kv_eps: float, w_kv: Tensor
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The memory write when the segment is full, else the state unchanged: an ONNX ``If``, so a step
     that does not end a segment does not pay for the write."""
     if bool(full):
         return write_full_segment(y, mem, valid, read_bias, carry, kv, norm_weight, eps, attn_pool, pool_query,
                                   w_ih, w_hh, b_ih, b_hh, chunk_len, tokens_per_chunk, token_score, gate_reads,
-                                  kv_norm_weight, kv_eps, w_kv)
+                                  spans, kv_norm_weight, kv_eps, w_kv)
     return mem, valid, read_bias, carry, kv
 
 
@@ -310,11 +316,11 @@ class StepGraph(nn.Module):
                 continue
             zeros = torch.zeros(m.cfg.d_model)
             query = w.pool_query if w.pool == "attn" else zeros
-            token_score = w.token_score if w.tokens_per_chunk else zeros
+            token_score = w.token_score if w.tokens_per_chunk and not w.spans else zeros
             layers.append(scripted_write_if_full(full, ys[i], *before, w.norm.weight, float(w.norm.eps),
                                                  w.pool == "attn", query, w.gru.weight_ih, w.gru.weight_hh,
                                                  w.gru.bias_ih, w.gru.bias_hh, w.chunk_len, w.tokens_per_chunk,
-                                                 token_score, w.gate_reads, block.attn.mem_norm.weight,
+                                                 token_score, w.gate_reads, w.spans, block.attn.mem_norm.weight,
                                                  float(block.attn.mem_norm.eps), block.attn.wkv_mem.weight))
         next_pos = torch.where(full, torch.zeros_like(pos), pos + 1)
         out = {"k_cache": torch.stack(ks), "v_cache": torch.stack(vs), "y_cache": torch.stack(ys), "pos": next_pos,

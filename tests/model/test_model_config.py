@@ -58,6 +58,17 @@ def test_an_unknown_token_gate_is_named():
         RMATConfig(mem_tokens_per_chunk=2, mem_token_gate="soft")
 
 
+def test_spans_that_do_not_divide_the_chunk_are_rejected():
+    with pytest.raises(ValueError, match="mem_tokens_per_chunk=3: is the number of spans .* a divisor of chunk_len"):
+        RMATConfig(chunk_len=64, mem_tokens_per_chunk=3, mem_token_choice="spans")
+
+
+def test_spans_with_a_token_draw_or_read_gate_are_rejected():
+    for overrides in ({"mem_token_sampling": True}, {"mem_token_gate": "read"}):
+        with pytest.raises(ValueError, match="mem_token_choice='spans': has no score to draw or gate by"):
+            RMATConfig(mem_tokens_per_chunk=4, mem_token_choice="spans", **overrides)
+
+
 def test_paths_are_kept_in_canonical_order():
     assert RMATConfig(paths=["memory", "global"]).paths == ["global", "memory"]
 

@@ -90,6 +90,25 @@ def test_a_read_gated_entry_is_its_token_and_its_read_bias_the_log_gate():
     assert not read_bias[:, :4].any()  # the chunk summaries are read unbiased
 
 
+def test_a_chunk_cut_into_spans_writes_its_carry_then_each_span_s_mean():
+    cfg = tiny_config(mem_tokens_per_chunk=2, mem_slots=12, mem_token_choice="spans")  # 4 chunks of 4 tokens
+    writer = MemoryWriter(cfg).double()
+    y = torch.randn(2, 16, cfg.d_model, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mem, valid, read_bias, carry = writer(y, *empty_layer(cfg.d_model))
+    assert valid.all() and not read_bias.any() and torch.equal(mem[:, 3], carry)
+    spans = writer.norm(y).view(2, 8, 2, cfg.d_model).mean(2)  # tokens 0-1, 2-3, 4-5, ...
+    torch.testing.assert_close(mem[:, 4:], spans)
+
+
+def test_a_span_with_no_token_of_a_partial_segment_is_not_valid():
+    cfg = tiny_config(mem_tokens_per_chunk=2, mem_slots=12, mem_token_choice="spans")
+    writer = MemoryWriter(cfg).double()
+    y = torch.randn(2, 5, cfg.d_model, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mem, valid, _, _ = writer(y, *empty_layer(cfg.d_model))  # chunks of tokens 0-3 and 4: spans 0-1, 2-3, 4, -
+    assert valid[0, -6:].tolist() == [True, True, True, True, True, False]
+    torch.testing.assert_close(mem[:, -2], writer.norm(y)[:, 4])  # a span of one real token is that token
+
+
 def test_token_sampling_leaves_evaluation_with_the_top_k():
     writer, y = salient_writer_and_output(mem_token_sampling=True)
     assert written_tokens(writer.eval(), y) == SALIENT

@@ -28,6 +28,7 @@ VARIANTS = {"mean_pool": {"pool": "mean"}, "attn_pool": {"pool": "attn"}, "mem_s
             # 4 chunks of a segment write 4 carries + 8 tokens: a FIFO of 18 holds one and a half segments
             "token_entries": {"mem_tokens_per_chunk": 2, "mem_slots": 18},
             "read_gated_tokens": {"mem_tokens_per_chunk": 2, "mem_slots": 18, "mem_token_gate": "read"},
+            "token_spans": {"mem_tokens_per_chunk": 2, "mem_slots": 18, "mem_token_choice": "spans"},
             "token_shift": {"token_shift": True}}
 
 
@@ -45,7 +46,7 @@ def graphs(request, tmp_path_factory):
     if request.param == "mem_sink":  # its key starts at zero: make it score unlike an entry
         for block in model.blocks:
             torch.nn.init.normal_(block.attn.mem_sink_key, std=1.0)
-    if "token" in request.param and "shift" not in request.param:  # its score starts at zero: make it choose
+    if request.param in ("token_entries", "read_gated_tokens"):  # its score starts at zero: make it choose
         for block in model.blocks:
             torch.nn.init.normal_(block.writer.token_score, std=1.0)
     folder = tmp_path_factory.mktemp("onnx")
@@ -86,12 +87,14 @@ def test_segment_graph_matches_pytorch_over_a_stream_of_segments(graphs):
             logits, state = model(tokens, state)
         onnx_logits = decoder.run_segment(tokens.numpy())
         read_bias = decoder.state.get("read_bias", np.zeros_like(state.read_bias.numpy()))  # none: unbiased
-        worst = max(worst, float(np.abs(onnx_logits - logits.numpy()).max()),
-                    float(np.abs(decoder.state["mem"] - state.mem.numpy()).max()),
-                    float(np.abs(read_bias - state.read_bias.numpy()).max()),
-                    float(np.abs(decoder.state["mem_kv"] - state.kv.numpy()).max()))
+        pairs = [(onnx_logits, logits), (decoder.state["mem"], state.mem), (read_bias, state.read_bias),
+                 (decoder.state["mem_kv"], state.kv)]
+        # Logits and keys reach 10 at this init, and float32 rounding compounds through the recurrence:
+        # each within 2e-5 of its scale.
+        worst = max(worst, *(float(np.abs(a - b.numpy()).max() / max(1.0, np.abs(b.numpy()).max()))
+                             for a, b in pairs))
         assert (decoder.state["valid"] == state.valid.numpy()).all()
-    assert worst < 1e-4
+    assert worst < 2e-5
 
 
 def test_greedy_decoding_after_a_three_segment_prompt_is_the_same_with_onnxruntime(graphs):
