@@ -9,9 +9,9 @@ The norm keeps the pooled residual stream at a scale the GRU's gates can use. Wi
 ``mem_tokens_per_chunk`` k > 0 each chunk also pushes its k highest-scoring tokens as
 entries of their own (``salient_tokens``), content a summary cannot address token by token;
 with ``mem_token_sampling`` training draws them by Gumbel-top-k instead, and with
-``mem_token_choice="spans"`` the k entries are the means of the chunk's k spans of C / k tokens. Each slot also
-carries a read bias, added to its logit whenever the memory is read: log sigmoid(score) for a
-token entry under ``mem_token_gate="read"``, zero otherwise.
+``mem_token_choice="spans"`` the k entries are the means of the chunk's k spans of C / k
+tokens. Each slot also carries a read bias, added to its logit whenever the memory is read:
+log sigmoid(score) for a token entry under ``mem_token_gate="read"``, zero otherwise.
 """
 
 from __future__ import annotations
