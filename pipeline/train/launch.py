@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 from typing import Optional
 
 import torch.multiprocessing as mp
@@ -80,6 +81,14 @@ def _child(local_rank: int, cfg: TrainConfig, nproc: int) -> None:
     from pipeline.train.loop import train_process
 
     train_process(cfg, nproc)
+    # Everything this process owes is written by now. gloo's worker threads outlive
+    # destroy_process_group (DeepSpeed keeps a group referenced), and one that touches Python
+    # while the interpreter tears down aborts a finished run ("terminate called without an
+    # active exception"), so this process skips the teardown. An exception takes the normal
+    # path: the parent reports it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _forward(children: list):

@@ -8,6 +8,7 @@ a bit-exact continuation needs; rank 0 alone talks to the tracker, through a que
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import json
 import math
@@ -286,6 +287,8 @@ def _to(segment, device: torch.device):
 def train_process(cfg: TrainConfig, local_procs: int) -> Optional[dict[str, float]]:
     """Entry point of one training process (RANK/WORLD_SIZE/MASTER_* already in the environment)."""
     os.makedirs(cfg.run_dir, exist_ok=True)
+    # A native abort (gloo, DeepSpeed) then prints every thread's Python stack: where it happened.
+    faulthandler.enable()
     # DeepSpeed calls these renamed collectives on every step; the warning says nothing to a user.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     trainer = Trainer(cfg, local_procs)
