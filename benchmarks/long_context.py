@@ -348,7 +348,8 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
                    seed=seed, steps=args.steps, window=args.window, train_d=args.train_d, batch=args.batch,
                    lr=args.lr, target_params=target, loss=args.loss, device=args.device, token_shift=args.token_shift,
                    token_warmup=args.token_warmup)
-              for n in args.n for d in args.d for s in settings for seed in range(args.seeds)]
+              for n in args.n for d in args.d for s in settings
+              for seed in range(args.first_seed, args.first_seed + args.seeds)]
     check_params_match(settings, target, Task(args.n[0], args.d[0], TINY["segment_len"]), args.token_shift)
     return run_resumable(points, point_key, train_point, Path(args.out) / "results.jsonl", args.jobs, report,
                          train_missing=not args.report)
@@ -425,6 +426,8 @@ def main() -> None:
     p.add_argument("--settings", default="rmat,nomem,xl,full")
     p.add_argument("--variant", action="append", default=[], help="name:key=value,... RMAT config overrides")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds FIRST_SEED .. FIRST_SEED + SEEDS - 1: more seeds for a cell measured before")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
