@@ -1,5 +1,6 @@
 """The long-context recall benchmark: its task, its Transformer-XL baseline, and a smoke run."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,19 @@ def test_report_prints_the_table_of_recorded_points_and_trains_none(tmp_path):
     row = next(line for line in out.stdout.splitlines() if line.strip().startswith("rmat |"))
     assert row.split("|")[-1].strip() == "-"  # the cell is empty: nothing was trained
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_first_seed_adds_seeds_after_those_measured_before(tmp_path):
+    # A point recorded for seed 1 only: seeds 1..2 find it, seed 0 alone does not.
+    record = dict(setting={"name": "rmat"}, task={"n_pairs": 2, "distance": 1, "show_answers": False, "lead": 0},
+                  seed=1, steps=30, window=0, train_d=-1, loss="answers", token_shift=False, token_warmup=0,
+                  accuracy=0.5, ceiling=0.5, params=1, seconds=1.0)
+    (tmp_path / "results.jsonl").write_text(json.dumps(record) + "\n")
+    base = [sys.executable, str(ROOT / "benchmarks" / "long_context.py"), "--n", "2", "--d", "1", "--settings", "rmat",
+            "--steps", "30", "--report", "--out", str(tmp_path)]
+    later = subprocess.run(base + ["--first-seed", "1", "--seeds", "2"], capture_output=True, text=True, timeout=300,
+                           cwd=ROOT)
+    assert later.returncode == 0, later.stderr
+    assert "2 points, 1 already in" in later.stdout
+    first = subprocess.run(base + ["--seeds", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert "1 points, 0 already in" in first.stdout
