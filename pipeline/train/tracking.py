@@ -30,6 +30,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -164,8 +165,10 @@ class Tracker:
         self._mover = threading.Thread(target=self._move, name="mlflow-outbox", daemon=True)
         self._mover.start()
         # spawn: a fresh interpreter, so the sender shares no lock or thread state with training.
-        self._sender = multiprocessing.get_context("spawn").Process(
-            target=run_sender, args=(spec, os.getpid()), name="mlflow-sender", daemon=True)
+        context = multiprocessing.get_context("spawn")
+        self._tried = context.Event()  # set once the sender has tried the store: reached it or failed to
+        self._sender = context.Process(target=run_sender, args=(spec, os.getpid(), self._tried),
+                                       name="mlflow-sender", daemon=True)
         self._sender.start()
 
     @property
@@ -199,9 +202,14 @@ class Tracker:
         """Outbox files not yet in MLflow."""
         return len(pending_files(self.outbox))
 
-    def close(self, artifacts: Iterable[str] = (), status: str = "FINISHED", timeout_s: float = 30.0) -> bool:
+    def close(self, artifacts: Iterable[str] = (), status: str = "FINISHED", timeout_s: float = 30.0,
+              startup_timeout_s: float = 300.0) -> bool:
         """Send what is left, upload ``artifacts``, set the run's ``status``; wait at most ``timeout_s``.
 
+        The ``timeout_s`` counts from the sender's first try of the store: a sender still starting
+        up (importing MLflow, migrating a new sqlite store: a minute and more on a busy machine,
+        where the niced sender gets little CPU) is waited for up to ``startup_timeout_s``, while
+        one that tried and could not reach its store is given ``timeout_s`` only.
         Returns whether everything reached MLflow; what did not stays in the outbox for the next start.
         """
         self._stop.set()
@@ -209,11 +217,18 @@ class Tracker:
         self.persist()
         request = {"artifacts": [os.path.abspath(a) for a in artifacts], "status": status}
         _atomic_text(os.path.join(self.outbox, CLOSE_FILE), json.dumps(request))
+        self._wait_for_first_try(startup_timeout_s)
         self._sender.join(timeout_s)
         if self._sender.is_alive():
             self._sender.terminate()
             return False
         return self._sender.exitcode == 0 and self.pending() == 0
+
+    def _wait_for_first_try(self, limit_s: float) -> None:
+        deadline = time.monotonic() + limit_s
+        while self._sender.is_alive() and time.monotonic() < deadline:
+            if self._tried.wait(0.5):
+                return
 
     def _move(self) -> None:
         while not self._stop.wait(self.spec.flush_seconds):
@@ -379,16 +394,25 @@ def _count_runs(path: str) -> int:
 # ---- the sender process ------------------------------------------------------------------
 
 
-def run_sender(spec: RunSpec, parent_pid: int) -> None:
+def run_sender(spec: RunSpec, parent_pid: int, tried: multiprocessing.synchronize.Event) -> None:
     """Send the outbox until asked to close (or until the training process is gone).
 
-    Exits 0 when every point reached MLflow and the run got its final status, 1 otherwise.
+    Sets ``tried`` once it has tried the store the first time, whether it reached it or not.
+    Exits 0 when every point reached MLflow and the run got its final status, 1 otherwise,
+    without the interpreter's teardown: every write is committed by then, and tearing down
+    MLflow's modules in a niced process took 12 s of a busy machine's close.
     """
     os.nice(10)  # on a busy machine, training gets the CPU first
     # Read by MLflow on every request: fail within seconds instead of retrying for minutes.
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(spec.request_timeout_s)
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    sender = _Sender(spec)
+    code = _send_until_closed(_Sender(spec), parent_pid, tried)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _send_until_closed(sender: _Sender, parent_pid: int, tried: multiprocessing.synchronize.Event) -> int:
     while True:
         close = _read_close(sender.outbox)
         try:
@@ -396,15 +420,15 @@ def run_sender(spec: RunSpec, parent_pid: int) -> None:
             sender.send(None if close else MAX_FILES_PER_FLUSH)
             if close is not None:
                 sender.finish(close["artifacts"], close["status"])
-                raise SystemExit(0)
-        except SystemExit:
-            raise
+                return 0
         except Exception:  # any tracker failure (network, server, database): the outbox keeps the points
             if close is not None:
-                raise SystemExit(1) from None
+                return 1
+        finally:
+            tried.set()
         if os.getppid() != parent_pid:  # training was killed: the next start sends the rest
-            raise SystemExit(1)
-        time.sleep(spec.flush_seconds)
+            return 1
+        time.sleep(sender.spec.flush_seconds)
 
 
 def log_params(client, run_id: str, params: dict[str, object]) -> None:

@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 from pipeline.train.tracking import RunSpec, Tracker, deliver
@@ -44,6 +45,20 @@ def test_points_kept_while_unreachable_are_sent_at_the_next_start(tmp_path):
     history = MlflowClient(store).get_metric_history(up.run_id, "train/loss")
     assert sorted(m.step for m in history) == list(range(1, 102))
     assert {m.step: m.value for m in history}[4] == 0.25
+
+
+def test_close_waits_for_a_sender_still_starting_up(tmp_path):
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(RunSpec(store, "rmat", str(tmp_path), None, "starved", flush_seconds=0.1))
+    tracker.log(1, {"train/loss": 1.0})
+    os.kill(tracker._sender.pid, signal.SIGSTOP)  # a sender starved of CPU, as on a busy machine
+    assert tracker.run_id is None  # stopped before its first try of the store
+    threading.Timer(6.0, os.kill, (tracker._sender.pid, signal.SIGCONT)).start()
+    assert tracker.close(timeout_s=3) is True  # the 3 s count from its first try, not from the close
+
+    from mlflow.tracking import MlflowClient
+
+    assert [m.step for m in MlflowClient(store).get_metric_history(tracker.run_id, "train/loss")] == [1]
 
 
 def half_migrated_store(path: str) -> None:
