@@ -282,7 +282,7 @@ def train_point(args: dict) -> dict:
         if token_warmup:
             model.write_every_token(step <= token_warmup)
         train_task = task if args["train_d"] < 0 else \
-            replace(task, distance=int(torch.randint(0, args["train_d"] + 1, (), generator=gen)))
+            replace(task, distance=training_distance(step, args["train_d"], args.get("train_d_ramp", 0), gen))
         tokens, targets = (t.to(device) for t in train_task.sample(args["batch"], gen))
         logits = answer_logits(model, tokens, task.segment_len, args["window"])
         if args.get("loss") == "all":  # every next token, as a language model's training takes it
@@ -311,6 +311,13 @@ def train_point(args: dict) -> dict:
             "params": count_params(model), "seconds": round(seconds, 1)}
 
 
+def training_distance(step: int, train_d: int, ramp: int, gen: torch.Generator) -> int:
+    """A training batch's distance, drawn from 0..train_d; with a ``ramp``, the farthest drawn
+    grows from 1 at the first step to ``train_d`` at step ``ramp`` (short distances first)."""
+    farthest = train_d if ramp <= 0 else min(train_d, 1 + (train_d - 1) * step // ramp)
+    return int(torch.randint(0, farthest + 1, (), generator=gen))
+
+
 def has_token_entries(model: nn.Module) -> bool:
     return isinstance(model, RMAT) and model.cfg.has_memory and model.cfg.mem_tokens_per_chunk > 0
 
@@ -328,7 +335,7 @@ def point_key(r: dict) -> tuple:
     return (r["setting"]["name"], r["task"]["n_pairs"], r["task"]["distance"], r["seed"], r["steps"], r["window"],
             r["train_d"], r.get("loss", "answers"), r["task"].get("show_answers", True),  # shown before it was a choice
             r["task"].get("lead", 0),
-            r.get("token_shift", False), r.get("token_warmup", 0))
+            r.get("token_shift", False), r.get("token_warmup", 0), r.get("train_d_ramp", 0))
 
 
 def check_params_match(settings: list[Setting], target: int, task: Task, token_shift: bool) -> None:
@@ -347,7 +354,7 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
     points = [dict(setting=vars(s), task=vars(Task(n, d, TINY["segment_len"], args.lead, args.show_answers)),
                    seed=seed, steps=args.steps, window=args.window, train_d=args.train_d, batch=args.batch,
                    lr=args.lr, target_params=target, loss=args.loss, device=args.device, token_shift=args.token_shift,
-                   token_warmup=args.token_warmup)
+                   token_warmup=args.token_warmup, train_d_ramp=args.train_d_ramp)
               for n in args.n for d in args.d for s in settings
               for seed in range(args.first_seed, args.first_seed + args.seeds)]
     check_params_match(settings, target, Task(args.n[0], args.d[0], TINY["segment_len"]), args.token_shift)
@@ -382,9 +389,16 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
           f"batch {args.batch}, chance {1 / N_VALUES:.3f}, answers {'shown' if args.show_answers else 'hidden'}"
           f"{', token shift' if args.token_shift else ''}"
           f"{f', every token written for {args.token_warmup} steps' if args.token_warmup else ''}"
+          f"{training_distances(args.train_d, args.train_d_ramp)}"
           f"{f', pairs after {args.lead} filler tokens' if args.lead else ''}\n")
     print_table(headers, rows)
     heat_map(names, cells, table, Path(args.out) / "long_context.png")
+
+
+def training_distances(train_d: int, ramp: int) -> str:
+    if train_d < 0:
+        return ""
+    return f", trained on distances 0-{train_d}" + (f" (the farthest from 1 up over {ramp} steps)" if ramp else "")
 
 
 def _mean_spread(xs: list[float]) -> str:
@@ -434,6 +448,8 @@ def main() -> None:
     p.add_argument("--window", type=int, default=0, help="detach the state every k segments (0: full backprop)")
     p.add_argument("--train-d", type=int, default=-1,
                    help="train on distances drawn from 0..K each step, score on the cell's (-1: the cell's)")
+    p.add_argument("--train-d-ramp", type=int, default=0,
+                   help="with --train-d K: the farthest distance drawn grows from 1 to K over the first N steps")
     p.add_argument("--loss", choices=["answers", "all"], default="answers",
                    help="train on the loss at the answers (Zoology) or at every next token (a language model)")
     p.add_argument("--show-answers", action="store_true",

@@ -23,6 +23,7 @@ from long_context import (  # noqa: E402
     count_params,
     rmat_params,
     train_point,
+    training_distance,
     value_set_ceiling,
 )
 
@@ -93,6 +94,14 @@ def test_token_warmup_writes_every_token_for_its_first_steps_only(monkeypatch):
     train_point(dict(setting=vars(setting), task=vars(Task(2, 1, 32)), seed=0, steps=3, window=0, train_d=-1,
                      batch=2, lr=1e-3, target_params=None, token_warmup=2))
     assert calls == [True, True, False]
+
+
+def test_a_ramp_trains_on_short_distances_first_and_on_all_once_it_ends():
+    gen = torch.Generator().manual_seed(0)
+    early = {training_distance(step, 4, 1000, gen) for step in range(1, 200)}
+    late = {training_distance(step, 4, 1000, gen) for step in range(1000, 1200)}
+    unramped = {training_distance(step, 4, 0, gen) for step in range(1, 200)}
+    assert early == {0, 1} and late == unramped == {0, 1, 2, 3, 4}
 
 
 def test_transformer_xl_reads_the_previous_segment_only_and_without_gradient():
