@@ -389,13 +389,13 @@ def summarize(records: list[dict], args: argparse.Namespace) -> None:
           f"batch {args.batch}, chance {1 / N_VALUES:.3f}, answers {'shown' if args.show_answers else 'hidden'}"
           f"{', token shift' if args.token_shift else ''}"
           f"{f', every token written for {args.token_warmup} steps' if args.token_warmup else ''}"
-          f"{training_distances(args.train_d, args.train_d_ramp)}"
+          f"{distances_label(args.train_d, args.train_d_ramp)}"
           f"{f', pairs after {args.lead} filler tokens' if args.lead else ''}\n")
     print_table(headers, rows)
     heat_map(names, cells, table, Path(args.out) / "long_context.png")
 
 
-def training_distances(train_d: int, ramp: int) -> str:
+def distances_label(train_d: int, ramp: int) -> str:
     if train_d < 0:
         return ""
     return f", trained on distances 0-{train_d}" + (f" (the farthest from 1 up over {ramp} steps)" if ramp else "")
