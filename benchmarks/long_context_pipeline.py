@@ -34,7 +34,10 @@ token shift and token memory entries that let the tiny model bind several keys:
 
 ``--train-d K`` draws each training document's distance from 0..K (scored at the cell's d),
 as real text mixes them: the pipeline's default windows of 2 segments then see whole
-samples at d = 0, learn the write there, and the FIFO carries it further.
+samples at d = 0, learn the write there, and the FIFO carries it further. ``--train-d-ramp N``
+(with ``--train-d K``) writes them as a curriculum, read in the order written
+(``data.shard_order: as_written``): a document's farthest distance grows from 1 to K over the
+first N steps, as long_context.py's ramp draws a step's, at the step its row reads it.
 """
 
 from __future__ import annotations
@@ -53,7 +56,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import parse_variant, print_table, rmat_train, run_resumable  # noqa: E402
-from long_context import BETA2, IGNORE, N_VALUES, TINY, VOCAB, Setting, Task, train_point, value_set_ceiling  # noqa: E402
+from long_context import (  # noqa: E402
+    BETA2,
+    IGNORE,
+    N_VALUES,
+    TINY,
+    VOCAB,
+    Setting,
+    Task,
+    train_point,
+    training_distance,
+    value_set_ceiling,
+)
 
 from data_prep.byte_shards import write_id_shards  # noqa: E402
 from pipeline.train import checkpoint  # noqa: E402
@@ -73,12 +87,25 @@ def answer_spans(targets: torch.Tensor) -> list[list[int]]:
     return [[int(p), int(p) + 1] for p in torch.nonzero(targets != IGNORE).flatten()]
 
 
+def ramp_distances(n_docs: int, train_d: int, ramp: int, rows: int, tbptt: int, gen: torch.Generator) -> list[int]:
+    """Distances of documents read in the order written and dealt to ``rows`` rows in turn, each drawn as
+    long_context.training_distance draws a step's, at the step that reads the document's first segment
+    (a document at distance d is d + 2 segments; a step reads ``tbptt`` of a row's)."""
+    read, distances = [0] * rows, []
+    for i in range(n_docs):
+        d = training_distance(read[i % rows] // tbptt, train_d, ramp, gen)
+        read[i % rows] += d + 2
+        distances.append(d)
+    return distances
+
+
 def write_task_shards(folder: Path, task: Task, n_train: int, n_val: int, seed: int, answers_only: bool,
-                      train_d: int = -1) -> None:
+                      train_d: int = -1, ramp: tuple[int, int, int] = (0, 0, 0)) -> None:
     """``n_train`` + ``n_val`` samples as documents of (d + 2) * S - 1 ids (the sample less its first token,
     where the loader puts BOS), the format of the shard stage,
     with the answers as loss spans when ``answers_only``. With ``train_d`` >= 0 each training document
-    has its own distance, drawn from 0..train_d; the validation documents keep the task's."""
+    has its own distance, drawn from 0..train_d; the validation documents keep the task's. ``ramp`` (steps, rows,
+    TBPTT window), when its steps are > 0, draws them as ``ramp_distances`` does, short ones first."""
     gen = torch.Generator().manual_seed(seed)
 
     def meta(split: str, i: int, row: torch.Tensor, targets: torch.Tensor) -> dict:
@@ -88,7 +115,10 @@ def write_task_shards(folder: Path, task: Task, n_train: int, n_val: int, seed: 
     def samples(n_docs: int, max_d: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if max_d < 0:
             return list(zip(*task.sample(n_docs, gen), strict=True))
-        distances = torch.randint(0, max_d + 1, (n_docs,), generator=gen)
+        if ramp[0] > 0:
+            distances = torch.tensor(ramp_distances(n_docs, max_d, *ramp, gen))
+        else:
+            distances = torch.randint(0, max_d + 1, (n_docs,), generator=gen)
         rows: list = [None] * n_docs
         for d in distances.unique().tolist():  # one batch per distance, then back in the drawn order
             at = torch.nonzero(distances == d).flatten().tolist()
@@ -102,17 +132,19 @@ def write_task_shards(folder: Path, task: Task, n_train: int, n_val: int, seed: 
         return [docs[i:i + DOCS_PER_SHARD] for i in range(0, n_docs, DOCS_PER_SHARD)]
 
     name = f"mqar-{task.n_pairs}-{task.distance}-{seed}-{int(answers_only)}-{train_d}"
+    if ramp[0] > 0:
+        name += f"-ramp{ramp[0]}"
     write_id_shards(str(folder), {"train": shards(n_train, "train", train_d), "val": shards(n_val, "val", -1)},
                     VOCAB + 2, BOS_ID, EOS_ID, name,
                     {"sha256": "mqar-v1", "model": "", "model_type": "mqar"})
 
 
 def train_config(shards: Path, run_dir: Path, tbptt: int, steps: int, batch: int, lr: float, seed: int,
-                 model: dict) -> dict:
+                 model: dict, shard_order: str = "shuffled") -> dict:
     """The pipeline's training config on the benchmark's tiny model (plus the ``model`` overrides) and
     the benchmark loop's AdamW beta2; TBPTT windows of ``tbptt`` segments."""
     return {"model": {**TINY, "vocab_size": VOCAB + 2, **model},
-            "data": {"shards": str(shards), "batch_size": batch, "tbptt_segments": tbptt},
+            "data": {"shards": str(shards), "batch_size": batch, "tbptt_segments": tbptt, "shard_order": shard_order},
             "optim": {"lr": lr, "warmup_steps": max(1, steps // 20), "beta2": BETA2},
             "engine": {"zero_stage": 0, "threads_per_proc": 1},
             "checkpoint": {"every": 0}, "eval": {"every": 0, "max_docs": 16},
@@ -142,18 +174,21 @@ def run_point(point: dict) -> dict:
 
 
 def pipeline_point(point: dict) -> dict:
-    n, d, tbptt, seed, train_d, steps, batch = (point[k] for k in ("n", "d", "tbptt", "seed", "train_d", "steps",
-                                                                    "batch"))
+    n, d, tbptt, seed, train_d, ramp, steps, batch = (
+        point[k] for k in ("n", "d", "tbptt", "seed", "train_d", "train_d_ramp", "steps", "batch"))
     task = task_of(n, d)
-    mixed = f"-t{train_d}" if train_d >= 0 else ""
+    mixed = (f"-t{train_d}" if train_d >= 0 else "") + (f"r{ramp}" if ramp else "")
     folder = Path(point["out"]) / f"{point['variant']}-n{n}-d{d}{mixed}-w{tbptt}-s{seed}-{point['loss']}"
     shards = folder / "shards"
-    segments_per_doc = train_d / 2 + 2 if train_d >= 0 else task.n_segments
+    # Enough documents that no row wraps into a second epoch: a ramp's first ones are the shortest, 2 segments.
+    segments_per_doc = 2 if ramp else train_d / 2 + 2 if train_d >= 0 else task.n_segments
     docs_per_step = batch * max(1, math.ceil(tbptt / segments_per_doc))
     if not (shards / "manifest.json").exists():
-        write_task_shards(shards, task, steps * docs_per_step + batch, 64, seed, point["loss"] == "answers", train_d)
-    seconds = rmat_train(train_config(shards, folder / "run", tbptt, steps, batch, point["lr"], seed,
-                                      point["overrides"]), folder / "train.yaml")
+        write_task_shards(shards, task, steps * docs_per_step + batch, 64, seed, point["loss"] == "answers", train_d,
+                          (ramp, batch, tbptt))
+    config = train_config(shards, folder / "run", tbptt, steps, batch, point["lr"], seed, point["overrides"],
+                          "as_written" if ramp else "shuffled")
+    seconds = rmat_train(config, folder / "train.yaml")
     return {**record_fields(point), "accuracy": pipeline_accuracy(folder / "run", task, seed),
             "seconds": round(seconds, 1)}
 
@@ -164,28 +199,35 @@ def reference_point(point: dict) -> dict:
     shift = overrides.get("token_shift", False)  # train_point gives the shift as its own argument
     setting = Setting("rmat", {k: v for k, v in overrides.items() if k != "token_shift"})
     r = train_point(dict(setting=vars(setting), task=vars(task_of(point["n"], point["d"])), seed=point["seed"],
-                         steps=point["steps"], window=0, train_d=point["train_d"], batch=point["batch"],
+                         steps=point["steps"], window=0, train_d=point["train_d"],
+                         train_d_ramp=point["train_d_ramp"], batch=point["batch"],
                          lr=point["lr"], target_params=None, token_shift=shift))
     return {**record_fields(point), "accuracy": r["accuracy"], "seconds": r["seconds"]}
 
 
 def record_fields(point: dict) -> dict:
-    return {k: point[k] for k in ("trainer", "variant", "n", "d", "train_d", "lead", "beta2", "tbptt", "seed",
-                                  "steps")}
+    return {k: point[k] for k in ("trainer", "variant", "n", "d", "train_d", "train_d_ramp", "lead", "beta2", "tbptt",
+                                  "seed", "steps")}
 
 
 def summarize(records: list[dict], seeds: int) -> None:
     groups: dict[tuple, list[float]] = {}
     for r in records:
         groups.setdefault(record_key(r)[:-2], []).append(r["accuracy"])
-    rows = [[trainer, variant, str(n), str(d), "the cell's" if t < 0 else f"0..{t}",
+    rows = [[trainer, variant, str(n), str(d), distances_cell(t, ramp),
              "whole sample" if w == 0 else str(w), f"{np.mean(a):.3f} ({min(a):.2f}-{max(a):.2f})", str(len(a)),
              f"{ceiling(n, d):.3f}"]
-            for (trainer, variant, n, d, t, _, _, w), a in groups.items()]
+            for (trainer, variant, n, d, t, ramp, _, _, w), a in groups.items()]
     print(f"\nMQAR accuracy across segments, trained by rmat train and by the benchmark's loop "
           f"(chance {1 / N_VALUES:.3f}; {seeds} seeds)\n")
     print_table(["trainer", "model", "n", "d", "trained on distances", "backprop window (segments)",
                  "accuracy mean (min-max)", "seeds", "value-set ceiling"], rows)
+
+
+def distances_cell(train_d: int, ramp: int) -> str:
+    if train_d < 0:
+        return "the cell's"
+    return f"0..{train_d}" + (f", the farthest from 1 up over {ramp} steps" if ramp else "")
 
 
 def record_key(r: dict) -> tuple:
@@ -193,8 +235,8 @@ def record_key(r: dict) -> tuple:
     ``lead``, the stream read each sample one token late; before ``beta2``, `rmat train` took the
     pipeline's default 0.95)."""
     beta2 = r.get("beta2", BETA2 if r["trainer"] == "benchmark loop" else 0.95)
-    return (r["trainer"], r.get("variant", "rmat"), r["n"], r["d"], r.get("train_d", -1), r.get("lead", 0), beta2,
-            r["tbptt"], r["seed"], r["steps"])
+    return (r["trainer"], r.get("variant", "rmat"), r["n"], r["d"], r.get("train_d", -1), r.get("train_d_ramp", 0),
+            r.get("lead", 0), beta2, r["tbptt"], r["seed"], r["steps"])
 
 
 def ceiling(n: int, d: int) -> float:
@@ -216,20 +258,28 @@ def main() -> None:
                    help="the pipeline's loss at the answers (loss spans) or on every token")
     p.add_argument("--train-d", type=int, default=-1,
                    help="train on documents whose distances are drawn from 0..K, score on the cell's (-1: the cell's)")
+    p.add_argument("--train-d-ramp", type=int, default=0,
+                   help="with --train-d K: documents written and read in order, the farthest distance growing from 1 "
+                        "to K over the first N steps")
     p.add_argument("--variant", type=parse_variant, default=("rmat", {}),
                    help="name:key=value,... model overrides for both trainers (default: the model's defaults)")
     p.add_argument("--out", default="runs/benchmarks/long_context_pipeline")
     p.add_argument("--jobs", type=int, default=2, help="points trained at once, one core each")
+    p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the benchmark's own loop beside each seed's pipeline runs (--no-reference: only those)")
     p.add_argument("--smoke", action="store_true", help="a few steps of one seed: the path works, in seconds")
     args = p.parse_args()
+    if args.train_d_ramp and args.train_d < 0:
+        p.error("--train-d-ramp N widens the distances of --train-d K; give --train-d too")
     if args.smoke:
         args.tbptt, args.seeds, args.steps, args.batch = [4], 1, 4, 4
         args.out = str(Path(args.out) / "smoke")
     points = [dict(trainer=f"rmat train, loss at {args.loss}" if window else "benchmark loop",
                    variant=args.variant[0], overrides=args.variant[1], n=args.n, d=args.d, train_d=args.train_d,
-                   lead=task_of(args.n, args.d).lead, beta2=BETA2, tbptt=window, seed=seed, steps=args.steps,
+                   train_d_ramp=args.train_d_ramp, lead=task_of(args.n, args.d).lead, beta2=BETA2, tbptt=window,
+                   seed=seed, steps=args.steps,
                    batch=args.batch, lr=args.lr, loss=args.loss, out=args.out)
-              for seed in range(args.seeds) for window in [0, *args.tbptt]]  # window 0: the reference loop
+              for seed in range(args.seeds) for window in [0] * args.reference + args.tbptt]  # 0: the reference
     records = run_resumable(points, record_key, run_point, Path(args.out) / "results.jsonl", args.jobs, report)
     summarize(records, args.seeds)
 

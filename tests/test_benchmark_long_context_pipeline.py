@@ -83,6 +83,21 @@ def test_with_train_d_training_documents_mix_distances_and_validation_keeps_the_
     assert segments("val") == {task.n_segments}
 
 
+def test_a_ramp_writes_short_distances_first_in_the_order_the_rows_read_them(tmp_path):
+    task, rows, tbptt, ramp = task_of(4, 2), 4, 2, 60
+    write_task_shards(tmp_path, task, n_train=600, n_val=4, seed=0, answers_only=True, train_d=4,
+                      ramp=(ramp, rows, tbptt))
+    docs = read_documents(open_split(str(tmp_path), "train"), 1000)  # the order written
+    distances = [(len(doc) + 1) // task.segment_len - 2 for doc, _, _ in docs]
+    read, farthest = [0] * rows, []
+    for i, d in enumerate(distances):  # document i is row i % rows' next, as the loader deals them
+        step = read[i % rows] // tbptt
+        farthest.append(min(4, 1 + 3 * step // ramp))
+        read[i % rows] += d + 2
+    assert all(d <= f for d, f in zip(distances, farthest, strict=True))
+    assert set(distances[:40]) == {0, 1} and set(distances[-200:]) == {0, 1, 2, 3, 4}
+
+
 @pytest.mark.slow
 def test_smoke_run_trains_a_variant_with_rmat_train_and_prints_both_trainers(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "long_context_pipeline.py"), "--smoke", "--out", str(tmp_path),

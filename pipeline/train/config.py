@@ -8,6 +8,7 @@ from model import RMATConfig
 from pipeline.config import ConfigError
 
 PRECISIONS = ("fp32", "bf16")
+SHARD_ORDERS = ("shuffled", "as_written")
 
 
 @dataclass
@@ -28,6 +29,9 @@ class DataConfig:
     # the writes of the window's earlier segments. Costs up to tbptt_segments - 1 padding segments
     # per document; off by default (docs/design.md, section 2).
     align_document_ends: bool = False
+    # "shuffled": each rank reads its shards in an order drawn per (seed, epoch); "as_written": in the
+    # manifest's order every epoch, for data written as a curriculum (easy documents first).
+    shard_order: str = "shuffled"
 
 
 @dataclass
@@ -126,6 +130,8 @@ class TrainConfig:
         _require(e.grad_accum >= 1, "engine.grad_accum", e.grad_accum, "must be >= 1")
         _require(self.data.batch_size >= 1, "data.batch_size", self.data.batch_size, "must be >= 1")
         _require(self.data.tbptt_segments >= 1, "data.tbptt_segments", self.data.tbptt_segments, "must be >= 1")
+        _require(self.data.shard_order in SHARD_ORDERS, "data.shard_order", self.data.shard_order,
+                 f"choose from {SHARD_ORDERS}")
         _require(self.steps >= 1, "steps", self.steps, "must be >= 1")
         _require(self.token_warmup_steps >= 0, "token_warmup_steps", self.token_warmup_steps, "must be >= 0")
         _require(not self.token_warmup_steps or (self.model.has_memory and self.model.mem_tokens_per_chunk > 0),

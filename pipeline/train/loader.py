@@ -1,8 +1,9 @@
 """Streaming rows of documents from token shards, with a small exact position.
 
 Each data-parallel rank owns the shards ``i % world == rank`` and reads them in an
-order shuffled by (seed, epoch). Their documents, counted in that order, are dealt to
-the rank's rows in turn (row r takes documents r, r + rows, ...), so every row reads
+order shuffled by (seed, epoch), or in the manifest's order with ``data.shard_order:
+as_written`` (data written as a curriculum). Their documents, counted in that order, are
+dealt to the rank's rows in turn (row r takes documents r, r + rows, ...), so every row reads
 its own contiguous stream of whole documents; inside a shard it cuts documents into
 segments exactly as ``pipeline.streams.RowStream`` does. A row's position is (epoch,
 shard, sample, token offset): that is all a checkpoint needs to continue the stream.
@@ -105,17 +106,20 @@ class ShardCache:
 
 
 class ShardRow:
-    """One row: every ``rows``-th document of the rank's shards, shard order reshuffled per epoch."""
+    """One row: every ``rows``-th document of the rank's shards, shard order reshuffled per epoch
+    unless ``shuffle`` is off (then the manifest's order, every epoch)."""
 
     def __init__(self, info: SplitInfo, cache: ShardCache, owned: list[int], row: int, rows: int,
-                 segment_len: int, seed: int) -> None:
+                 segment_len: int, seed: int, shuffle: bool = True) -> None:
         self.info, self.cache, self.owned = info, cache, owned
-        self.row, self.rows, self.segment_len, self.seed = row, rows, segment_len, seed
+        self.row, self.rows, self.segment_len, self.seed, self.shuffle = row, rows, segment_len, seed, shuffle
         self.epoch, self.shard_pos = 0, 0
         self._stream: RowStream | None = None
         self._pending = {"doc_index": 0, "offset": 0}
 
     def _order(self) -> list[int]:
+        if not self.shuffle:
+            return self.owned
         perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.owned))
         return [self.owned[i] for i in perm]
 
@@ -166,12 +170,13 @@ class TrainLoader:
 
     def __init__(self, info: SplitInfo, rank: int, world_size: int, batch_size: int, groups: int,
                  segment_len: int, seed: int, whole_short_documents: bool = False,
-                 align_document_ends: bool = False) -> None:
+                 align_document_ends: bool = False, shard_order: str = "shuffled") -> None:
         self.whole_short_documents, self.align_document_ends = whole_short_documents, align_document_ends
         rows = batch_size // world_size
         owned = list(range(rank, len(info.shards), world_size))
         cache = ShardCache(info)
-        all_rows = [ShardRow(info, cache, owned, r, rows, segment_len, seed) for r in range(rows)]
+        shuffle = shard_order == "shuffled"
+        all_rows = [ShardRow(info, cache, owned, r, rows, segment_len, seed, shuffle) for r in range(rows)]
         per_group = rows // groups
         self.groups = [BatchStream(all_rows[g * per_group:(g + 1) * per_group]) for g in range(groups)]
 

@@ -94,7 +94,7 @@ class Trainer:
         groups = cfg.engine.grad_accum
         self.loader = TrainLoader(self.train_info, self.rank, self.world, cfg.data.batch_size, groups,
                                   cfg.model.segment_len, cfg.seed, cfg.data.whole_short_documents,
-                                  cfg.data.align_document_ends)
+                                  cfg.data.align_document_ends, cfg.data.shard_order)
         rows = cfg.data.batch_size // (self.world * groups)
         self.memory = CarriedMemory(cfg.model, groups, rows, self.device, self.dtype)
         self.val_docs = read_documents(self.val_info, cfg.eval.max_docs)

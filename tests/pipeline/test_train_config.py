@@ -31,6 +31,11 @@ def test_zero_stage_4_is_refused(capsys, shards, tmp_path):
     assert code == 2 and "engine.zero_stage=4" in err and "0, 1, 2 or 3" in err
 
 
+def test_an_unknown_shard_order_is_refused_naming_the_choices(capsys, shards, tmp_path):
+    code, err = _train(capsys, str(tmp_path), f"data.shards={shards}", "data.shard_order=sorted")
+    assert code == 2 and "data.shard_order='sorted'" in err and "as_written" in err
+
+
 def test_token_warmup_without_token_entries_is_refused(capsys, shards, tmp_path):
     code, err = _train(capsys, str(tmp_path), f"data.shards={shards}", "token_warmup_steps=10")
     assert code == 2 and "token_warmup_steps=10" in err and "model.mem_tokens_per_chunk" in err

@@ -28,11 +28,11 @@ def _documents(info, shard_indices) -> list[bytes]:
     return out
 
 
-def _epoch_of_row(loader: TrainLoader, row: int) -> list[bytes]:
-    """The documents one row reads during its first epoch, rebuilt from its segments."""
+def _epoch_of_row(loader: TrainLoader, row: int, epoch: int = 0) -> list[bytes]:
+    """The documents one row reads during an epoch (the first, or the one it is in), rebuilt from its segments."""
     stream = loader.groups[0].rows[row]
     docs: list[list[np.ndarray]] = []
-    while stream.state_dict()["epoch"] == 0:
+    while stream.state_dict()["epoch"] == epoch:
         inputs, targets, reset = stream.next_segment()
         if reset:
             docs.append([])
@@ -53,6 +53,17 @@ def test_ranks_and_rows_read_disjoint_streams_that_cover_each_epoch(shards):
         assert flat == sorted(_documents(info, range(rank, len(info.shards), world)))
         per_rank.append(set(flat))
     assert not per_rank[0] & per_rank[1]
+
+
+def test_as_written_rows_read_the_shards_in_manifest_order_every_epoch(shards):
+    info = open_split(shards, "train")
+    docs, rows = _documents(info, range(len(info.shards))), 2  # the manifest's order
+    as_written = TrainLoader(info, 0, 1, rows, 1, S, seed=0, shard_order="as_written")
+    shuffled = TrainLoader(info, 0, 1, rows, 1, S, seed=0)
+    for row in range(rows):
+        epochs = [_epoch_of_row(as_written, row), _epoch_of_row(as_written, row, epoch=1)]
+        assert epochs == [docs[row::rows]] * 2
+        assert [_epoch_of_row(shuffled, row), _epoch_of_row(shuffled, row, epoch=1)] != epochs
 
 
 ALIGNMENTS = {"stream": {}, "whole_short_documents": {"whole_short_documents": True},
