@@ -38,6 +38,9 @@ samples at d = 0, learn the write there, and the FIFO carries it further. ``--tr
 (with ``--train-d K``) writes them as a curriculum, read in the order written
 (``data.shard_order: as_written``): a document's farthest distance grows from 1 to K over the
 first N steps, as long_context.py's ramp draws a step's, at the step its row reads it.
+``--whole-short-documents`` trains with ``data.whole_short_documents``: a document that fits in
+a window is never split across two, so every one at d = 0 lies in one window, its write and
+its questions under one backprop.
 """
 
 from __future__ import annotations
@@ -87,25 +90,33 @@ def answer_spans(targets: torch.Tensor) -> list[list[int]]:
     return [[int(p), int(p) + 1] for p in torch.nonzero(targets != IGNORE).flatten()]
 
 
-def ramp_distances(n_docs: int, train_d: int, ramp: int, rows: int, tbptt: int, gen: torch.Generator) -> list[int]:
+def ramp_distances(n_docs: int, train_d: int, ramp: int, rows: int, tbptt: int, gen: torch.Generator,
+                   whole_short: bool = False) -> list[int]:
     """Distances of documents read in the order written and dealt to ``rows`` rows in turn, each drawn as
-    long_context.training_distance draws a step's, at the step that reads the document's first segment
-    (a document at distance d is d + 2 segments; a step reads ``tbptt`` of a row's)."""
+    long_context.training_distance draws a step's, at the step at which its row reaches it (a document at
+    distance d is d + 2 segments; a step reads ``tbptt`` of a row's). With ``whole_short``
+    (``data.whole_short_documents``) a document that fits in a window but not in what is left of the
+    current one starts at the next window, as the loader pads the row up to it."""
     read, distances = [0] * rows, []
     for i in range(n_docs):
-        d = training_distance(read[i % rows] // tbptt, train_d, ramp, gen)
-        read[i % rows] += d + 2
+        row = i % rows
+        d = training_distance(read[row] // tbptt, train_d, ramp, gen)
+        room = tbptt - read[row] % tbptt
+        if whole_short and room < d + 2 <= tbptt:
+            read[row] += room
+        read[row] += d + 2
         distances.append(d)
     return distances
 
 
 def write_task_shards(folder: Path, task: Task, n_train: int, n_val: int, seed: int, answers_only: bool,
-                      train_d: int = -1, ramp: tuple[int, int, int] = (0, 0, 0)) -> None:
+                      train_d: int = -1, ramp: tuple[int, int, int] = (0, 0, 0), whole_short: bool = False) -> None:
     """``n_train`` + ``n_val`` samples as documents of (d + 2) * S - 1 ids (the sample less its first token,
     where the loader puts BOS), the format of the shard stage,
     with the answers as loss spans when ``answers_only``. With ``train_d`` >= 0 each training document
     has its own distance, drawn from 0..train_d; the validation documents keep the task's. ``ramp`` (steps, rows,
-    TBPTT window), when its steps are > 0, draws them as ``ramp_distances`` does, short ones first."""
+    TBPTT window), when its steps are > 0, draws them as ``ramp_distances`` does, short ones first (``whole_short``
+    as there)."""
     gen = torch.Generator().manual_seed(seed)
 
     def meta(split: str, i: int, row: torch.Tensor, targets: torch.Tensor) -> dict:
@@ -116,7 +127,7 @@ def write_task_shards(folder: Path, task: Task, n_train: int, n_val: int, seed: 
         if max_d < 0:
             return list(zip(*task.sample(n_docs, gen), strict=True))
         if ramp[0] > 0:
-            distances = torch.tensor(ramp_distances(n_docs, max_d, *ramp, gen))
+            distances = torch.tensor(ramp_distances(n_docs, max_d, *ramp, gen, whole_short))
         else:
             distances = torch.randint(0, max_d + 1, (n_docs,), generator=gen)
         rows: list = [None] * n_docs
@@ -140,11 +151,12 @@ def write_task_shards(folder: Path, task: Task, n_train: int, n_val: int, seed: 
 
 
 def train_config(shards: Path, run_dir: Path, tbptt: int, steps: int, batch: int, lr: float, seed: int,
-                 model: dict, shard_order: str = "shuffled") -> dict:
+                 model: dict, shard_order: str = "shuffled", whole_short: bool = False) -> dict:
     """The pipeline's training config on the benchmark's tiny model (plus the ``model`` overrides) and
     the benchmark loop's AdamW beta2; TBPTT windows of ``tbptt`` segments."""
     return {"model": {**TINY, "vocab_size": VOCAB + 2, **model},
-            "data": {"shards": str(shards), "batch_size": batch, "tbptt_segments": tbptt, "shard_order": shard_order},
+            "data": {"shards": str(shards), "batch_size": batch, "tbptt_segments": tbptt, "shard_order": shard_order,
+                     "whole_short_documents": whole_short},
             "optim": {"lr": lr, "warmup_steps": max(1, steps // 20), "beta2": BETA2},
             "engine": {"zero_stage": 0, "threads_per_proc": 1},
             "checkpoint": {"every": 0}, "eval": {"every": 0, "max_docs": 16},
@@ -177,7 +189,8 @@ def pipeline_point(point: dict) -> dict:
     n, d, tbptt, seed, train_d, ramp, steps, batch = (
         point[k] for k in ("n", "d", "tbptt", "seed", "train_d", "train_d_ramp", "steps", "batch"))
     task = task_of(n, d)
-    mixed = (f"-t{train_d}" if train_d >= 0 else "") + (f"r{ramp}" if ramp else "")
+    whole_short = point["whole_short"]
+    mixed = (f"-t{train_d}" if train_d >= 0 else "") + (f"r{ramp}" if ramp else "") + ("-ws" if whole_short else "")
     folder = Path(point["out"]) / f"{point['variant']}-n{n}-d{d}{mixed}-w{tbptt}-s{seed}-{point['loss']}"
     shards = folder / "shards"
     # Enough documents that no row wraps into a second epoch: a ramp's first ones are the shortest, 2 segments.
@@ -185,9 +198,9 @@ def pipeline_point(point: dict) -> dict:
     docs_per_step = batch * max(1, math.ceil(tbptt / segments_per_doc))
     if not (shards / "manifest.json").exists():
         write_task_shards(shards, task, steps * docs_per_step + batch, 64, seed, point["loss"] == "answers", train_d,
-                          (ramp, batch, tbptt))
+                          (ramp, batch, tbptt), whole_short)
     config = train_config(shards, folder / "run", tbptt, steps, batch, point["lr"], seed, point["overrides"],
-                          "as_written" if ramp else "shuffled")
+                          "as_written" if ramp else "shuffled", whole_short)
     seconds = rmat_train(config, folder / "train.yaml")
     return {**record_fields(point), "accuracy": pipeline_accuracy(folder / "run", task, seed),
             "seconds": round(seconds, 1)}
@@ -206,8 +219,8 @@ def reference_point(point: dict) -> dict:
 
 
 def record_fields(point: dict) -> dict:
-    return {k: point[k] for k in ("trainer", "variant", "n", "d", "train_d", "train_d_ramp", "lead", "beta2", "tbptt",
-                                  "seed", "steps")}
+    return {k: point[k] for k in ("trainer", "variant", "n", "d", "train_d", "train_d_ramp", "whole_short", "lead",
+                                  "beta2", "tbptt", "seed", "steps")}
 
 
 def summarize(records: list[dict], seeds: int) -> None:
@@ -215,9 +228,9 @@ def summarize(records: list[dict], seeds: int) -> None:
     for r in records:
         groups.setdefault(record_key(r)[:-2], []).append(r["accuracy"])
     rows = [[trainer, variant, str(n), str(d), distances_cell(t, ramp),
-             "whole sample" if w == 0 else str(w), f"{np.mean(a):.3f} ({min(a):.2f}-{max(a):.2f})", str(len(a)),
+             window_cell(w, whole_short), f"{np.mean(a):.3f} ({min(a):.2f}-{max(a):.2f})", str(len(a)),
              f"{ceiling(n, d):.3f}"]
-            for (trainer, variant, n, d, t, ramp, _, _, w), a in groups.items()]
+            for (trainer, variant, n, d, t, ramp, whole_short, _, _, w), a in groups.items()]
     print(f"\nMQAR accuracy across segments, trained by rmat train and by the benchmark's loop "
           f"(chance {1 / N_VALUES:.3f}; {seeds} seeds)\n")
     print_table(["trainer", "model", "n", "d", "trained on distances", "backprop window (segments)",
@@ -230,13 +243,19 @@ def distances_cell(train_d: int, ramp: int) -> str:
     return f"0..{train_d}" + (f", the farthest from 1 up over {ramp} steps" if ramp else "")
 
 
+def window_cell(tbptt: int, whole_short: bool) -> str:
+    if tbptt == 0:
+        return "whole sample"
+    return f"{tbptt}" + (", documents that fit one kept whole" if whole_short else "")
+
+
 def record_key(r: dict) -> tuple:
     """What tells points apart; records written before a field existed read as its default (before
     ``lead``, the stream read each sample one token late; before ``beta2``, `rmat train` took the
     pipeline's default 0.95)."""
     beta2 = r.get("beta2", BETA2 if r["trainer"] == "benchmark loop" else 0.95)
     return (r["trainer"], r.get("variant", "rmat"), r["n"], r["d"], r.get("train_d", -1), r.get("train_d_ramp", 0),
-            r.get("lead", 0), beta2, r["tbptt"], r["seed"], r["steps"])
+            r.get("whole_short", False), r.get("lead", 0), beta2, r["tbptt"], r["seed"], r["steps"])
 
 
 def ceiling(n: int, d: int) -> float:
@@ -261,6 +280,9 @@ def main() -> None:
     p.add_argument("--train-d-ramp", type=int, default=0,
                    help="with --train-d K: documents written and read in order, the farthest distance growing from 1 "
                         "to K over the first N steps")
+    p.add_argument("--whole-short-documents", action="store_true",
+                   help="rmat train with data.whole_short_documents: a document that fits in a window is never split "
+                        "across two (padding instead)")
     p.add_argument("--variant", type=parse_variant, default=("rmat", {}),
                    help="name:key=value,... model overrides for both trainers (default: the model's defaults)")
     p.add_argument("--out", default="runs/benchmarks/long_context_pipeline")
@@ -276,8 +298,8 @@ def main() -> None:
         args.out = str(Path(args.out) / "smoke")
     points = [dict(trainer=f"rmat train, loss at {args.loss}" if window else "benchmark loop",
                    variant=args.variant[0], overrides=args.variant[1], n=args.n, d=args.d, train_d=args.train_d,
-                   train_d_ramp=args.train_d_ramp, lead=task_of(args.n, args.d).lead, beta2=BETA2, tbptt=window,
-                   seed=seed, steps=args.steps,
+                   train_d_ramp=args.train_d_ramp, whole_short=args.whole_short_documents and window > 0,
+                   lead=task_of(args.n, args.d).lead, beta2=BETA2, tbptt=window, seed=seed, steps=args.steps,
                    batch=args.batch, lr=args.lr, loss=args.loss, out=args.out)
               for seed in range(args.seeds) for window in [0] * args.reference + args.tbptt]  # 0: the reference
     records = run_resumable(points, record_key, run_point, Path(args.out) / "results.jsonl", args.jobs, report)

@@ -13,12 +13,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from long_context import BETA2, N_FILLER, N_KEYS  # noqa: E402
+from long_context import BETA2, N_FILLER, N_KEYS, training_distance  # noqa: E402
 from long_context_pipeline import BOS_ID, EOS_ID, task_of, write_task_shards  # noqa: E402
 
 from pipeline.streams import IGNORE_INDEX, RowStream  # noqa: E402
 from pipeline.train import checkpoint  # noqa: E402
-from pipeline.train.loader import open_split, read_documents  # noqa: E402
+from pipeline.train.loader import TrainLoader, open_split, read_documents  # noqa: E402
 
 
 def test_a_task_sample_begins_with_filler_so_bos_in_its_place_loses_no_pair():
@@ -96,6 +96,30 @@ def test_a_ramp_writes_short_distances_first_in_the_order_the_rows_read_them(tmp
         read[i % rows] += d + 2
     assert all(d <= f for d, f in zip(distances, farthest, strict=True))
     assert set(distances[:40]) == {0, 1} and set(distances[-200:]) == {0, 1, 2, 3, 4}
+
+
+def test_a_ramp_of_documents_kept_whole_draws_each_at_the_step_the_loader_begins_it(tmp_path):
+    task, rows, tbptt, ramp = task_of(4, 2), 4, 2, 60
+    write_task_shards(tmp_path, task, n_train=600, n_val=4, seed=0, answers_only=True, train_d=4,
+                      ramp=(ramp, rows, tbptt), whole_short=True)
+    info = open_split(str(tmp_path), "train")
+    written = [(len(doc) + 1) // task.segment_len - 2 for doc, _, _ in read_documents(info, 1000)]
+    loader = TrainLoader(info, 0, 1, rows, 1, task.segment_len, seed=0, whole_short_documents=True,
+                         shard_order="as_written")
+    reached: list[list[int]] = [[] for _ in range(rows)]  # the step at which a row reaches each document:
+    padded, paddings = [False] * rows, 0                   # its first segment, or the padding before it
+    for step in range(200):
+        for segment in loader.window(0, tbptt):
+            for r in range(rows):
+                padding = bool((segment.inputs[r] == EOS_ID).all())
+                if (padding or segment.reset[r]) and not padded[r]:
+                    reached[r].append(step)
+                padded[r], paddings = padding, paddings + padding
+    read = min(len(b) for b in reached) * rows
+    steps = [reached[i % rows][i // rows] for i in range(read)]  # row r reads documents r, r + rows, ...
+    assert paddings > 0  # short documents were kept whole, so rows fell behind the segments they would have read
+    gen = torch.Generator().manual_seed(0)  # the shards' generator draws the distances first
+    assert written[:read] == [training_distance(step, 4, ramp, gen) for step in steps]
 
 
 @pytest.mark.slow
