@@ -22,7 +22,8 @@ class DataConfig:
     tbptt_segments: int = 2
     # A document that fits in a TBPTT window is read within one window, the row idling on padding
     # until the next begins, so the gradient of its last segment reaches the memory its first wrote.
-    # Off by default: on passkey it lifted recall 1-2 segments back but lowered it 8 back (docs/design.md).
+    # Off by default: on passkey it lifted recall 1-2 segments back but lowered it 8 back; on MQAR with
+    # a curriculum over distance it let windows of 2 bind at d = 4 in every seed (docs/design.md, section 2).
     whole_short_documents: bool = False
     # Every document ends where a window ends (and one that fits lies within one window), so the
     # gradient of a document's last segment, where a passkey's question or an answer lies, reaches
