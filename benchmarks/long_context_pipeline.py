@@ -73,6 +73,7 @@ from long_context import (  # noqa: E402
 )
 
 from data_prep.byte_shards import write_id_shards  # noqa: E402
+from pipeline.streams import may_begin  # noqa: E402
 from pipeline.train import checkpoint  # noqa: E402
 
 BOS_ID, EOS_ID = VOCAB, VOCAB + 1
@@ -102,8 +103,8 @@ def ramp_distances(n_docs: int, train_d: int, ramp: int, rows: int, tbptt: int, 
         row = i % rows
         d = training_distance(read[row] // tbptt, train_d, ramp, gen)
         room = tbptt - read[row] % tbptt
-        if whole_short and room < d + 2 <= tbptt:
-            read[row] += room
+        if whole_short and not may_begin(d + 2, room, tbptt, align_ends=False):
+            read[row] += room  # the loader's rule: the row pads up to the next window
         read[row] += d + 2
         distances.append(d)
     return distances
