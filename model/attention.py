@@ -100,11 +100,16 @@ class MixedAttention(nn.Module):
         self.mix_logits = nn.Parameter(initial_mix_logits(cfg))
         if cfg.has_memory:
             self.mem_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
-            self.wkv_mem = nn.Linear(d, 2 * d, bias=False)
+            self.wkv_mem = nn.Linear(d, cfg.mem_kv_width, bias=False)
+            if cfg.narrow_memory_read:
+                # The segment's queries are head_dim wide: a narrow read asks with its own, and its
+                # answer is widened back to head_dim (one map for every head; wo tells the heads apart).
+                self.wq_mem = nn.Linear(d, cfg.n_heads * cfg.mem_head_width, bias=False)
+                self.wo_mem = nn.Linear(cfg.mem_head_width, cfg.head_dim, bias=False)
             if cfg.mem_sink:
                 # A slot whose value is zero: a head can read "nothing here" instead of spreading its
                 # weight over entries that do not hold what it asks for.
-                self.mem_sink_key = nn.Parameter(torch.zeros(cfg.n_heads, cfg.head_dim))
+                self.mem_sink_key = nn.Parameter(torch.zeros(cfg.n_heads, cfg.mem_head_width))
         self.dropout = nn.Dropout(cfg.dropout)
 
     def mix_weights(self) -> Tensor:
@@ -113,7 +118,7 @@ class MixedAttention(nn.Module):
 
     def forward(self, u: Tensor, mem_kv: Optional[Tensor], valid: Tensor, read_bias: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor]:
-        """Attend a whole segment u [B, T, D] and the memory's projected slots mem_kv [B, M, 2D]
+        """Attend a whole segment u [B, T, D] and the memory's projected slots mem_kv [B, M, 2 H m]
         (``memory_kv``); returns (output, rotated keys, values)."""
         q_mem, q, k, v = self._qkv(u, start=0)
         outs = []
@@ -148,21 +153,28 @@ class MixedAttention(nn.Module):
         return self._mix(outs)
 
     def memory_kv(self, mem: Tensor) -> Tensor:
-        """Memory slots mem [B, M, D] -> their keys and values [B, M, 2D], what a read attends.
+        """Memory slots mem [B, M, D] -> their keys and values [B, M, 2 H m] (m: ``mem_head_width``),
+        what a read attends.
 
         Row by row: a slot's projection does not depend on the others, so the state keeps it
         from the write that pushed the slot to the read that drops it (``MemoryState.kv``).
         """
         return self.wkv_mem(self.mem_norm(mem))
 
+    def memory_query(self, u: Tensor, q: Tensor) -> Tensor:
+        """What the tokens u [B, T, D] ask the memory, given their unrotated queries q [B, H, T, d]:
+        q itself, or with ``mem_head_dim`` the narrow query [B, H, T, m] of its own projection."""
+        return self._heads(self.wq_mem(u)) if self.cfg.narrow_memory_read else q
+
     def _qkv(self, u: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The memory's query, then the rotated query and key and the value of the segment."""
         q, k, v = (self._heads(x) for x in self.wqkv(u).chunk(3, dim=-1))
-        return q, self.rotary(q, start), self.rotary(k, start), v
+        return self.memory_query(u, q), self.rotary(q, start), self.rotary(k, start), v
 
     def _heads(self, x: Tensor) -> Tensor:
+        """[B, T, H * w] -> [B, H, T, w], for any width w a head has on a path."""
         b, t, _ = x.shape
-        return x.view(b, t, self.cfg.n_heads, self.cfg.head_dim).transpose(1, 2)
+        return x.view(b, t, self.cfg.n_heads, -1).transpose(1, 2)
 
     def _read_memory(self, q: Tensor, mem_kv: Tensor, valid: Tensor, read_bias: Tensor) -> Tensor:
         km, vm = (self._heads(x) for x in mem_kv.chunk(2, dim=-1))
@@ -170,7 +182,8 @@ class MixedAttention(nn.Module):
         if self.cfg.mem_sink:
             km, vm, valid = with_sink(km, vm, valid, self.mem_sink_key)
             bias = None if bias is None else F.pad(bias, (1, 0))  # the sink's logit is unbiased
-        return memory_attention(q, km, vm, valid, bias)
+        out = memory_attention(q, km, vm, valid, bias)
+        return self.wo_mem(out) if self.cfg.narrow_memory_read else out
 
     def _mix(self, outs: list[Tensor]) -> Tensor:
         a = self.mix_weights().to(outs[0].dtype)  # [H, P]

@@ -46,6 +46,10 @@ class RMATConfig:
     # "spans", the means of its k spans of C / k consecutive tokens: no choice to learn, and each span
     # keeps its tokens apart from the rest of the chunk (docs/design.md, section 2).
     mem_token_choice: str = "score"
+    # Each head's memory keys, values and query are mem_head_dim wide (None: head_dim), and a narrow read
+    # is widened back to head_dim: the read of M slots costs 4 * n_heads * mem_head_dim * M a token and
+    # layer instead of 4 * d_model * M, which is what a memory of many entries pays (docs/design.md, section 2).
+    mem_head_dim: Optional[int] = None
     mem_sink: bool = False  # the memory read may attend to a learned empty slot (docs/design.md, section 2)
     mix_init: str = "equal"  # "one_path_per_head": head h starts on path h mod len(paths) (docs/design.md, section 2)
     token_shift: bool = False  # each token's embedding also carries its predecessor's (docs/design.md, section 1)
@@ -87,6 +91,8 @@ class RMATConfig:
                    "has no score to draw or gate by: leave mem_token_sampling and mem_token_gate at their defaults")
         _check(self.mem_token_gate == "mix" or self.mem_tokens_per_chunk > 0, "mem_token_gate",
                self.mem_token_gate, "gates token entries; set mem_tokens_per_chunk > 0")
+        _check(self.mem_head_dim is None or self.mem_head_dim > 0, "mem_head_dim", self.mem_head_dim,
+               "must be positive or None (head_dim)")
         _check(self.pool in POOLS, "pool", self.pool, f"choose from {POOLS}")
         _check(self.mix_init in MIX_INITS, "mix_init", self.mix_init, f"choose from {MIX_INITS}")
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
@@ -95,6 +101,21 @@ class RMATConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def mem_head_width(self) -> int:
+        """The width of each head's memory keys, values and query."""
+        return self.head_dim if self.mem_head_dim is None else self.mem_head_dim
+
+    @property
+    def narrow_memory_read(self) -> bool:
+        """Whether the memory is read through its own narrower projections (``mem_head_dim``)."""
+        return self.mem_head_width != self.head_dim
+
+    @property
+    def mem_kv_width(self) -> int:
+        """The width of one slot's projected keys and values (``MemoryState.kv``)."""
+        return 2 * self.n_heads * self.mem_head_width
 
     @property
     def ffn_dim(self) -> int:

@@ -7,7 +7,7 @@
 With ``token_shift`` the step also takes and gives ``emb`` [B, 1, D], the embedding of the
 segment's last token so far (zeros at its start), after ``y_cache``: ``step_names(cfg)``. With
 ``mem_token_gate="read"`` both graphs take and give the memory's ``read_bias`` [L, B, M] after
-``carry``. A model with a memory path takes and gives ``mem_kv`` [L, B, M, 2D] last: each slot's
+``carry``. A model with a memory path takes and gives ``mem_kv`` [L, B, M, 2 H m] last: each slot's
 keys and values as the read attends them (``MemoryState.kv``), so a write projects only its new
 entries and a step none (``segment_names(cfg)``).
 
@@ -276,7 +276,7 @@ def _attend_step(attn: MixedAttention, u: Tensor, k_cache: Tensor, v_cache: Tens
             in_chunk = seen & (index >= pos - pos % cfg.chunk_len)
             outs.append(F.scaled_dot_product_attention(q_rot, k_cache, v_cache, attn_mask=in_chunk.view(1, 1, 1, s)))
         else:
-            outs.append(attn._read_memory(q, mem_kv, valid, read_bias))
+            outs.append(attn._read_memory(attn.memory_query(u, q), mem_kv, valid, read_bias))
     return attn._mix(outs), k_cache, v_cache
 
 
@@ -333,7 +333,7 @@ def example_inputs(model: nn.Module, batch: int = 2, tokens: int = 3) -> tuple[t
     c = model.cfg
     state = model.init_state(batch)
     memory = {"mem": state.mem, "valid": state.valid, "carry": state.carry, "read_bias": state.read_bias,
-              "mem_kv": state.mem.new_zeros(*state.mem.shape[:-1], 2 * c.d_model)}
+              "mem_kv": state.mem.new_zeros(*state.mem.shape[:-1], c.mem_kv_width)}
     seg = (torch.zeros(batch, tokens, dtype=torch.long), *(memory[name] for name in memory_state_names(c)))
     cache = model.init_cache(batch)
     values = {"k_cache": cache.k, "v_cache": cache.v, "y_cache": cache.y, "emb": cache.emb,

@@ -73,6 +73,10 @@ class RMAT(nn.Module):
         for block in self.blocks:
             for w in (block.attn.wo.weight, block.ffn.w2.weight):
                 nn.init.normal_(w, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
+            if cfg.narrow_memory_read:
+                # Widened at the scale it was read at, as a full-width read gives its values unchanged:
+                # at init_std the memory path would start ~1 / (init_std * sqrt(m)) times fainter.
+                nn.init.normal_(block.attn.wo_mem.weight, std=1 / math.sqrt(cfg.mem_head_width))
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -255,12 +259,16 @@ class RMAT(nn.Module):
         c = self.cfg
         d, f = c.d_model, c.ffn_dim
         per_layer = 2 * (4 * d * d + 3 * d * f)  # wqkv + wo, SwiGLU
-        context = {"global": (c.segment_len + 1) / 2, "local": (c.chunk_len + 1) / 2, "memory": c.mem_slots}
-        per_layer += 4 * d * sum(context[p] for p in c.paths)
+        context = {"global": (c.segment_len + 1) / 2, "local": (c.chunk_len + 1) / 2}
+        per_layer += 4 * d * sum(context[p] for p in c.paths if p in context)
         if c.has_memory:
+            w = c.n_heads * c.mem_head_width  # every head's memory keys (and values, and queries) side by side
+            per_layer += 4 * w * c.mem_slots  # the read
             entries = (c.segment_len // c.chunk_len) * (1 + c.mem_tokens_per_chunk)
-            per_layer += 2 * 2 * d * d * entries / c.segment_len  # memory keys and values of the new entries
+            per_layer += 2 * 2 * d * w * entries / c.segment_len  # memory keys and values of the new entries
             per_layer += 2 * 6 * d * d / c.chunk_len  # GRU cell per chunk
+            if c.narrow_memory_read:
+                per_layer += 2 * d * w + 2 * w * c.head_dim  # its own query, its answer widened
         forward = c.n_layers * per_layer + 2 * d * c.vocab_size + (2 * d * d if c.token_shift else 0)
         return 3 * forward
 

@@ -91,7 +91,7 @@ class OnnxDecoder:
         if "read_bias" in self.memory_state:  # what each read adds to a slot's logit: nothing to start
             self.state["read_bias"] = np.zeros((c.n_layers, batch, c.mem_slots), np.float32)
         if "mem_kv" in self.memory_state:  # empty slots project to zeros (RMSNorm and a bias-free projection)
-            self.state["mem_kv"] = np.zeros((c.n_layers, batch, c.mem_slots, 2 * c.d_model), np.float32)
+            self.state["mem_kv"] = np.zeros((c.n_layers, batch, c.mem_slots, c.mem_kv_width), np.float32)
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
         self.reset(ids.shape[0])

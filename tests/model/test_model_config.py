@@ -43,6 +43,16 @@ def test_more_memory_tokens_than_a_chunk_holds_are_rejected():
         RMATConfig(mem_tokens_per_chunk=65)
 
 
+def test_a_memory_head_width_below_one_is_rejected():
+    with pytest.raises(ValueError, match="mem_head_dim=0: must be positive or None"):
+        RMATConfig(mem_head_dim=0)
+
+
+def test_a_memory_head_width_equal_to_the_head_width_is_the_full_read():
+    cfg = RMATConfig(d_model=64, n_heads=4, mem_head_dim=16)
+    assert not cfg.narrow_memory_read and cfg.mem_kv_width == 2 * 64
+
+
 def test_token_sampling_without_token_entries_is_rejected():
     with pytest.raises(ValueError, match="mem_token_sampling=True: .* set mem_tokens_per_chunk > 0"):
         RMATConfig(mem_token_sampling=True)

@@ -29,7 +29,9 @@ VARIANTS = {"mean_pool": {"pool": "mean"}, "attn_pool": {"pool": "attn"}, "mem_s
             "token_entries": {"mem_tokens_per_chunk": 2, "mem_slots": 18},
             "read_gated_tokens": {"mem_tokens_per_chunk": 2, "mem_slots": 18, "mem_token_gate": "read"},
             "token_spans": {"mem_tokens_per_chunk": 2, "mem_slots": 18, "mem_token_choice": "spans"},
-            "token_shift": {"token_shift": True}}
+            "token_shift": {"token_shift": True},
+            # keys, values and queries 4 wide instead of the heads' 16, the read widened back
+            "narrow_read": {"mem_tokens_per_chunk": 2, "mem_slots": 18, "mem_head_dim": 4}}
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -46,7 +48,7 @@ def graphs(request, tmp_path_factory):
     if request.param == "mem_sink":  # its key starts at zero: make it score unlike an entry
         for block in model.blocks:
             torch.nn.init.normal_(block.attn.mem_sink_key, std=1.0)
-    if request.param in ("token_entries", "read_gated_tokens"):  # its score starts at zero: make it choose
+    if request.param in ("token_entries", "read_gated_tokens", "narrow_read"):  # its score starts at zero: choose
         for block in model.blocks:
             torch.nn.init.normal_(block.writer.token_score, std=1.0)
     folder = tmp_path_factory.mktemp("onnx")
