@@ -20,9 +20,10 @@ class MemoryState:
 
     ``kv`` [L, B, M, 2 H m] (m: ``RMATConfig.mem_head_width``) caches each slot's memory keys
     and values as the model's current weights project them (None: not projected yet), so that
-    a slot is projected once, not at every read. It is derived, never saved, and ``detach`` drops it: after the window's
-    backward the optimizer may change the weights that projected it. A state given other
-    slots (``dataclasses.replace(state, mem=...)``) must drop it too: ``kv=None``.
+    a slot is projected once, not at every read. It is derived, never saved, and ``detach``
+    drops it: after the window's backward the optimizer may change the weights that projected
+    it. A state given other slots (``dataclasses.replace(state, mem=...)``) must drop it too:
+    ``kv=None``.
     """
 
     mem: Tensor
