@@ -102,14 +102,16 @@ class MixedAttention(nn.Module):
             self.mem_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
             self.wkv_mem = nn.Linear(d, cfg.mem_kv_width, bias=False)
             if cfg.narrow_memory_read:
-                # The segment's queries are head_dim wide: a narrow read asks with its own, and its
-                # answer is widened back to head_dim (one map for every head; wo tells the heads apart).
-                self.wq_mem = nn.Linear(d, cfg.n_heads * cfg.mem_head_width, bias=False)
-                self.wo_mem = nn.Linear(cfg.mem_head_width, cfg.head_dim, bias=False)
+                # The segment's queries are n_heads x head_dim: a narrow read asks with its own, and each
+                # memory head's answer is widened back to the heads it answers for (one map shared by the
+                # memory heads; wo tells the heads apart).
+                self.wq_mem = nn.Linear(d, cfg.mem_read_heads * cfg.mem_head_width, bias=False)
+                self.wo_mem = nn.Linear(cfg.mem_head_width, cfg.n_heads // cfg.mem_read_heads * cfg.head_dim,
+                                        bias=False)
             if cfg.mem_sink:
                 # A slot whose value is zero: a head can read "nothing here" instead of spreading its
                 # weight over entries that do not hold what it asks for.
-                self.mem_sink_key = nn.Parameter(torch.zeros(cfg.n_heads, cfg.mem_head_width))
+                self.mem_sink_key = nn.Parameter(torch.zeros(cfg.mem_read_heads, cfg.mem_head_width))
         self.dropout = nn.Dropout(cfg.dropout)
 
     def mix_weights(self) -> Tensor:
@@ -118,7 +120,7 @@ class MixedAttention(nn.Module):
 
     def forward(self, u: Tensor, mem_kv: Optional[Tensor], valid: Tensor, read_bias: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor]:
-        """Attend a whole segment u [B, T, D] and the memory's projected slots mem_kv [B, M, 2 H m]
+        """Attend a whole segment u [B, T, D] and the memory's projected slots mem_kv [B, M, 2 G m]
         (``memory_kv``); returns (output, rotated keys, values)."""
         q_mem, q, k, v = self._qkv(u, start=0)
         outs = []
@@ -153,8 +155,8 @@ class MixedAttention(nn.Module):
         return self._mix(outs)
 
     def memory_kv(self, mem: Tensor) -> Tensor:
-        """Memory slots mem [B, M, D] -> their keys and values [B, M, 2 H m] (m: ``mem_head_width``),
-        what a read attends.
+        """Memory slots mem [B, M, D] -> their keys and values [B, M, 2 G m] (G: ``mem_read_heads``,
+        m: ``mem_head_width``), what a read attends.
 
         Row by row: a slot's projection does not depend on the others, so the state keeps it
         from the write that pushed the slot to the read that drops it (``MemoryState.kv``).
@@ -163,27 +165,36 @@ class MixedAttention(nn.Module):
 
     def memory_query(self, u: Tensor, q: Tensor) -> Tensor:
         """What the tokens u [B, T, D] ask the memory, given their unrotated queries q [B, H, T, d]:
-        q itself, or with ``mem_head_dim`` the narrow query [B, H, T, m] of its own projection."""
-        return self._heads(self.wq_mem(u)) if self.cfg.narrow_memory_read else q
+        q itself, or for a narrow read the query [B, G, T, m] of its own projection."""
+        return self._heads(self.wq_mem(u), self.cfg.mem_read_heads) if self.cfg.narrow_memory_read else q
 
     def _qkv(self, u: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The memory's query, then the rotated query and key and the value of the segment."""
-        q, k, v = (self._heads(x) for x in self.wqkv(u).chunk(3, dim=-1))
+        q, k, v = (self._heads(x, self.cfg.n_heads) for x in self.wqkv(u).chunk(3, dim=-1))
         return self.memory_query(u, q), self.rotary(q, start), self.rotary(k, start), v
 
-    def _heads(self, x: Tensor) -> Tensor:
-        """[B, T, H * w] -> [B, H, T, w], for any width w a head has on a path."""
+    @staticmethod
+    def _heads(x: Tensor, n_heads: int) -> Tensor:
+        """[B, T, n_heads * w] -> [B, n_heads, T, w], for any width w a head has on a path."""
         b, t, _ = x.shape
-        return x.view(b, t, self.cfg.n_heads, -1).transpose(1, 2)
+        return x.view(b, t, n_heads, -1).transpose(1, 2)
+
+    def _widen(self, out: Tensor) -> Tensor:
+        """A narrow read's answer [B, G, T, m] -> [B, H, T, head_dim]: memory head g answers for
+        heads g r .. g r + r - 1 (r = H / G)."""
+        b, g, t, _ = out.shape
+        c = self.cfg
+        wide = self.wo_mem(out).view(b, g, t, c.n_heads // g, c.head_dim)
+        return wide.transpose(2, 3).reshape(b, c.n_heads, t, c.head_dim)
 
     def _read_memory(self, q: Tensor, mem_kv: Tensor, valid: Tensor, read_bias: Tensor) -> Tensor:
-        km, vm = (self._heads(x) for x in mem_kv.chunk(2, dim=-1))
+        km, vm = (self._heads(x, self.cfg.mem_read_heads) for x in mem_kv.chunk(2, dim=-1))
         bias = read_bias if self.cfg.mem_token_gate == "read" else None
         if self.cfg.mem_sink:
             km, vm, valid = with_sink(km, vm, valid, self.mem_sink_key)
             bias = None if bias is None else F.pad(bias, (1, 0))  # the sink's logit is unbiased
         out = memory_attention(q, km, vm, valid, bias)
-        return self.wo_mem(out) if self.cfg.narrow_memory_read else out
+        return self._widen(out) if self.cfg.narrow_memory_read else out
 
     def _mix(self, outs: list[Tensor]) -> Tensor:
         a = self.mix_weights().to(outs[0].dtype)  # [H, P]

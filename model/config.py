@@ -50,6 +50,10 @@ class RMATConfig:
     # is widened back to head_dim: the read of M slots costs 4 * n_heads * mem_head_dim * M a token and
     # layer instead of 4 * d_model * M, which is what a memory of many entries pays (docs/design.md, section 2).
     mem_head_dim: Optional[int] = None
+    # How many heads read the memory (None: n_heads). Each memory head answers for n_heads / mem_heads of
+    # the segment's heads, its answer widened to theirs: a read's cost is set by how many scores it takes
+    # (mem_heads * M a token) more than by their width (docs/design.md, section 2).
+    mem_heads: Optional[int] = None
     mem_sink: bool = False  # the memory read may attend to a learned empty slot (docs/design.md, section 2)
     mix_init: str = "equal"  # "one_path_per_head": head h starts on path h mod len(paths) (docs/design.md, section 2)
     token_shift: bool = False  # each token's embedding also carries its predecessor's (docs/design.md, section 1)
@@ -93,6 +97,8 @@ class RMATConfig:
                self.mem_token_gate, "gates token entries; set mem_tokens_per_chunk > 0")
         _check(self.mem_head_dim is None or self.mem_head_dim > 0, "mem_head_dim", self.mem_head_dim,
                "must be positive or None (head_dim)")
+        _check(self.mem_heads is None or (0 < self.mem_heads <= self.n_heads and self.n_heads % self.mem_heads == 0),
+               "mem_heads", self.mem_heads, f"must divide n_heads={self.n_heads}, or be None (n_heads)")
         _check(self.pool in POOLS, "pool", self.pool, f"choose from {POOLS}")
         _check(self.mix_init in MIX_INITS, "mix_init", self.mix_init, f"choose from {MIX_INITS}")
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
@@ -108,14 +114,20 @@ class RMATConfig:
         return self.head_dim if self.mem_head_dim is None else self.mem_head_dim
 
     @property
+    def mem_read_heads(self) -> int:
+        """How many heads read the memory."""
+        return self.n_heads if self.mem_heads is None else self.mem_heads
+
+    @property
     def narrow_memory_read(self) -> bool:
-        """Whether the memory is read through its own narrower projections (``mem_head_dim``)."""
-        return self.mem_head_width != self.head_dim
+        """Whether the memory is read through its own query and its answer widened to the heads
+        (``mem_head_dim`` narrower than a head, or ``mem_heads`` fewer than the heads)."""
+        return self.mem_head_width != self.head_dim or self.mem_read_heads != self.n_heads
 
     @property
     def mem_kv_width(self) -> int:
         """The width of one slot's projected keys and values (``MemoryState.kv``)."""
-        return 2 * self.n_heads * self.mem_head_width
+        return 2 * self.mem_read_heads * self.mem_head_width
 
     @property
     def ffn_dim(self) -> int:

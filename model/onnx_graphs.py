@@ -7,7 +7,7 @@
 With ``token_shift`` the step also takes and gives ``emb`` [B, 1, D], the embedding of the
 segment's last token so far (zeros at its start), after ``y_cache``: ``step_names(cfg)``. With
 ``mem_token_gate="read"`` both graphs take and give the memory's ``read_bias`` [L, B, M] after
-``carry``. A model with a memory path takes and gives ``mem_kv`` [L, B, M, 2 H m] last: each slot's
+``carry``. A model with a memory path takes and gives ``mem_kv`` [L, B, M, 2 G m] last: each slot's
 keys and values as the read attends them (``MemoryState.kv``), so a write projects only its new
 entries and a step none (``segment_names(cfg)``).
 
@@ -260,7 +260,7 @@ def _attend_step(attn: MixedAttention, u: Tensor, k_cache: Tensor, v_cache: Tens
     """``MixedAttention.step`` with the position as a tensor: masks over the whole cache instead of slices."""
     cfg = attn.cfg
     s = k_cache.shape[2]
-    q, k, v = (attn._heads(x) for x in attn.wqkv(u).chunk(3, dim=-1))
+    q, k, v = (attn._heads(x, attn.cfg.n_heads) for x in attn.wqkv(u).chunk(3, dim=-1))
     where = pos.view(1)
     cos, sin = attn.rotary.cos.index_select(0, where).to(u.dtype), attn.rotary.sin.index_select(0, where).to(u.dtype)
     q_rot, k_rot = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin

@@ -262,13 +262,13 @@ class RMAT(nn.Module):
         context = {"global": (c.segment_len + 1) / 2, "local": (c.chunk_len + 1) / 2}
         per_layer += 4 * d * sum(context[p] for p in c.paths if p in context)
         if c.has_memory:
-            w = c.n_heads * c.mem_head_width  # every head's memory keys (and values, and queries) side by side
+            w = c.mem_read_heads * c.mem_head_width  # every memory head's keys (and values, and queries) side by side
             per_layer += 4 * w * c.mem_slots  # the read
             entries = (c.segment_len // c.chunk_len) * (1 + c.mem_tokens_per_chunk)
             per_layer += 2 * 2 * d * w * entries / c.segment_len  # memory keys and values of the new entries
             per_layer += 2 * 6 * d * d / c.chunk_len  # GRU cell per chunk
             if c.narrow_memory_read:
-                per_layer += 2 * d * w + 2 * w * c.head_dim  # its own query, its answer widened
+                per_layer += 2 * d * w + 2 * c.mem_head_width * d  # its own query, its answer widened to every head
         forward = c.n_layers * per_layer + 2 * d * c.vocab_size + (2 * d * d if c.token_shift else 0)
         return 3 * forward
 

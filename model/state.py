@@ -18,7 +18,7 @@ class MemoryState:
     GRU's running state, ``read_bias`` [L, B, M] what each read adds to a slot's logit
     (zero but for token entries under ``mem_token_gate="read"``).
 
-    ``kv`` [L, B, M, 2 H m] (m: ``RMATConfig.mem_head_width``) caches each slot's memory keys
+    ``kv`` [L, B, M, 2 G m] (G, m: ``RMATConfig.mem_read_heads``, ``mem_head_width``) caches each slot's memory keys
     and values as the model's current weights project them (None: not projected yet), so that
     a slot is projected once, not at every read. It is derived, never saved, and ``detach``
     drops it: after the window's backward the optimizer may change the weights that projected

@@ -53,6 +53,17 @@ def test_a_memory_head_width_equal_to_the_head_width_is_the_full_read():
     assert not cfg.narrow_memory_read and cfg.mem_kv_width == 2 * 64
 
 
+@pytest.mark.parametrize("mem_heads", [0, 3, 5])
+def test_a_number_of_memory_heads_that_does_not_divide_the_heads_is_rejected(mem_heads):
+    with pytest.raises(ValueError, match=f"mem_heads={mem_heads}: must divide n_heads=4"):
+        RMATConfig(d_model=64, n_heads=4, mem_heads=mem_heads)
+
+
+def test_fewer_memory_heads_read_through_their_own_query_and_cache_only_their_keys_and_values():
+    cfg = RMATConfig(d_model=64, n_heads=4, mem_heads=1)
+    assert cfg.narrow_memory_read and cfg.mem_kv_width == 2 * 16
+
+
 def test_token_sampling_without_token_entries_is_rejected():
     with pytest.raises(ValueError, match="mem_token_sampling=True: .* set mem_tokens_per_chunk > 0"):
         RMATConfig(mem_token_sampling=True)

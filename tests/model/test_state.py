@@ -295,10 +295,11 @@ def test_flops_per_token_grow_with_segment_length_only_for_the_global_path():
     assert glob[1] - glob[0] == pytest.approx(3 * 2 * 4 * 32 * (65 - 17) / 2)
 
 
-@pytest.mark.parametrize("mem_head_dim", [None, 2])
-def test_each_memory_slot_costs_four_flops_a_key_and_value_dimension_of_every_head(mem_head_dim):
-    cost = [tiny_model(mem_slots=m, mem_head_dim=mem_head_dim).flops_per_token() for m in (10, 20)]
-    width = 4 * (8 if mem_head_dim is None else mem_head_dim)  # n_heads * the memory's head width
+@pytest.mark.parametrize(("mem_heads", "mem_head_dim", "width"), [(None, None, 4 * 8), (None, 2, 4 * 2), (1, 8, 8)])
+def test_each_memory_slot_costs_four_flops_a_key_and_value_dimension_of_every_memory_head(mem_heads, mem_head_dim,
+                                                                                          width):
+    cost = [tiny_model(mem_slots=m, mem_heads=mem_heads, mem_head_dim=mem_head_dim).flops_per_token()
+            for m in (10, 20)]
     assert cost[1] - cost[0] == pytest.approx(3 * 2 * 4 * width * 10)  # backward = 2x forward, 2 layers
 
 

@@ -31,14 +31,16 @@ VARIANTS = {"mean_pool": {"pool": "mean"}, "attn_pool": {"pool": "attn"}, "mem_s
             "token_spans": {"mem_tokens_per_chunk": 2, "mem_slots": 18, "mem_token_choice": "spans"},
             "token_shift": {"token_shift": True},
             # keys, values and queries 4 wide instead of the heads' 16, the read widened back
-            "narrow_read": {"mem_tokens_per_chunk": 2, "mem_slots": 18, "mem_head_dim": 4}}
+            "narrow_read": {"mem_tokens_per_chunk": 2, "mem_slots": 18, "mem_head_dim": 4},
+            # one head of 8 reads the memory for both heads of 16
+            "one_memory_head": {"mem_tokens_per_chunk": 2, "mem_slots": 18, "mem_heads": 1, "mem_head_dim": 8}}
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def graphs(request, tmp_path_factory):
     """(model, folder holding config.json, segment.onnx and step.onnx), for each way a chunk is pooled,
     a memory read with a sink, token memory entries (mixed with their summary or read through a bias)
-    and the token shift."""
+    the token shift, and a memory read by narrower or fewer heads."""
     torch.manual_seed(0)
     cfg = replace(CFG, **VARIANTS[request.param])
     model = RMAT(cfg).eval()
@@ -48,7 +50,7 @@ def graphs(request, tmp_path_factory):
     if request.param == "mem_sink":  # its key starts at zero: make it score unlike an entry
         for block in model.blocks:
             torch.nn.init.normal_(block.attn.mem_sink_key, std=1.0)
-    if request.param in ("token_entries", "read_gated_tokens", "narrow_read"):  # its score starts at zero: choose
+    if cfg.mem_tokens_per_chunk and cfg.mem_token_choice == "score":  # the score starts at zero: make it choose
         for block in model.blocks:
             torch.nn.init.normal_(block.writer.token_score, std=1.0)
     folder = tmp_path_factory.mktemp("onnx")
