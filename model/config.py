@@ -47,7 +47,7 @@ class RMATConfig:
     # keeps its tokens apart from the rest of the chunk (docs/design.md, section 2).
     mem_token_choice: str = "score"
     # Each head's memory keys, values and query are mem_head_dim wide (None: head_dim), and a narrow read
-    # is widened back to head_dim: the read of M slots costs 4 * n_heads * mem_head_dim * M a token and
+    # is widened back to head_dim: the read of M slots costs 4 * mem_heads * mem_head_dim * M a token and
     # layer instead of 4 * d_model * M, which is what a memory of many entries pays (docs/design.md, section 2).
     mem_head_dim: Optional[int] = None
     # How many heads read the memory (None: n_heads). Each memory head answers for n_heads / mem_heads of

@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from model.attention import global_attention, local_attention, memory_attention, with_sink
+from model.attention import MixedAttention, global_attention, local_attention, memory_attention, with_sink
+from model.config import RMATConfig
 from model.layers import Rotary
 
 
@@ -80,6 +81,18 @@ def test_memory_sink_reads_zero_when_no_entry_is_valid():
     q, km, vm = torch.randn(1, 3, 5, 8), torch.randn(1, 3, 4, 8), torch.randn(1, 3, 4, 8)
     out = memory_attention(q, *with_sink(km, vm, torch.zeros(1, 4, dtype=torch.bool), torch.randn(3, 8)))
     assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_each_memory_head_answers_for_its_own_group_of_heads():
+    torch.manual_seed(0)
+    attn = MixedAttention(RMATConfig(d_model=32, n_heads=4, mem_heads=2, mem_head_dim=4, segment_len=8, chunk_len=4))
+    q, kv = torch.randn(1, 2, 8, 4), torch.randn(1, 5, 2 * 2 * 4)  # [keys of heads 0, 1 | values of heads 0, 1]
+    valid, bias = torch.ones(1, 5, dtype=torch.bool), torch.zeros(1, 5)
+    edited = kv.clone()
+    edited[..., 12:] += 1.0  # memory head 1's values
+    before, after = attn._read_memory(q, kv, valid, bias), attn._read_memory(q, edited, valid, bias)
+    assert torch.equal(before[:, :2], after[:, :2])
+    assert not torch.allclose(before[:, 2:], after[:, 2:])
 
 
 def test_rope_scores_depend_only_on_relative_position():
