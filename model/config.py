@@ -28,7 +28,10 @@ class RMATConfig:
     d_ff: Optional[int] = None  # None: the SwiGLU width 8/3 * d_model, rounded up to 64
     segment_len: int = 256
     chunk_len: int = 64
-    mem_slots: int = 32  # the FIFO reaches mem_slots / (segment_len / chunk_len) segments back
+    # The FIFO's entries. A segment writes S / C * (1 + mem_tokens_per_chunk) of them: with summaries
+    # alone the FIFO reaches mem_slots / (S / C) segments back (32: 8); with every token an entry,
+    # 8 segments take 8 S (1 + C) / C.
+    mem_slots: int = 32
     rope_base: float = 10000.0
     dropout: float = 0.0
     tie_embeddings: bool = True
