@@ -118,7 +118,7 @@ class MixedAttention(nn.Module):
         """The per-head path weights a_h, [H, n_paths], rows summing to 1."""
         return self.mix_logits.softmax(dim=-1)
 
-    def forward(self, u: Tensor, mem_kv: Optional[Tensor], valid: Tensor, read_bias: Tensor
+    def forward(self, u: Tensor, mem_kv: Optional[Tensor], valid: Optional[Tensor], read_bias: Optional[Tensor]
                 ) -> tuple[Tensor, Tensor, Tensor]:
         """Attend a whole segment u [B, T, D] and the memory's projected slots mem_kv [B, M, 2 G m]
         (``memory_kv``); returns (output, rotated keys, values)."""
@@ -134,7 +134,7 @@ class MixedAttention(nn.Module):
         return self._mix(outs), k, v
 
     def step(self, u: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int,
-             mem_kv: Optional[Tensor], valid: Tensor, read_bias: Tensor) -> Tensor:
+             mem_kv: Optional[Tensor], valid: Optional[Tensor], read_bias: Optional[Tensor]) -> Tensor:
         """Attend one new token u [B, 1, D] at segment position ``pos``.
 
         Writes its key and value into k_cache, v_cache [B, H, S, d] in place.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 PATHS = ("global", "local", "memory")
@@ -57,6 +57,10 @@ class RMATConfig:
     # the segment's heads, its answer widened to theirs: a read's cost is set by how many scores it takes
     # (mem_heads * M a token) more than by their width (docs/design.md, section 2).
     mem_heads: Optional[int] = None
+    # Which layers hold a memory (None: every layer). The others attend their segment alone, and the
+    # state keeps one layer of memory per listed layer, in order: the read's cost, which at many entries
+    # is most of the memory's, is paid only there (docs/design.md, section 2).
+    mem_layers: Optional[list[int]] = None
     mem_sink: bool = False  # the memory read may attend to a learned empty slot (docs/design.md, section 2)
     mix_init: str = "equal"  # "one_path_per_head": head h starts on path h mod len(paths) (docs/design.md, section 2)
     token_shift: bool = False  # each token's embedding also carries its predecessor's (docs/design.md, section 1)
@@ -102,6 +106,15 @@ class RMATConfig:
                "must be positive or None (head_dim)")
         _check(self.mem_heads is None or (0 < self.mem_heads <= self.n_heads and self.n_heads % self.mem_heads == 0),
                "mem_heads", self.mem_heads, f"must divide n_heads={self.n_heads}, or be None (n_heads)")
+        if self.mem_layers is not None:
+            _check(self.has_memory, "mem_layers", self.mem_layers,
+                   "lists the layers that hold a memory, but the 'memory' path is off: leave it None")
+            _check(len(self.mem_layers) > 0 and all(0 <= i < self.n_layers for i in self.mem_layers)
+                   and len(set(self.mem_layers)) == len(self.mem_layers), "mem_layers", self.mem_layers,
+                   f"must list distinct layer indices in [0, n_layers={self.n_layers})")
+            _check(len(self.paths) > 1, "mem_layers", self.mem_layers,
+                   "would leave a layer with no path: add 'global' or 'local' to paths")
+            self.mem_layers = sorted(self.mem_layers)
         _check(self.pool in POOLS, "pool", self.pool, f"choose from {POOLS}")
         _check(self.mix_init in MIX_INITS, "mix_init", self.mix_init, f"choose from {MIX_INITS}")
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
@@ -110,6 +123,18 @@ class RMATConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def memory_layers(self) -> list[int]:
+        """The layers that hold a memory, in order: the memory state has one layer for each (without a
+        memory path, one empty layer for every layer)."""
+        return list(range(self.n_layers)) if self.mem_layers is None else list(self.mem_layers)
+
+    def layer_config(self, layer: int) -> RMATConfig:
+        """Layer ``layer``'s own config: this one, less the memory path where the layer holds no memory."""
+        if not self.has_memory or layer in self.memory_layers:
+            return self
+        return replace(self, paths=[p for p in self.paths if p != "memory"], mem_layers=None)
 
     @property
     def mem_head_width(self) -> int:
@@ -125,7 +150,7 @@ class RMATConfig:
     def narrow_memory_read(self) -> bool:
         """Whether the memory is read through its own query and its answer widened to the heads
         (``mem_head_dim`` narrower than a head, or ``mem_heads`` fewer than the heads)."""
-        return self.mem_head_width != self.head_dim or self.mem_read_heads != self.n_heads
+        return self.has_memory and (self.mem_head_width != self.head_dim or self.mem_read_heads != self.n_heads)
 
     @property
     def mem_kv_width(self) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -220,6 +221,11 @@ def memory_of(state: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor,
     return mem, valid, read_bias, state["carry"], kv
 
 
+def memory_rows(cfg) -> dict[int, int]:
+    """Which row of the graphs' memory each layer holding a memory reads and writes: {layer: row}."""
+    return {layer: row for row, layer in enumerate(cfg.memory_layers)} if cfg.has_memory else {}
+
+
 def named_memory(state: MemoryState) -> dict[str, Tensor]:
     """A state's tensors under the graphs' names."""
     return {"mem": state.mem, "valid": state.valid, "carry": state.carry, "read_bias": state.read_bias,
@@ -244,19 +250,23 @@ class SegmentGraph(nn.Module):
         present = torch.cat([torch.ones_like(tokens[0], dtype=torch.bool),
                              torch.zeros(s, dtype=torch.bool, device=tokens.device)])[:s]
         x = m.embed(padded)  # the shift's first token has no predecessor: a segment starts here
-        layers = []
+        rows, layers = memory_rows(m.cfg), []
         for i, block in enumerate(m.blocks):
-            x, _, _ = block(x, kv[i], valid[i], read_bias[i])
-            before = (mem[i], valid[i], read_bias[i], carry[i], kv[i])
-            layers.append(before if block.writer is None
-                          else write_memory(block.writer, block.attn, x, present, *before))
+            if i not in rows:
+                x, _, _ = block(x, None, None, None)
+                continue
+            r = rows[i]
+            x, _, _ = block(x, kv[r], valid[r], read_bias[r])
+            layers.append(write_memory(block.writer, block.attn, x, present, mem[r], valid[r], read_bias[r], carry[r],
+                                       kv[r]))
         logits = m.lm_head(m.norm_f(x[:, :tokens.shape[1]]))
-        out = named_memory(stacked(layers))
+        out = named_memory(stacked(layers)) if layers else named_memory(MemoryState(mem, valid, carry, read_bias, kv))
         return (logits, *(out[name] for name in self.state_names))
 
 
 def _attend_step(attn: MixedAttention, u: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor,
-                 mem_kv: Tensor, valid: Tensor, read_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                 mem_kv: Optional[Tensor], valid: Optional[Tensor], read_bias: Optional[Tensor]
+                 ) -> tuple[Tensor, Tensor, Tensor]:
     """``MixedAttention.step`` with the position as a tensor: masks over the whole cache instead of slices."""
     cfg = attn.cfg
     s = k_cache.shape[2]
@@ -299,21 +309,20 @@ class StepGraph(nn.Module):
         emb = m.tok_emb(token[:, None])
         x = emb if m.shift is None else m.shift(emb, st["emb"])
         here = (torch.arange(s, device=token.device) == pos).view(1, s, 1)
-        ks, vs, ys = [], [], []
+        rows, ks, vs, ys = memory_rows(m.cfg), [], [], []
         for i, block in enumerate(m.blocks):
-            a, k_i, v_i = _attend_step(block.attn, block.attn_norm(x), k_cache[i], v_cache[i], pos, kv[i], valid[i],
-                                       read_bias[i])
+            r = rows.get(i)
+            memory = (None, None, None) if r is None else (kv[r], valid[r], read_bias[r])
+            a, k_i, v_i = _attend_step(block.attn, block.attn_norm(x), k_cache[i], v_cache[i], pos, *memory)
             x = x + a
             x = x + block.ffn(block.ffn_norm(x))
             ks.append(k_i), vs.append(v_i), ys.append(torch.where(here, x, y_cache[i]))
         logits = m.lm_head(m.norm_f(x))[:, 0]
         full = pos == s - 1
         layers = []
-        for i, block in enumerate(m.blocks):
-            w, before = block.writer, (mem[i], valid[i], read_bias[i], carry[i], kv[i])
-            if w is None:
-                layers.append(before)
-                continue
+        for i, r in rows.items():
+            block = m.blocks[i]
+            w, before = block.writer, (mem[r], valid[r], read_bias[r], carry[r], kv[r])
             zeros = torch.zeros(m.cfg.d_model)
             query = w.pool_query if w.pool == "attn" else zeros
             token_score = w.token_score if w.tokens_per_chunk and not w.spans else zeros
@@ -324,7 +333,8 @@ class StepGraph(nn.Module):
                                                  float(block.attn.mem_norm.eps), block.attn.wkv_mem.weight))
         next_pos = torch.where(full, torch.zeros_like(pos), pos + 1)
         out = {"k_cache": torch.stack(ks), "v_cache": torch.stack(vs), "y_cache": torch.stack(ys), "pos": next_pos,
-               "emb": torch.where(full, torch.zeros_like(emb), emb), **named_memory(stacked(layers))}
+               "emb": torch.where(full, torch.zeros_like(emb), emb),
+               **named_memory(stacked(layers) if layers else MemoryState(mem, valid, carry, read_bias, kv))}
         return (logits, *(out[name] for name in self.state_names))
 
 

@@ -33,14 +33,14 @@ class Block(nn.Module):
         self.ffn = SwiGLU(cfg.d_model, cfg.ffn_dim, cfg.dropout)
         self.writer = MemoryWriter(cfg) if cfg.has_memory else None
 
-    def forward(self, x: Tensor, mem_kv: Optional[Tensor], valid: Tensor, read_bias: Tensor
+    def forward(self, x: Tensor, mem_kv: Optional[Tensor], valid: Optional[Tensor], read_bias: Optional[Tensor]
                 ) -> tuple[Tensor, Tensor, Tensor]:
         a, k, v = self.attn(self.attn_norm(x), mem_kv, valid, read_bias)
         x = x + a
         return x + self.ffn(self.ffn_norm(x)), k, v
 
-    def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int, mem_kv: Optional[Tensor], valid: Tensor,
-             read_bias: Tensor) -> Tensor:
+    def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int, mem_kv: Optional[Tensor],
+             valid: Optional[Tensor], read_bias: Optional[Tensor]) -> Tensor:
         x = x + self.attn.step(self.attn_norm(x), k_cache, v_cache, pos, mem_kv, valid, read_bias)
         return x + self.ffn(self.ffn_norm(x))
 
@@ -63,7 +63,7 @@ class RMAT(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.shift = TokenShift(cfg.d_model) if cfg.token_shift else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg.layer_config(i)) for i in range(cfg.n_layers))
         self.norm_f = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -73,6 +73,7 @@ class RMAT(nn.Module):
         for block in self.blocks:
             for w in (block.attn.wo.weight, block.ffn.w2.weight):
                 nn.init.normal_(w, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
+        for block in self.memory_blocks:
             if cfg.narrow_memory_read:
                 # Widened at the scale it was read at, as a full-width read gives its values unchanged:
                 # at init_std the memory path would start ~1 / (init_std * sqrt(m)) times fainter.
@@ -89,12 +90,17 @@ class RMAT(nn.Module):
 
         return from_pretrained(cls, folder, dtype)
 
+    @property
+    def memory_blocks(self) -> list[Block]:
+        """The blocks that hold a memory, in the order of the memory state's layers."""
+        return [block for block in self.blocks if block.writer is not None]
+
     # ---- state -----------------------------------------------------------------------
 
     def init_state(self, batch_size: int) -> MemoryState:
         """An empty memory for ``batch_size`` rows, on the model's device and dtype."""
         p = self.tok_emb.weight
-        return MemoryState.empty(self.cfg.n_layers, batch_size, self.cfg.mem_slots, self.cfg.d_model,
+        return MemoryState.empty(len(self.cfg.memory_layers), batch_size, self.cfg.mem_slots, self.cfg.d_model,
                                  device=p.device, dtype=p.dtype)
 
     def init_cache(self, batch_size: int) -> DecodeCache:
@@ -119,7 +125,7 @@ class RMAT(nn.Module):
         """
         if not (self.cfg.has_memory and self.cfg.mem_tokens_per_chunk):
             raise ValueError("write_every_token needs token entries; set mem_tokens_per_chunk > 0")
-        for block in self.blocks:
+        for block in self.memory_blocks:
             block.writer.every_token_in_training = on
 
     # ---- segment forward -------------------------------------------------------------
@@ -148,20 +154,28 @@ class RMAT(nn.Module):
         x = self.drop(self.embed(tokens))
         state = self._with_memory_kv(state)
         layers, per_layer = [], []
-        for block, (mem, valid, read_bias, carry, kv) in zip(self.blocks, by_layer(state), strict=True):
+        for block, memory in self._with_their_memory(state):
+            mem, valid, read_bias, carry, kv = memory or (None,) * 5
             x, k, v = block(x, kv, valid, read_bias)
             per_layer.append((x, k, v))
-            if write_memory and block.writer is not None:
+            if write_memory and memory is not None:
                 layers.append(block.write(x, mem, valid, read_bias, carry, kv))
         if not layers:
             return x, state, per_layer
         return x, stacked(layers), per_layer
 
+    def _with_their_memory(self, state: MemoryState) -> list[tuple[Block, Optional[tuple[Tensor, ...]]]]:
+        """Each block with its layer of ``state`` (``by_layer``), or None where the block holds no memory."""
+        if not self.cfg.has_memory:
+            return [(block, None) for block in self.blocks]
+        memory = iter(by_layer(state))
+        return [(block, None if block.writer is None else next(memory)) for block in self.blocks]
+
     def _with_memory_kv(self, state: MemoryState) -> MemoryState:
         """``state`` with every layer's memory keys and values projected, when they are not yet."""
         if state.kv is not None or not self.cfg.has_memory:
             return state
-        slots = zip(self.blocks, state.mem.unbind(0), strict=True)
+        slots = zip(self.memory_blocks, state.mem.unbind(0), strict=True)
         kv = torch.stack([block.attn.memory_kv(mem) for block, mem in slots])
         return replace(state, kv=kv)
 
@@ -181,7 +195,8 @@ class RMAT(nn.Module):
         pos, state = cache.pos, self._with_memory_kv(cache.state)
         emb = self.tok_emb(token_ids[:, None])
         x = emb if self.shift is None else self.shift(emb, cache.emb)
-        for i, (block, (_, valid, read_bias, _, kv)) in enumerate(zip(self.blocks, by_layer(state), strict=True)):
+        for i, (block, memory) in enumerate(self._with_their_memory(state)):
+            _, valid, read_bias, _, kv = memory or (None,) * 5
             x = block.step(x, cache.k[i], cache.v[i], pos, kv, valid, read_bias)
             cache.y[i, :, pos] = x[:, 0]
         logits = self.lm_head(self.norm_f(x))[:, 0]
@@ -194,7 +209,7 @@ class RMAT(nn.Module):
         if not self.cfg.has_memory:
             return state
         state = self._with_memory_kv(state)
-        layers = zip(self.blocks, ys, by_layer(state), strict=True)
+        layers = zip(self.memory_blocks, ys[self.cfg.memory_layers], by_layer(state), strict=True)
         return stacked([block.write(y, *layer) for block, y, layer in layers])
 
     @torch.no_grad()
@@ -261,15 +276,17 @@ class RMAT(nn.Module):
         per_layer = 2 * (4 * d * d + 3 * d * f)  # wqkv + wo, SwiGLU
         context = {"global": (c.segment_len + 1) / 2, "local": (c.chunk_len + 1) / 2}
         per_layer += 4 * d * sum(context[p] for p in c.paths if p in context)
+        per_memory_layer = 0.0
         if c.has_memory:
             w = c.mem_read_heads * c.mem_head_width  # every memory head's keys (and values, and queries) side by side
-            per_layer += 4 * w * c.mem_slots  # the read
+            per_memory_layer += 4 * w * c.mem_slots  # the read
             entries = (c.segment_len // c.chunk_len) * (1 + c.mem_tokens_per_chunk)
-            per_layer += 2 * 2 * d * w * entries / c.segment_len  # memory keys and values of the new entries
-            per_layer += 2 * 6 * d * d / c.chunk_len  # GRU cell per chunk
+            per_memory_layer += 2 * 2 * d * w * entries / c.segment_len  # memory keys and values of the new entries
+            per_memory_layer += 2 * 6 * d * d / c.chunk_len  # GRU cell per chunk
             if c.narrow_memory_read:
-                per_layer += 2 * d * w + 2 * c.mem_head_width * d  # its own query, its answer widened to every head
-        forward = c.n_layers * per_layer + 2 * d * c.vocab_size + (2 * d * d if c.token_shift else 0)
+                per_memory_layer += 2 * d * w + 2 * c.mem_head_width * d  # its own query, its answer widened
+        forward = (c.n_layers * per_layer + len(c.memory_layers) * per_memory_layer + 2 * d * c.vocab_size
+                   + (2 * d * d if c.token_shift else 0))
         return 3 * forward
 
     # ---- input checks ----------------------------------------------------------------

@@ -11,7 +11,7 @@ from torch import Tensor
 
 @dataclass
 class MemoryState:
-    """Every layer's gated FIFO memory, stacked over layers.
+    """Every memory layer's gated FIFO memory, stacked over those layers (``RMATConfig.memory_layers``).
 
     ``mem`` [L, B, M, D] holds the last M entries (newest last), ``valid`` [L, B, M]
     marks the slots written since the row's last reset, ``carry`` [L, B, D] is the

@@ -49,8 +49,8 @@ class CarriedMemory:
 
     def __init__(self, cfg: RMATConfig, groups: int, rows: int, device: torch.device, dtype: torch.dtype) -> None:
         self.device = device
-        self.states = [MemoryState.empty(cfg.n_layers, rows, cfg.mem_slots, cfg.d_model, device=device, dtype=dtype)
-                       for _ in range(groups)]
+        self.states = [MemoryState.empty(len(cfg.memory_layers), rows, cfg.mem_slots, cfg.d_model, device=device,
+                                         dtype=dtype) for _ in range(groups)]
 
     def state_dict(self) -> list[dict[str, Tensor]]:
         return [s.state_dict() for s in self.states]

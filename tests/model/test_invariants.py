@@ -62,7 +62,9 @@ def test_later_segments_read_what_earlier_segments_wrote():
                                        {"mem_sink": True}, {"token_shift": True},
                                        {"mem_tokens_per_chunk": 2, "mem_slots": 14, "mem_head_dim": 3,
                                         "mem_sink": True},
-                                       {"mem_tokens_per_chunk": 2, "mem_slots": 14, "mem_heads": 2, "mem_sink": True}])
+                                       {"mem_tokens_per_chunk": 2, "mem_slots": 14, "mem_heads": 2, "mem_sink": True},
+                                       {"mem_tokens_per_chunk": 2, "mem_slots": 14, "mem_heads": 2, "mem_layers": [1]},
+                                       {"n_layers": 3, "mem_layers": [0, 2], "token_shift": True}])
 def test_segments_with_carried_state_equal_token_by_token_decoding(overrides):
     model = tiny_model(dtype=torch.float32, **overrides)
     tokens = doc(53)  # crosses three segment boundaries, ends mid-segment

@@ -97,3 +97,25 @@ def test_paths_are_kept_in_canonical_order():
 def test_default_ffn_width_is_swiglu_sized_and_rounded():
     assert RMATConfig(d_model=256).ffn_dim == 704  # 8/3 * 256 = 682.7, rounded up to 64
     assert RMATConfig(d_model=256, d_ff=512).ffn_dim == 512
+
+
+@pytest.mark.parametrize("mem_layers", [[], [2], [-1], [1, 1]])
+def test_memory_layers_outside_the_model_or_repeated_are_rejected(mem_layers):
+    with pytest.raises(ValueError, match=r"mem_layers=.*: must list distinct layer indices in \[0, n_layers=2\)"):
+        RMATConfig(n_layers=2, mem_layers=mem_layers)
+
+
+def test_memory_layers_without_a_memory_path_are_rejected():
+    with pytest.raises(ValueError, match="mem_layers=\\[0\\]: .*'memory' path is off"):
+        RMATConfig(paths=["global", "local"], mem_layers=[0])
+
+
+def test_memory_layers_that_would_leave_a_layer_with_no_path_are_rejected():
+    with pytest.raises(ValueError, match="would leave a layer with no path"):
+        RMATConfig(n_layers=2, paths=["memory"], mem_layers=[1])
+
+
+def test_a_layer_outside_the_memory_layers_has_every_path_but_the_memory():
+    cfg = RMATConfig(n_layers=3, mem_layers=[2, 0])
+    assert cfg.memory_layers == [0, 2]
+    assert cfg.layer_config(1).paths == ["global", "local"] and cfg.layer_config(2) is cfg

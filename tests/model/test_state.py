@@ -259,6 +259,16 @@ def test_baseline_config_is_a_plain_causal_transformer():
     assert not hasattr(model.blocks[0].attn, "wkv_mem") and model.blocks[0].writer is None
 
 
+def test_the_state_holds_a_memory_for_the_memory_layers_only():
+    model = tiny_model(n_layers=3, mem_layers=[1])
+    state = model.init_state(2)
+    assert state.mem.shape[0] == state.carry.shape[0] == 1
+    assert [block.writer is not None for block in model.blocks] == [False, True, False]
+    assert not hasattr(model.blocks[0].attn, "wkv_mem") and model.blocks[1].attn.wkv_mem is not None
+    _, state = model(torch.randint(0, 97, (2, 16)), state)
+    assert state.mem.shape[0] == 1 and state.valid.all()
+
+
 def test_out_of_vocabulary_ids_are_rejected():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"\[0, 97\).*max 97"):
@@ -301,6 +311,13 @@ def test_each_memory_slot_costs_four_flops_a_key_and_value_dimension_of_every_me
     cost = [tiny_model(mem_slots=m, mem_heads=mem_heads, mem_head_dim=mem_head_dim).flops_per_token()
             for m in (10, 20)]
     assert cost[1] - cost[0] == pytest.approx(3 * 2 * 4 * width * 10)  # backward = 2x forward, 2 layers
+
+
+def test_only_the_memory_layers_pay_for_the_memory():
+    def memory_cost(**overrides):
+        return tiny_model(**overrides).flops_per_token() - tiny_model(**overrides, mem_slots=1).flops_per_token()
+
+    assert memory_cost(mem_layers=[1]) == pytest.approx(memory_cost() / 2)
 
 
 def test_push_keeps_the_newest_m_of_the_fifo_and_the_new_entries():

@@ -25,7 +25,7 @@ def model_reading_its_memory(**overrides) -> RMAT:
     torch.manual_seed(0)
     model = RMAT(RMATConfig(**{**vars(CFG), **overrides})).eval()
     with torch.no_grad():
-        for block in model.blocks:
+        for block in model.memory_blocks:
             block.attn.mix_logits[:, -1] = 3.0
             block.attn.wkv_mem.weight.normal_(std=0.5)
     return model
@@ -58,8 +58,9 @@ def past_first_segment_loss(model, docs, start_state):
     return total / count
 
 
-def test_memory_benefit_is_the_reset_loss_minus_the_carried_loss_past_the_first_segment():
-    model = model_reading_its_memory()
+@pytest.mark.parametrize("overrides", [{}, {"mem_layers": [1]}])
+def test_memory_benefit_is_the_reset_loss_minus_the_carried_loss_past_the_first_segment(overrides):
+    model = model_reading_its_memory(**overrides)
     docs = documents([31, 31])  # with BOS and EOS: exactly two segments each
     got = metrics(model, docs)
     carried = past_first_segment_loss(model, docs, lambda i, r, states: states[r])

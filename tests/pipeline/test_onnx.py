@@ -33,25 +33,27 @@ VARIANTS = {"mean_pool": {"pool": "mean"}, "attn_pool": {"pool": "attn"}, "mem_s
             # keys, values and queries 4 wide instead of the heads' 16, the read widened back
             "narrow_read": {"mem_tokens_per_chunk": 2, "mem_slots": 18, "mem_head_dim": 4},
             # one head of 8 reads the memory for both heads of 16
-            "one_memory_head": {"mem_tokens_per_chunk": 2, "mem_slots": 18, "mem_heads": 1, "mem_head_dim": 8}}
+            "one_memory_head": {"mem_tokens_per_chunk": 2, "mem_slots": 18, "mem_heads": 1, "mem_head_dim": 8},
+            # the second layer alone holds a memory: the graphs' memory has one layer
+            "memory_in_one_layer": {"mem_tokens_per_chunk": 2, "mem_slots": 18, "mem_heads": 1, "mem_layers": [1]}}
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def graphs(request, tmp_path_factory):
     """(model, folder holding config.json, segment.onnx and step.onnx), for each way a chunk is pooled,
     a memory read with a sink, token memory entries (mixed with their summary or read through a bias)
-    the token shift, and a memory read by narrower or fewer heads."""
+    the token shift, a memory read by narrower or fewer heads, and a memory in one layer of two."""
     torch.manual_seed(0)
     cfg = replace(CFG, **VARIANTS[request.param])
     model = RMAT(cfg).eval()
     if request.param == "attn_pool":  # its query starts at zero (a mean): make it pick tokens
-        for block in model.blocks:
+        for block in model.memory_blocks:
             torch.nn.init.normal_(block.writer.pool_query, std=1.0)
     if request.param == "mem_sink":  # its key starts at zero: make it score unlike an entry
-        for block in model.blocks:
+        for block in model.memory_blocks:
             torch.nn.init.normal_(block.attn.mem_sink_key, std=1.0)
     if cfg.mem_tokens_per_chunk and cfg.mem_token_choice == "score":  # the score starts at zero: make it choose
-        for block in model.blocks:
+        for block in model.memory_blocks:
             torch.nn.init.normal_(block.writer.token_score, std=1.0)
     folder = tmp_path_factory.mktemp("onnx")
     (folder / "config.json").write_text(json.dumps(asdict(cfg)))
