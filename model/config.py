@@ -59,7 +59,7 @@ class RMATConfig:
     mem_heads: Optional[int] = None
     # Which layers hold a memory (None: every layer). The others attend their segment alone, and the
     # state keeps one layer of memory per listed layer, in order: the read's cost, which at many entries
-    # is most of the memory's, is paid only there (docs/design.md, section 2).
+    # is most of the memory's, is paid only there (docs/design.md, sections 1 and 2).
     mem_layers: Optional[list[int]] = None
     mem_sink: bool = False  # the memory read may attend to a learned empty slot (docs/design.md, section 2)
     mix_init: str = "equal"  # "one_path_per_head": head h starts on path h mod len(paths) (docs/design.md, section 2)

@@ -73,8 +73,7 @@ class RMAT(nn.Module):
         for block in self.blocks:
             for w in (block.attn.wo.weight, block.ffn.w2.weight):
                 nn.init.normal_(w, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
-        for block in self.memory_blocks:
-            if cfg.narrow_memory_read:
+            if cfg.narrow_memory_read and block.writer is not None:
                 # Widened at the scale it was read at, as a full-width read gives its values unchanged:
                 # at init_std the memory path would start ~1 / (init_std * sqrt(m)) times fainter.
                 nn.init.normal_(block.attn.wo_mem.weight, std=1 / math.sqrt(cfg.mem_head_width))
