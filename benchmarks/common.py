@@ -69,13 +69,21 @@ def stdlib_byte_documents(max_files: int, max_file_bytes: int) -> list[np.ndarra
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
-    """``name:key=value,...`` as (name, overrides); values that look like JSON are parsed as JSON."""
+    """``name:key=value,...`` as (name, overrides); values that are JSON (numbers, true, null, [0]) are
+    parsed as JSON, the others kept as strings."""
     name, _, items = spec.partition(":")
     overrides = {}
     for item in filter(None, items.split(",")):
         key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1] in "[{0123456789-tf" else value
+        overrides[key] = _json_or_text(value)
     return name, overrides
+
+
+def _json_or_text(value: str) -> object:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 def rmat_train(config: dict, config_path: Path) -> float:

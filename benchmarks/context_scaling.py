@@ -9,7 +9,8 @@ overrides beside the default, point for point (a candidate default's cost, measu
 same run). A last section times a training step at d_model 512 (`--train-d-model`).
 
     python benchmarks/context_scaling.py [--max-context 32768] [--baseline-budget 240]
-    python benchmarks/context_scaling.py --variant tok8:token_shift=true,mem_tokens_per_chunk=8,mem_slots=288
+    python benchmarks/context_scaling.py --variant summaries:mem_tokens_per_chunk=0,mem_slots=32,token_shift=false,\
+        mem_heads=null,mem_head_dim=null,mem_layers=null    # the chunk summaries the defaults held before
     python benchmarks/context_scaling.py --smoke     # CI: seconds
 """
 
@@ -102,7 +103,7 @@ def context_scaling(args: argparse.Namespace, peak: float) -> None:
 
 def train_step_efficiency(args: argparse.Namespace, peak: float) -> None:
     cfg = RMATConfig(vocab_size=args.vocab, d_model=args.train_d_model, n_layers=4, n_heads=args.train_d_model // 64,
-                     segment_len=512, chunk_len=128, mem_slots=32)
+                     segment_len=512, chunk_len=128)
     model = RMAT(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(0, cfg.vocab_size, (args.train_batch, 2 * cfg.segment_len))
@@ -127,7 +128,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--segment", type=int, default=256)
     p.add_argument("--chunk", type=int, default=64)
-    p.add_argument("--mem-slots", type=int, default=32)
+    p.add_argument("--mem-slots", type=int, default=None, help="the FIFO's entries (default: the model's, 8 segments)")
     p.add_argument("--window", type=int, default=4, help="TBPTT window in segments")
     p.add_argument("--variant", type=parse_variant, action="append", default=[],
                    help="name:key=value,... an RMAT with these config overrides, timed beside the default")

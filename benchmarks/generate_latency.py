@@ -13,7 +13,8 @@ prompt is really read; the baseline's cache is filled with zeros up to the promp
 length (the time of a step does not depend on what the cache holds).
 
     python benchmarks/generate_latency.py [--budget 5] [--rounds 5] [--lengths 1024,8192,32768]
-    python benchmarks/generate_latency.py --model token_shift=true,mem_tokens_per_chunk=64,mem_slots=2080
+    python benchmarks/generate_latency.py --model mem_tokens_per_chunk=0,mem_slots=32,token_shift=false,\
+        mem_heads=null,mem_head_dim=null,mem_layers=null      # the chunk summaries the defaults held before
     python benchmarks/generate_latency.py --smoke     # a tiny model, seconds: what the test runs
 """
 
@@ -41,8 +42,8 @@ from pipeline.inference import OnnxDecoder, TorchDecoder  # noqa: E402
 
 CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
 DECODERS = ("torch", "onnx", "full")
-FULL = RMATConfig()  # the default model: d_model 256, 4 layers, S 256, C 64, M 32, vocabulary 8192
-SMOKE = RMATConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, segment_len=16, chunk_len=4, mem_slots=4)
+FULL = RMATConfig()  # the default model: d_model 256, 4 layers, S 256, C 64, M 2,080 in layer 0, vocabulary 8192
+SMOKE = RMATConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, segment_len=16, chunk_len=4)
 
 
 def rmat_stepper(decoder, prompt: np.ndarray):

@@ -285,7 +285,8 @@ def main() -> None:
                    help="rmat train with data.whole_short_documents: a document that fits in a window is never split "
                         "across two (padding instead)")
     p.add_argument("--variant", type=parse_variant, default=("rmat", {}),
-                   help="name:key=value,... model overrides for both trainers (default: the model's defaults)")
+                   help="name:key=value,... model overrides for both trainers "
+                        "(default: long_context.py's rmat, the chunk summaries)")
     p.add_argument("--out", default="runs/benchmarks/long_context_pipeline")
     p.add_argument("--jobs", type=int, default=2, help="points trained at once, one core each")
     p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,

@@ -72,12 +72,14 @@ import pipeline.train.passkey  # noqa: E402
 from data_prep.atomic import read_json, write_atomic  # noqa: E402
 from data_prep.byte_shards import write_id_shards  # noqa: E402
 from data_prep.passkey import filler_stream, make_sample, training_documents  # noqa: E402
+from model.config import CHUNK_SUMMARIES  # noqa: E402
 from pipeline.train import checkpoint  # noqa: E402
 from pipeline.train.files import FINAL_METRICS, latest_meta  # noqa: E402
 from pipeline.train.passkey import retrieved  # noqa: E402
 
 BOS_ID, EOS_ID = 256, 257
-MODEL = dict(vocab_size=258, d_model=128, n_layers=2, n_heads=4, segment_len=128, chunk_len=32, mem_slots=32)
+# The chunk summaries, on which the recorded numbers were measured (model.config.CHUNK_SUMMARIES).
+MODEL = dict(vocab_size=258, d_model=128, n_layers=2, n_heads=4, segment_len=128, chunk_len=32, **CHUNK_SUMMARIES)
 DOCS_PER_SHARD = 2048
 SCORES = "passkey_scores.json"
 SCHEDULE = "schedule.txt"  # a point folder's schedule, as given

@@ -47,7 +47,7 @@ class MemoryWriter(nn.Module):
             # A learned query that can pick one salient token a mean would wash out.
             self.pool_query = nn.Parameter(torch.zeros(cfg.d_model))
         self.gru = nn.GRUCell(cfg.d_model, cfg.d_model)
-        self.tokens_per_chunk = cfg.mem_tokens_per_chunk
+        self.tokens_per_chunk = cfg.token_entries
         # Set by RMAT.write_every_token: in training, every token of a chunk becomes an entry.
         self.every_token_in_training = False
         self.sample_tokens = cfg.mem_token_sampling
@@ -138,6 +138,8 @@ def token_entries(x: Tensor, present: Tensor, summaries: Tensor, token_score: Te
     """The k highest-scoring of the normed chunks' tokens x [B, n, C, D] (``present`` [n, C]: the real
     positions) as entries [B, n * k, D], which entries are real tokens [B, n * k], and the entries'
     read biases [B, n * k]. ``noise`` [B, n, C], when given, is added to the scores for the choice only.
+    With k = C every token is an entry, in order: scores that tie (an untrained model's are all zero)
+    would otherwise leave the order to the sort, which PyTorch and ONNX runtimes break differently.
 
     The choice itself has no gradient; a gate g = sigmoid(score) has, so the score learns which
     tokens pay to keep. By default an entry is g * token + (1 - g) * its chunk's summary, read
@@ -145,7 +147,10 @@ def token_entries(x: Tensor, present: Tensor, summaries: Tensor, token_score: Te
     Written for TorchScript too: the ONNX graphs' memory writes call it.
     """
     scores = torch.matmul(x, token_score).masked_fill(~present, float("-inf"))  # [B, n, C]
-    idx = (scores if noise is None else scores + noise).topk(k, dim=-1).indices  # [B, n, k]
+    if k == x.size(2):  # every token: nothing to choose, so the entries keep the chunk's order, not the scores'
+        idx = torch.arange(k, device=x.device).expand(x.size(0), x.size(1), k)
+    else:
+        idx = (scores if noise is None else scores + noise).topk(k, dim=-1).indices  # [B, n, k]
     top = scores.gather(2, idx)
     picked = x.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, x.size(3)))  # [B, n, k, D]
     real = present.unsqueeze(0).expand(x.size(0), -1, -1).gather(2, idx)

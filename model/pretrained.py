@@ -16,7 +16,7 @@ from dataclasses import asdict, fields
 
 import torch
 
-from model.config import RMATConfig
+from model.config import CHUNK_SUMMARIES, RMATConfig
 from model.export_layout import CONFIG, EXPORT, TOKENIZER, WEIGHTS
 
 TIED = "lm_head.weight"  # written once as tok_emb.weight when the embeddings are tied
@@ -70,7 +70,8 @@ def config_from_dict(d: dict) -> RMATConfig:
     unknown = sorted(set(d) - known)
     if unknown:
         raise ExportedFolderError(f"config.json: unknown key(s) {unknown}; exported by a newer rmat?")
-    return RMATConfig(**d)
+    # A key missing from an older folder meant what the defaults of its day meant, whatever they are now.
+    return RMATConfig(**{**CHUNK_SUMMARIES, **d})
 
 
 def config_to_dict(cfg: RMATConfig) -> dict:

@@ -99,7 +99,7 @@ class RMAT(nn.Module):
     def init_state(self, batch_size: int) -> MemoryState:
         """An empty memory for ``batch_size`` rows, on the model's device and dtype."""
         p = self.tok_emb.weight
-        return MemoryState.empty(len(self.cfg.memory_layers), batch_size, self.cfg.mem_slots, self.cfg.d_model,
+        return MemoryState.empty(len(self.cfg.memory_layers), batch_size, self.cfg.memory_slots, self.cfg.d_model,
                                  device=p.device, dtype=p.dtype)
 
     def init_cache(self, batch_size: int) -> DecodeCache:
@@ -122,7 +122,7 @@ class RMAT(nn.Module):
         and go on binding through the k chosen later; choosing from the first step left a seed
         at the value-set ceiling (docs/design.md, section 2).
         """
-        if not (self.cfg.has_memory and self.cfg.mem_tokens_per_chunk):
+        if not (self.cfg.has_memory and self.cfg.token_entries):
             raise ValueError("write_every_token needs token entries; set mem_tokens_per_chunk > 0")
         for block in self.memory_blocks:
             block.writer.every_token_in_training = on
@@ -278,8 +278,8 @@ class RMAT(nn.Module):
         per_memory_layer = 0.0
         if c.has_memory:
             w = c.mem_read_heads * c.mem_head_width  # every memory head's keys (and values, and queries) side by side
-            per_memory_layer += 4 * w * c.mem_slots  # the read
-            entries = (c.segment_len // c.chunk_len) * (1 + c.mem_tokens_per_chunk)
+            per_memory_layer += 4 * w * c.memory_slots  # the read
+            entries = (c.segment_len // c.chunk_len) * (1 + c.token_entries)
             per_memory_layer += 2 * 2 * d * w * entries / c.segment_len  # memory keys and values of the new entries
             per_memory_layer += 2 * 6 * d * d / c.chunk_len  # GRU cell per chunk
             if c.narrow_memory_read:

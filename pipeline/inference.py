@@ -80,8 +80,8 @@ class OnnxDecoder:
         """An empty memory and cache for ``batch`` rows."""
         c, memory = self.cfg, len(self.cfg.memory_layers)
         kv = (c.n_layers, batch, c.n_heads, c.segment_len, c.head_dim)
-        self.state = {"mem": np.zeros((memory, batch, c.mem_slots, c.d_model), np.float32),
-                      "valid": np.zeros((memory, batch, c.mem_slots), bool),
+        self.state = {"mem": np.zeros((memory, batch, c.memory_slots, c.d_model), np.float32),
+                      "valid": np.zeros((memory, batch, c.memory_slots), bool),
                       "carry": np.zeros((memory, batch, c.d_model), np.float32),
                       "k_cache": np.zeros(kv, np.float32), "v_cache": np.zeros(kv, np.float32),
                       "y_cache": np.zeros((c.n_layers, batch, c.segment_len, c.d_model), np.float32),
@@ -89,9 +89,9 @@ class OnnxDecoder:
         if c.token_shift:  # the embedding the next step's shift reads: zeros at a segment's start
             self.state["emb"] = np.zeros((batch, 1, c.d_model), np.float32)
         if "read_bias" in self.memory_state:  # what each read adds to a slot's logit: nothing to start
-            self.state["read_bias"] = np.zeros((memory, batch, c.mem_slots), np.float32)
+            self.state["read_bias"] = np.zeros((memory, batch, c.memory_slots), np.float32)
         if "mem_kv" in self.memory_state:  # empty slots project to zeros (RMSNorm and a bias-free projection)
-            self.state["mem_kv"] = np.zeros((memory, batch, c.mem_slots, c.mem_kv_width), np.float32)
+            self.state["mem_kv"] = np.zeros((memory, batch, c.memory_slots, c.mem_kv_width), np.float32)
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
         self.reset(ids.shape[0])

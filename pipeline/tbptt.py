@@ -49,7 +49,7 @@ class CarriedMemory:
 
     def __init__(self, cfg: RMATConfig, groups: int, rows: int, device: torch.device, dtype: torch.dtype) -> None:
         self.device = device
-        self.states = [MemoryState.empty(len(cfg.memory_layers), rows, cfg.mem_slots, cfg.d_model, device=device,
+        self.states = [MemoryState.empty(len(cfg.memory_layers), rows, cfg.memory_slots, cfg.d_model, device=device,
                                          dtype=dtype) for _ in range(groups)]
 
     def state_dict(self) -> list[dict[str, Tensor]]:

@@ -102,7 +102,7 @@ class TrainConfig:
     """Everything ``rmat train`` needs; YAML in configs/train/, dotted overrides on top."""
 
     model: RMATConfig = field(default_factory=lambda: RMATConfig(
-        vocab_size=258, d_model=128, n_layers=2, n_heads=4, segment_len=128, chunk_len=32, mem_slots=8))
+        vocab_size=258, d_model=128, n_layers=2, n_heads=4, segment_len=128, chunk_len=32))
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -135,7 +135,7 @@ class TrainConfig:
                  f"choose from {SHARD_ORDERS}")
         _require(self.steps >= 1, "steps", self.steps, "must be >= 1")
         _require(self.token_warmup_steps >= 0, "token_warmup_steps", self.token_warmup_steps, "must be >= 0")
-        _require(not self.token_warmup_steps or (self.model.has_memory and self.model.mem_tokens_per_chunk > 0),
+        _require(not self.token_warmup_steps or (self.model.has_memory and self.model.token_entries > 0),
                  "token_warmup_steps", self.token_warmup_steps,
                  "writes every token as an entry before the choice of model.mem_tokens_per_chunk; set that > 0")
         _require(self.checkpoint.keep >= 1, "checkpoint.keep", self.checkpoint.keep, "must be >= 1")

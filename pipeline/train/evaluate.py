@@ -70,7 +70,7 @@ def evaluate(engine, docs: list[tuple[np.ndarray, str, Spans]], model_cfg: RMATC
         group = docs[start:start + group_size]
         mine = group[rank::world]
         n_segments = min(max(math.ceil((len(d) + 1) / s) for d, _, _ in group), limit)
-        empty = MemoryState.empty(len(model_cfg.memory_layers), rows, model_cfg.mem_slots, model_cfg.d_model,
+        empty = MemoryState.empty(len(model_cfg.memory_layers), rows, model_cfg.memory_slots, model_cfg.d_model,
                                   device=device, dtype=dtype)
         state = empty
         others = _other_rows(len(mine), rows)

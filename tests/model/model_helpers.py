@@ -6,7 +6,7 @@ from model import RMAT, RMATConfig
 
 
 def tiny_config(**overrides) -> RMATConfig:
-    base = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, segment_len=16, chunk_len=4, mem_slots=3)
+    base = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, segment_len=16, chunk_len=4)
     base.update(overrides)
     return RMATConfig(**base)
 

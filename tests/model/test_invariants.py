@@ -136,7 +136,7 @@ def test_without_the_memory_path_no_gradient_crosses_segments(token_shift):
 
 def test_with_token_shift_a_token_reads_its_predecessor_without_any_attention_path():
     # Only the memory path, written after the segment: within a segment nothing else mixes tokens.
-    model = tiny_model(dtype=torch.float32, paths=["memory"], token_shift=True)
+    model = tiny_model(dtype=torch.float32, paths=["memory"], mem_layers=None, token_shift=True)
     tokens = doc(8)
     edited = tokens.clone()
     edited[:, 3] = (edited[:, 3] + 1) % 97

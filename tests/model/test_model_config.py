@@ -1,6 +1,8 @@
 import pytest
 
 from model import RMATConfig
+from model.config import CHUNK_SUMMARIES
+from model.pretrained import config_from_dict
 
 
 def test_segment_must_be_a_multiple_of_the_chunk():
@@ -49,7 +51,7 @@ def test_a_memory_head_width_below_one_is_rejected():
 
 
 def test_a_memory_head_width_equal_to_the_head_width_is_the_full_read():
-    cfg = RMATConfig(d_model=64, n_heads=4, mem_head_dim=16)
+    cfg = RMATConfig(d_model=64, n_heads=4, mem_heads=None, mem_head_dim=16)
     assert not cfg.narrow_memory_read and cfg.mem_kv_width == 2 * 64
 
 
@@ -66,12 +68,12 @@ def test_fewer_memory_heads_read_through_their_own_query_and_cache_only_their_ke
 
 def test_token_sampling_without_token_entries_is_rejected():
     with pytest.raises(ValueError, match="mem_token_sampling=True: .* set mem_tokens_per_chunk > 0"):
-        RMATConfig(mem_token_sampling=True)
+        RMATConfig(mem_tokens_per_chunk=0, mem_token_sampling=True)
 
 
 def test_a_token_gate_without_token_entries_is_rejected():
     with pytest.raises(ValueError, match="mem_token_gate='read': .* set mem_tokens_per_chunk > 0"):
-        RMATConfig(mem_token_gate="read")
+        RMATConfig(mem_tokens_per_chunk=0, mem_token_gate="read")
 
 
 def test_an_unknown_token_gate_is_named():
@@ -105,9 +107,10 @@ def test_memory_layers_outside_the_model_or_repeated_are_rejected(mem_layers):
         RMATConfig(n_layers=2, mem_layers=mem_layers)
 
 
-def test_memory_layers_without_a_memory_path_are_rejected():
-    with pytest.raises(ValueError, match="mem_layers=\\[0\\]: .*'memory' path is off"):
-        RMATConfig(paths=["global", "local"], mem_layers=[0])
+def test_without_a_memory_path_no_layer_holds_a_memory_and_the_fifo_has_no_slots():
+    cfg = RMATConfig(n_layers=3, paths=["global", "local"], mem_layers=[0])
+    assert [cfg.layer_config(i).paths for i in range(3)] == [["global", "local"]] * 3
+    assert cfg.memory_slots == 0
 
 
 def test_memory_layers_that_would_leave_a_layer_with_no_path_are_rejected():
@@ -119,3 +122,22 @@ def test_a_layer_outside_the_memory_layers_has_every_path_but_the_memory():
     cfg = RMATConfig(n_layers=3, mem_layers=[2, 0])
     assert cfg.memory_layers == [0, 2]
     assert cfg.layer_config(1).paths == ["global", "local"] and cfg.layer_config(2) is cfg
+
+
+def test_the_default_memory_writes_every_token_in_the_first_layer_alone_and_reaches_8_segments():
+    cfg = RMATConfig(segment_len=256, chunk_len=64)
+    assert (cfg.token_entries, cfg.memory_layers, cfg.token_shift) == (64, [0], True)
+    assert cfg.memory_slots == 8 * 4 * (1 + 64)
+    assert RMATConfig(segment_len=128, chunk_len=32).memory_slots == 8 * 4 * (1 + 32)  # whatever S and C are
+    assert RMATConfig(mem_tokens_per_chunk=0).memory_slots == 8 * 4  # the summaries alone
+
+
+def test_the_chunk_summaries_are_the_memory_the_defaults_held_before():
+    cfg = RMATConfig(**CHUNK_SUMMARIES)
+    assert (cfg.token_entries, cfg.memory_slots, cfg.memory_layers, cfg.narrow_memory_read) == (0, 32, [0, 1, 2, 3],
+                                                                                              False)
+
+
+def test_an_exported_config_without_a_later_key_reads_it_as_it_was_then():
+    old = {k: v for k, v in vars(RMATConfig(**CHUNK_SUMMARIES)).items() if k not in ("mem_heads", "mem_layers")}
+    assert config_from_dict(old) == RMATConfig(**CHUNK_SUMMARIES)

@@ -19,13 +19,14 @@ def filled_state(model, b=3):
 
 def test_mix_weights_start_equal():
     model = RMAT(RMATConfig(d_model=32, n_heads=4, n_layers=2, vocab_size=50, segment_len=16, chunk_len=4))
-    for block in model.blocks:
-        torch.testing.assert_close(block.attn.mix_weights(), torch.full((4, 3), 1 / 3))
+    for i, block in enumerate(model.blocks):
+        n = len(model.cfg.layer_config(i).paths)  # the first layer's three, the second's two
+        torch.testing.assert_close(block.attn.mix_weights(), torch.full((4, n), 1 / n))
 
 
 def test_one_path_per_head_starts_head_h_almost_wholly_on_path_h_mod_the_paths():
     model = RMAT(RMATConfig(d_model=40, n_heads=5, n_layers=2, vocab_size=50, segment_len=16, chunk_len=4,
-                            mix_init="one_path_per_head"))
+                            mem_heads=None, mem_layers=None, mix_init="one_path_per_head"))
     for block in model.blocks:
         weights = block.attn.mix_weights()
         assert weights.argmax(-1).tolist() == [0, 1, 2, 0, 1]  # global, local, memory, global, local
@@ -33,7 +34,7 @@ def test_one_path_per_head_starts_head_h_almost_wholly_on_path_h_mod_the_paths()
 
 
 def test_memory_fills_from_newest_to_oldest_slot():
-    model = tiny_model(mem_slots=6)  # 16 / 4 = 4 chunks per segment
+    model = tiny_model(mem_slots=6, mem_tokens_per_chunk=0, mem_layers=None)  # 16 / 4 = 4 chunks per segment
     state = model.init_state(2)
     _, state = model(torch.randint(0, 97, (2, 16)), state)
     assert state.valid.tolist() == [[[False, False, True, True, True, True]] * 2] * 2
@@ -77,6 +78,19 @@ def test_a_chunk_writes_its_carry_then_its_k_highest_scoring_tokens():
     distance = torch.cdist(mem[0, 4:], writer.norm(y)[0])  # each token entry to each normed token
     assert sorted(distance.argmin(-1).tolist()) == SALIENT
     assert distance.min(-1).values.max() < 1e-9  # a gate near 1 keeps the token itself
+
+
+def test_with_every_token_an_entry_a_chunk_writes_its_tokens_in_order_whatever_they_score():
+    cfg = tiny_config(mem_slots=20)  # the default: every token of the 4 chunks of 4, after their 4 carries
+    writer = MemoryWriter(cfg).double()
+    with torch.no_grad():
+        writer.token_score.zero_()
+        writer.token_score[0] = 50.0
+    y = torch.randn(2, 16, cfg.d_model, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y[:, :, 0] = 20.0 + torch.arange(16.0)  # later tokens score higher; every gate near 1 keeps its token
+    mem, valid, _, _ = writer(y, *empty_layer(cfg.d_model, slots=20))
+    nearest = torch.cdist(mem[0, 4:], writer.norm(y)[0]).argmin(-1)
+    assert valid.all() and nearest.tolist() == list(range(16))
 
 
 def test_a_read_gated_entry_is_its_token_and_its_read_bias_the_log_gate():
@@ -152,7 +166,7 @@ def test_write_every_token_makes_training_write_every_token_of_a_chunk_and_evalu
 
 def test_write_every_token_without_token_entries_is_an_error():
     with pytest.raises(ValueError, match="mem_tokens_per_chunk > 0"):
-        tiny_model().write_every_token(True)
+        tiny_model(mem_tokens_per_chunk=0).write_every_token(True)
 
 
 def test_reset_empties_exactly_the_flagged_rows():
@@ -189,7 +203,7 @@ def test_state_round_trips_through_its_state_dict():
 
 def projected(model, state):
     """Every layer's memory keys and values projected from scratch: [L, B, M, 2D]."""
-    return torch.stack([block.attn.memory_kv(state.mem[i]) for i, block in enumerate(model.blocks)])
+    return torch.stack([block.attn.memory_kv(state.mem[i]) for i, block in enumerate(model.memory_blocks)])
 
 
 @pytest.mark.parametrize("overrides", [{}, dict(mem_tokens_per_chunk=2, mem_slots=20, mem_token_gate="read")])
@@ -260,7 +274,7 @@ def test_baseline_config_is_a_plain_causal_transformer():
 
 
 def test_the_state_holds_a_memory_for_the_memory_layers_only():
-    model = tiny_model(n_layers=3, mem_layers=[1])
+    model = tiny_model(n_layers=3, mem_layers=[1], mem_slots=20)  # a segment's 4 summaries and 16 tokens
     state = model.init_state(2)
     assert state.mem.shape[0] == state.carry.shape[0] == 1
     assert [block.writer is not None for block in model.blocks] == [False, True, False]
@@ -299,7 +313,7 @@ def test_num_params_counts_tied_weights_once():
 
 
 def test_flops_per_token_grow_with_segment_length_only_for_the_global_path():
-    local = [tiny_model(paths=["local", "memory"], segment_len=s).flops_per_token() for s in (16, 64)]
+    local = [tiny_model(paths=["local", "memory"], mem_slots=3, segment_len=s).flops_per_token() for s in (16, 64)]
     glob = [tiny_model(paths=["global"], mem_slots=0, segment_len=s).flops_per_token() for s in (16, 64)]
     assert local[1] <= local[0]  # memory costs are amortised over longer segments
     assert glob[1] - glob[0] == pytest.approx(3 * 2 * 4 * 32 * (65 - 17) / 2)
@@ -308,7 +322,7 @@ def test_flops_per_token_grow_with_segment_length_only_for_the_global_path():
 @pytest.mark.parametrize(("mem_heads", "mem_head_dim", "width"), [(None, None, 4 * 8), (None, 2, 4 * 2), (1, 8, 8)])
 def test_each_memory_slot_costs_four_flops_a_key_and_value_dimension_of_every_memory_head(mem_heads, mem_head_dim,
                                                                                           width):
-    cost = [tiny_model(mem_slots=m, mem_heads=mem_heads, mem_head_dim=mem_head_dim).flops_per_token()
+    cost = [tiny_model(mem_slots=m, mem_heads=mem_heads, mem_head_dim=mem_head_dim, mem_layers=None).flops_per_token()
             for m in (10, 20)]
     assert cost[1] - cost[0] == pytest.approx(3 * 2 * 4 * width * 10)  # backward = 2x forward, 2 layers
 
@@ -317,7 +331,7 @@ def test_only_the_memory_layers_pay_for_the_memory():
     def memory_cost(**overrides):
         return tiny_model(**overrides).flops_per_token() - tiny_model(**overrides, mem_slots=1).flops_per_token()
 
-    assert memory_cost(mem_layers=[1]) == pytest.approx(memory_cost() / 2)
+    assert memory_cost(mem_layers=[1]) == pytest.approx(memory_cost(mem_layers=None) / 2)
 
 
 def test_push_keeps_the_newest_m_of_the_fifo_and_the_new_entries():

@@ -52,7 +52,7 @@ def graphs(request, tmp_path_factory):
     if request.param == "mem_sink":  # its key starts at zero: make it score unlike an entry
         for block in model.memory_blocks:
             torch.nn.init.normal_(block.attn.mem_sink_key, std=1.0)
-    if cfg.mem_tokens_per_chunk and cfg.mem_token_choice == "score":  # the score starts at zero: make it choose
+    if cfg.token_entries and cfg.mem_token_choice == "score":  # the score starts at zero: make it choose
         for block in model.memory_blocks:
             torch.nn.init.normal_(block.writer.token_score, std=1.0)
     folder = tmp_path_factory.mktemp("onnx")

@@ -8,7 +8,7 @@ from model import RMAT, RMATConfig
 from pipeline.streams import Segment
 from pipeline.tbptt import CarriedMemory, window_loss
 
-CFG = RMATConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, segment_len=16, chunk_len=4, mem_slots=8)
+CFG = RMATConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, segment_len=16, chunk_len=4)
 
 
 def window(segments: int, rows: int = 2) -> list[Segment]:
@@ -64,7 +64,7 @@ def test_recomputed_segments_leave_no_activation_of_theirs_held_for_the_backward
 
 
 def test_the_carried_memory_holds_a_layer_for_each_layer_that_holds_a_memory():
-    cfg = RMATConfig(**{**vars(CFG), "mem_layers": [1]})
+    cfg = RMATConfig(**{**vars(CFG), "mem_layers": [1], "mem_slots": 20})  # a segment's 4 summaries and 16 tokens
     carried = CarriedMemory(cfg, groups=2, rows=2, device=torch.device("cpu"), dtype=torch.float32)
     assert [s.mem.shape[0] for s in carried.states] == [1, 1]
     _, state, _ = window_loss(RMAT(cfg), window(2), carried.states[0], recompute=True)
