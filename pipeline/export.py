@@ -27,7 +27,6 @@ from model import RMAT
 from model.export_layout import CONFIG, EXPORT, TOKENIZER, TOKENIZER_MODEL, WEIGHTS
 from model.onnx_graphs import export_onnx
 from model.pretrained import TIED, config_to_dict
-from pipeline.config import load_config
 from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.loader import manifest_hash
@@ -78,7 +77,7 @@ def check_rank_files(folder: str, cfg: TrainConfig) -> None:
 def consolidated_model(run_dir: str, tag: str) -> tuple[RMAT, TrainConfig]:
     """The checkpoint's fp32 weights in a plain RMAT, and the training config that wrote it."""
     folder = os.path.join(checkpoint.checkpoint_root(run_dir), tag)
-    cfg = load_config(TrainConfig, os.path.join(folder, checkpoint.CONFIG))
+    cfg = checkpoint.saved_config(checkpoint.checkpoint_root(run_dir), tag)
     check_rank_files(folder, cfg)
     return checkpoint.load_model(run_dir, tag), cfg
 

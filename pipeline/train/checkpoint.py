@@ -22,9 +22,11 @@ from typing import Any, Optional, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 
 from data_prep.atomic import atomic_open, write_atomic
 from model import RMAT
+from model.config import CHUNK_SUMMARIES
 from pipeline.config import ConfigError, load_config, to_dict, to_yaml
 from pipeline.train.config import TrainConfig
 from pipeline.train.files import checkpoint_root, latest_meta
@@ -116,8 +118,20 @@ def check_init_from(cfg: TrainConfig) -> None:
                           "differ); set them as that run had them")
 
 
+def saved_config(root: str, tag: str) -> TrainConfig:
+    """The training config that wrote checkpoint ``tag`` under ``root``. A model key its file lacks came
+    later, and reads as the checkpoint's model had it (``CHUNK_SUMMARIES``), not as today's default."""
+    path = os.path.join(root, tag, CONFIG)
+    written = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            written = (yaml.safe_load(f) or {}).get("model") or {}
+    later = [f"model.{k}={json.dumps(v)}" for k, v in CHUNK_SUMMARIES.items() if k not in written]
+    return load_config(TrainConfig, path, later)
+
+
 def _model_keys_changed(cfg: TrainConfig, run_dir: str, tag: str) -> list[str]:
-    saved = load_config(TrainConfig, os.path.join(checkpoint_root(run_dir), tag, CONFIG)).model
+    saved = saved_config(checkpoint_root(run_dir), tag).model
     return sorted(k for k, v in to_dict(cfg.model).items() if to_dict(saved)[k] != v)
 
 
@@ -150,7 +164,7 @@ def load_model(run_dir: str, tag: Optional[str] = None) -> RMAT:
         if meta is None:
             raise FileNotFoundError(f"{run_dir}: no checkpoint; train first")
         tag = meta["tag"]
-    cfg = load_config(TrainConfig, os.path.join(root, tag, CONFIG))
+    cfg = saved_config(root, tag)
     model = RMAT(cfg.model)
     model.load_state_dict(_fp32_weights(root, tag, cfg))
     return model

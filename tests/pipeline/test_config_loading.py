@@ -1,8 +1,12 @@
 """Typed configs from YAML and dotted overrides; every mistake names its key."""
 
+from dataclasses import replace
+
 import pytest
 
+from model.config import CHUNK_SUMMARIES
 from pipeline.config import ConfigError, flatten, load_config, to_dict, to_yaml
+from pipeline.train.checkpoint import CONFIG, saved_config
 from pipeline.train.config import TrainConfig
 
 
@@ -65,3 +69,13 @@ def test_flatten_gives_the_dotted_keys_of_overrides():
 def test_shipped_configs_load():
     for path in ("configs/quickstart.yaml", "configs/train/small.yaml", "configs/train/tiny.yaml"):
         assert load_config(TrainConfig, path).model.vocab_size == 258
+
+
+def test_a_checkpoint_config_without_a_later_model_key_reads_it_as_the_checkpoint_had_it(tmp_path):
+    then = TrainConfig()
+    then.model = replace(then.model, **CHUNK_SUMMARIES)
+    lines = [line for line in to_yaml(then).splitlines() if not line.strip().startswith(("mem_layers", "mem_heads"))]
+    (tmp_path / "step_00000001").mkdir()
+    (tmp_path / "step_00000001" / CONFIG).write_text("\n".join(lines) + "\n")
+    assert saved_config(str(tmp_path), "step_00000001") == then
+    assert TrainConfig().model.mem_layers == [0]  # what a key missing from a new file would have read
