@@ -140,7 +140,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="1k and 2k tokens, a small model, short budgets")
     args = p.parse_args()
     if args.smoke:
-        args.max_context, args.d_model, args.vocab, args.train_d_model, args.train_batch = 2048, 64, 512, 128, 1
+        args.max_context, args.d_model, args.vocab, args.train_d_model, args.train_batch = 2048, 128, 512, 128, 1
         args.budget, args.baseline_budget = 0.2, 60.0
     torch.manual_seed(0)
     peak = matmul_peak_gflops()

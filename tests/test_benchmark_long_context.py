@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from long_context import (  # noqa: E402
-    BASE,
     IGNORE,
     N_FILLER,
     N_KEYS,
+    SHAPE,
     Setting,
     Task,
     TransformerXL,
@@ -106,7 +106,7 @@ def test_a_ramp_trains_on_short_distances_first_and_on_all_once_it_ends():
 
 def test_transformer_xl_reads_the_previous_segment_only_and_without_gradient():
     torch.manual_seed(0)
-    model = TransformerXL(RMATConfig(**{**BASE, "n_layers": 1}, paths=["global"], mem_slots=0), d_ff=128)
+    model = TransformerXL(RMATConfig(**{**SHAPE, "n_layers": 1}, paths=["global"], mem_slots=0), d_ff=128)
     tokens = torch.randint(N_FILLER, N_FILLER + N_KEYS, (1, 3 * 32))
 
     def last_segment_logits(t):
@@ -134,6 +134,18 @@ def test_the_token_shift_reaches_every_setting_at_a_matched_size(name):
     model = build(Setting(name), Task(4, 1, 32), target, token_shift=True)
     assert any(isinstance(m, TokenShift) for m in model.modules())
     assert abs(count_params(model) - target) <= 0.1 * target
+
+
+def test_the_default_setting_is_the_model_s_own_defaults_at_the_tiny_size():
+    model = build(Setting("default"), Task(4, 1, 32), None, token_shift=True)
+    assert model.cfg == RMATConfig(**SHAPE) and model.cfg.memory_layers == [0] and model.cfg.memory_slots == 288
+
+
+def test_the_default_setting_without_the_shift_on_every_setting_is_an_error(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "long_context.py"), "--n", "2", "--d", "1", "--settings",
+           "default,nomem", "--seeds", "1", "--steps", "30", "--report", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode != 0 and "'default' has the token shift" in out.stderr and "--token-shift" in out.stderr
 
 
 @pytest.mark.slow

@@ -12,14 +12,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from passkey_state_probe import EDITS, read_with_edit  # noqa: E402
 
 from model import RMAT, RMATConfig  # noqa: E402
+from model.config import CHUNK_SUMMARIES  # noqa: E402
 
 S, LEAD = 16, 2
 
 
 def model_and_tokens() -> tuple[RMAT, torch.Tensor]:
     torch.manual_seed(0)
+    # The chunk summaries, as the models of passkey_pipeline.py that the probe reads
     model = RMAT(RMATConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, segment_len=S, chunk_len=4,
-                            mem_slots=8)).double().eval()
+                            **{**CHUNK_SUMMARIES, "mem_slots": 8})).double().eval()
     with torch.no_grad():
         for block in model.blocks:
             block.attn.mix_logits.normal_()  # off the symmetric init, so the memory visibly counts

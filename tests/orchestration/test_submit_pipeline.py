@@ -21,7 +21,7 @@ from orchestration.records import RecordBook
 STAGES = ("ingest", "tokenizer", "shards", "train", "evaluate", "export")
 STEPS = 100
 # A model that takes ~0.04 s a step on 2 shared cores: 100 steps leave seconds to signal it mid-run.
-TRAIN = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "segment_len": 32, "chunk_len": 16, "mem_slots": 4},
+TRAIN = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "segment_len": 32, "chunk_len": 16},
          "data": {"batch_size": 2, "tbptt_segments": 2}, "optim": {"warmup_steps": 5},
          "engine": {"threads_per_proc": 0}, "checkpoint": {"every": 0, "keep": 2},  # threads: cpus_per_task (1)
          "eval": {"every": 0, "max_docs": 8, "batch_size": 2}, "steps": STEPS}

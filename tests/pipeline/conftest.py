@@ -21,8 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TINY = os.path.join(REPO, "configs", "train", "tiny.yaml")
 STDLIB = sysconfig.get_path("stdlib")
 # Seconds of training on 2 shared cores: 2 processes, one thread each.
-TINY_TRAIN = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "segment_len": 32, "chunk_len": 16,
-                        "mem_slots": 4},
+TINY_TRAIN = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "segment_len": 32, "chunk_len": 16},
               "data": {"batch_size": 2}, "optim": {"warmup_steps": 2}, "engine": {"threads_per_proc": 1},
               "checkpoint": {"every": 0}, "eval": {"every": 0, "max_docs": 8, "batch_size": 2}, "steps": 20}
 
