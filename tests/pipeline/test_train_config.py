@@ -37,7 +37,8 @@ def test_an_unknown_shard_order_is_refused_naming_the_choices(capsys, shards, tm
 
 
 def test_token_warmup_without_token_entries_is_refused(capsys, shards, tmp_path):
-    code, err = _train(capsys, str(tmp_path), f"data.shards={shards}", "token_warmup_steps=10")
+    code, err = _train(capsys, str(tmp_path), f"data.shards={shards}", "token_warmup_steps=10",
+                       "model.mem_tokens_per_chunk=0")
     assert code == 2 and "token_warmup_steps=10" in err and "model.mem_tokens_per_chunk" in err
 
 
