@@ -2,8 +2,10 @@
 
 RMAT streams the context through segments with its memory carried (TBPTT windows of
 ``--window`` segments); the baseline is the same width and depth with causal global
-attention over the whole context in one segment. Both run in this one process, one
-context length after the other, and achieved GFLOP/s are set against the measured fp32
+attention over the whole context in one segment. Both run in this one process. The RMAT
+points (every length of the default and of each variant) take turns over ``--rounds``
+rounds, so that the machine's drift falls on every length alike; full attention then runs
+once per length (minutes at 32k). Achieved GFLOP/s are set against the measured fp32
 matmul peak. Each ``--variant name:key=value,...`` times an RMAT with those config
 overrides beside the default, point for point (a candidate default's cost, measured in the
 same run). A last section times a training step at d_model 512 (`--train-d-model`).
@@ -21,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,29 +58,49 @@ def streamed_fwd_bwd(model: RMAT, tokens: torch.Tensor, window: int) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def time_per_token(model: RMAT, context: int, window: int, budget_s: float, min_runs: int = 3) -> float:
-    tokens = torch.randint(0, model.cfg.vocab_size, (1, context))
-    return median_time(lambda: streamed_fwd_bwd(model, tokens, window), budget_s, min_runs) / context
+def rmat_times_per_token(models: dict[str, RMAT], contexts: list[int], window: int, budget_s: float,
+                         rounds: int) -> dict[str, list[float]]:
+    """Median seconds per token of every (model, context) point.
+
+    The points take turns, ``rounds`` times ``budget_s / rounds`` seconds each (at least one pass),
+    and each reports the median of all its passes: a load that comes and goes on a shared machine
+    then falls on every length alike, instead of on whichever length ran at that moment and
+    reading as a slope in context length.
+    """
+    vocab = next(iter(models.values())).cfg.vocab_size
+    tokens = {n: torch.randint(0, vocab, (1, n)) for n in contexts}
+    passes = {(name, n): (lambda m=model, t=tokens[n]: streamed_fwd_bwd(m, t, window))
+              for name, model in models.items() for n in contexts}
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in passes}
+    for r in tqdm(range(rounds), desc="rounds over every RMAT point", disable=rounds == 1):
+        for key, run in passes.items():
+            times[key].append(median_time(run, budget_s / rounds, min_runs=1, warmup=1 if r == 0 else 0))
+    return {name: [float(np.median(times[name, n])) / n for n in contexts] for name in models}
+
+
+def full_attention_time_per_token(base: RMAT, n: int) -> float:
+    """One forward+backward of causal global attention over all n tokens in one segment (minutes at 32k)."""
+    tokens = torch.randint(0, base.cfg.vocab_size, (1, n))
+    return median_time(lambda: streamed_fwd_bwd(base, tokens, 1), budget_s=0.0, min_runs=1) / n
 
 
 def context_scaling(args: argparse.Namespace, peak: float) -> None:
-    rmat = RMAT(rmat_config(args))
-    variants = {name: RMAT(rmat_config(args, **overrides)) for name, overrides in args.variant}
+    models = {"RMAT": RMAT(rmat_config(args))}
+    models.update({name: RMAT(rmat_config(args, **overrides)) for name, overrides in args.variant})
     contexts = [1024 * 2 ** i for i in range(20) if 1024 * 2 ** i <= args.max_context]
-    rows, rmat_times, baseline_alive = [], [], True
-    variant_times: dict[str, list[float]] = {name: [] for name in variants}
-    for n in contexts:
-        t_rmat = time_per_token(rmat, n, args.window, args.budget)
-        rmat_times.append(t_rmat)
-        g_rmat = rmat.flops_per_token() / t_rmat / 1e9
-        for name, model in variants.items():
-            variant_times[name].append(time_per_token(model, n, args.window, args.budget))
+    times = rmat_times_per_token(models, contexts, args.window, args.budget, args.rounds)
+    rmat_flops = models["RMAT"].flops_per_token()
+    rows, baseline_alive = [], True
+    for i, n in enumerate(contexts):
+        t_rmat = times["RMAT"][i]
+        g_rmat = rmat_flops / t_rmat / 1e9
         base_cells = ["-", "-", "-", "-"]
+        t_base = None
         if baseline_alive:
             base = RMAT(rmat_config(args, paths=["global"], mem_slots=0, segment_len=n, chunk_len=n))
             start = time.perf_counter()
             try:
-                t_base = time_per_token(base, n, 1, budget_s=0.0, min_runs=1)  # minutes at 32k: one run
+                t_base = full_attention_time_per_token(base, n)
             except RuntimeError as e:  # out of memory
                 print(f"baseline stopped at {n} tokens: {e}")
                 baseline_alive = False
@@ -86,18 +110,19 @@ def context_scaling(args: argparse.Namespace, peak: float) -> None:
                               f"{100 * g_base / peak:.0f}%"]
                 baseline_alive = (time.perf_counter() - start) * 4 < args.baseline_budget
         variant_cells = []
-        for times in variant_times.values():
-            speedup = f"{t_base / times[-1]:.2f}x" if base_cells[0] != "-" else "-"
-            variant_cells += [f"{times[-1] * 1e6:.1f}", f"{times[-1] / t_rmat:.2f}x", speedup]
+        for name in list(models)[1:]:
+            t = times[name][i]
+            variant_cells += [f"{t * 1e6:.1f}", f"{t / t_rmat:.2f}x", f"{t_base / t:.2f}x" if t_base else "-"]
         rows.append([f"{n}", f"{t_rmat * 1e6:.1f}", f"{g_rmat:.1f}", f"{100 * g_rmat / peak:.0f}%", *base_cells,
                      *variant_cells])
         print(f"context {n}: " + ", ".join(rows[-1][1:]), flush=True)
     print()
-    variant_headers = [h for name in variants for h in (f"{name} us/tok", f"{name} / RMAT", f"{name} speedup")]
+    variant_headers = [h for name in list(models)[1:] for h in (f"{name} us/tok", f"{name} / RMAT",
+                                                                 f"{name} speedup")]
     print_table(["context", "RMAT us/tok", "RMAT GFLOP/s", "RMAT %peak", "full us/tok", "RMAT speedup",
                  "full GFLOP/s", "full %peak", *variant_headers], rows)
-    for name, times in [("RMAT", rmat_times), *variant_times.items()]:
-        spread = max(times) / min(times) - 1
+    for name, per_token in times.items():
+        spread = max(per_token) / min(per_token) - 1
         print(f"\n{name} time per token, slowest vs fastest context: +{100 * spread:.1f}% (target: within 10%)")
 
 
@@ -133,7 +158,8 @@ def main() -> None:
     p.add_argument("--variant", type=parse_variant, action="append", default=[],
                    help="name:key=value,... an RMAT with these config overrides, timed beside the default")
     p.add_argument("--train-batch", type=int, default=8)
-    p.add_argument("--budget", type=float, default=20.0, help="seconds of runs per RMAT point (median)")
+    p.add_argument("--budget", type=float, default=20.0, help="seconds of runs per RMAT point, all rounds (median)")
+    p.add_argument("--rounds", type=int, default=5, help="turns the RMAT points take to share out the budget")
     p.add_argument("--baseline-budget", type=float, default=600.0,
                    help="stop the baseline once its next length would likely take longer than this (s)")
     p.add_argument("--train-d-model", type=int, default=512, help="width of the timed training step")
@@ -141,7 +167,7 @@ def main() -> None:
     args = p.parse_args()
     if args.smoke:
         args.max_context, args.d_model, args.vocab, args.train_d_model, args.train_batch = 2048, 128, 512, 128, 1
-        args.budget, args.baseline_budget = 0.2, 60.0
+        args.budget, args.baseline_budget, args.rounds = 0.2, 60.0, 2
     torch.manual_seed(0)
     peak = matmul_peak_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.1f} GFLOP/s")
