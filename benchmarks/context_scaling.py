@@ -153,7 +153,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--segment", type=int, default=256)
     p.add_argument("--chunk", type=int, default=64)
-    p.add_argument("--mem-slots", type=int, default=None, help="the FIFO's entries (default: the model's, 8 segments)")
+    p.add_argument("--mem-slots", type=int, default=None, help="the FIFO's entries (default: the model's, 10 segments)")
     p.add_argument("--window", type=int, default=4, help="TBPTT window in segments")
     p.add_argument("--variant", type=parse_variant, action="append", default=[],
                    help="name:key=value,... an RMAT with these config overrides, timed beside the default")

@@ -42,7 +42,7 @@ from pipeline.inference import OnnxDecoder, TorchDecoder  # noqa: E402
 
 CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
 DECODERS = ("torch", "onnx", "full")
-FULL = RMATConfig()  # the default model: d_model 256, 4 layers, S 256, C 64, M 2,080 in layer 0, vocabulary 8192
+FULL = RMATConfig()  # the default model: d_model 256, 4 layers, S 256, C 64, M 2,600 in layer 0, vocabulary 8192
 SMOKE = RMATConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, segment_len=16, chunk_len=4)
 
 

@@ -18,7 +18,7 @@ Settings, same width and depth, parameter counts within 10%:
     rmat     RMAT with the chunk summaries the model's defaults held before (``CHUNK_SUMMARIES``,
              M = 40), and each ``--variant name:key=value,...`` of it
     default  the model's own defaults at this size: every token an entry in the first layer's
-             memory (M = 288, 8 segments back), two heads of 16 reading it, the token shift
+             memory (M = 360, 10 segments back), two heads of 16 reading it, the token shift
              (which every other setting then needs: ``--token-shift``)
     nomem    RMAT without the memory path (global + local only): must stay at chance
     xl       Transformer-XL: each layer also attends the previous segment's hidden states,

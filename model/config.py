@@ -10,13 +10,14 @@ POOLS = ("mean", "attn")
 MIX_INITS = ("equal", "one_path_per_head")
 TOKEN_GATES = ("mix", "read")
 TOKEN_CHOICES = ("score", "spans")
-MEM_REACH_SEGMENTS = 8  # how many segments back the FIFO reaches when mem_slots is None
 # The memory the defaults held until they became the first layer's every-token entries: one GRU summary
 # per chunk (32, 8 segments back at S / C = 4), in every layer, read by every head at full width, no
 # token shift. A folder exported before a key existed meant this, and the benchmarks whose recorded
-# numbers were measured on it build on it (docs/design.md, section 2).
+# numbers were measured on it build on it (docs/design.md, section 2). Its mem_slots are explicit, so
+# mem_reach_segments is inert here; it is what a config written with mem_slots: null before the reach
+# became a key meant: the every-token defaults first reached 8 segments.
 CHUNK_SUMMARIES = dict(mem_slots=32, mem_tokens_per_chunk=0, token_shift=False, mem_heads=None, mem_head_dim=None,
-                       mem_layers=None)
+                       mem_layers=None, mem_reach_segments=8)
 
 
 @dataclass
@@ -28,7 +29,7 @@ class RMATConfig:
     transformer used as the baseline.
 
     The memory's defaults are the one that binds a key to its value across segments at what the
-    chunk summaries cost: every token of a chunk an entry besides its summary, the FIFO reaching 8
+    chunk summaries cost: every token of a chunk an entry besides its summary, the FIFO reaching 10
     segments back, the token shift, two heads of 16 reading it, in the first layer alone
     (docs/design.md, section 2). ``CHUNK_SUMMARIES`` holds the memory the defaults held before.
     """
@@ -42,8 +43,12 @@ class RMATConfig:
     chunk_len: int = 64
     # The FIFO's entries. A segment writes S / C * (1 + k) of them (k: the token entries of a chunk), so
     # the FIFO reaches mem_slots / (S / C * (1 + k)) segments back. None: the entries of
-    # MEM_REACH_SEGMENTS segments, whatever S, C and k are.
+    # mem_reach_segments segments, whatever S, C and k are.
     mem_slots: Optional[int] = None
+    # How many segments back a FIFO of mem_slots: null reaches. 10 keeps a fact written 9 segments before
+    # the segment that asks for it (MQAR at d = 8: 0.997 where 8 segments scored 0.767; docs/design.md,
+    # section 2), at a few percent more time per token.
+    mem_reach_segments: int = 10
     rope_base: float = 10000.0
     dropout: float = 0.0
     tie_embeddings: bool = True
@@ -99,7 +104,8 @@ class RMATConfig:
         _check(not unknown, "paths", unknown, f"unknown path(s); choose from {PATHS}")
         self.paths = [p for p in PATHS if p in self.paths]  # canonical order: mix weights index it
         _check(self.mem_slots is None or self.mem_slots >= 0, "mem_slots", self.mem_slots,
-               "must be >= 0, or None (the entries of MEM_REACH_SEGMENTS segments)")
+               "must be >= 0, or None (the entries of mem_reach_segments segments)")
+        _check(self.mem_reach_segments > 0, "mem_reach_segments", self.mem_reach_segments, "must be > 0")
         _check("memory" not in self.paths or self.mem_slots != 0, "mem_slots", self.mem_slots,
                "must be > 0 when the 'memory' path is on")
         _check(self.mem_tokens_per_chunk is None or 0 <= self.mem_tokens_per_chunk <= self.chunk_len,
@@ -147,12 +153,12 @@ class RMATConfig:
 
     @property
     def memory_slots(self) -> int:
-        """The FIFO's entries M: ``mem_slots``, or those of MEM_REACH_SEGMENTS segments (0 without memory)."""
+        """The FIFO's entries M: ``mem_slots``, or those of ``mem_reach_segments`` segments (0 without memory)."""
         if self.mem_slots is not None:
             return self.mem_slots
         if not self.has_memory:
             return 0
-        return MEM_REACH_SEGMENTS * self.segment_len // self.chunk_len * (1 + self.token_entries)
+        return self.mem_reach_segments * self.segment_len // self.chunk_len * (1 + self.token_entries)
 
     @property
     def memory_layers(self) -> list[int]:

@@ -138,7 +138,7 @@ def test_the_token_shift_reaches_every_setting_at_a_matched_size(name):
 
 def test_the_default_setting_is_the_model_s_own_defaults_at_the_tiny_size():
     model = build(Setting("default"), Task(4, 1, 32), None, token_shift=True)
-    assert model.cfg == RMATConfig(**SHAPE) and model.cfg.memory_layers == [0] and model.cfg.memory_slots == 288
+    assert model.cfg == RMATConfig(**SHAPE) and model.cfg.memory_layers == [0] and model.cfg.memory_slots == 360
 
 
 def test_the_default_setting_without_the_shift_on_every_setting_is_an_error(tmp_path):

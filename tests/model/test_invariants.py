@@ -54,6 +54,14 @@ def test_later_segments_read_what_earlier_segments_wrote():
     assert not torch.allclose(before[:, 16:], after[:, 16:])
 
 
+def test_slots_the_fifo_has_not_filled_change_nothing_it_reads():
+    just_full = tiny_model(mem_reach_segments=3)
+    roomier = tiny_model(mem_reach_segments=5)
+    roomier.load_state_dict(just_full.state_dict())
+    tokens = doc(64)  # the last of four segments reads the three before it: a FIFO of 3 is just full
+    assert torch.allclose(run_segments(just_full, tokens)[0], run_segments(roomier, tokens)[0], rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("overrides", [{}, {"pool": "attn"}, {"paths": ["global"], "mem_slots": 0},
                                        {"paths": ["local", "memory"]}, {"mem_tokens_per_chunk": 2, "mem_slots": 14},
                                        {"mem_tokens_per_chunk": 2, "mem_slots": 14, "mem_token_gate": "read",

@@ -124,12 +124,18 @@ def test_a_layer_outside_the_memory_layers_has_every_path_but_the_memory():
     assert cfg.layer_config(1).paths == ["global", "local"] and cfg.layer_config(2) is cfg
 
 
-def test_the_default_memory_writes_every_token_in_the_first_layer_alone_and_reaches_8_segments():
+def test_the_default_memory_writes_every_token_in_the_first_layer_alone_and_reaches_10_segments():
     cfg = RMATConfig(segment_len=256, chunk_len=64)
     assert (cfg.token_entries, cfg.memory_layers, cfg.token_shift) == (64, [0], True)
-    assert cfg.memory_slots == 8 * 4 * (1 + 64)
-    assert RMATConfig(segment_len=128, chunk_len=32).memory_slots == 8 * 4 * (1 + 32)  # whatever S and C are
-    assert RMATConfig(mem_tokens_per_chunk=0).memory_slots == 8 * 4  # the summaries alone
+    assert cfg.memory_slots == 10 * 4 * (1 + 64)
+    assert RMATConfig(segment_len=128, chunk_len=32).memory_slots == 10 * 4 * (1 + 32)  # whatever S and C are
+    assert RMATConfig(mem_tokens_per_chunk=0).memory_slots == 10 * 4  # the summaries alone
+    assert RMATConfig(mem_reach_segments=3).memory_slots == 3 * 4 * (1 + 64)
+
+
+def test_a_reach_of_no_segments_is_rejected():
+    with pytest.raises(ValueError, match="mem_reach_segments=0: must be > 0"):
+        RMATConfig(mem_reach_segments=0)
 
 
 def test_the_chunk_summaries_are_the_memory_the_defaults_held_before():
@@ -141,3 +147,8 @@ def test_the_chunk_summaries_are_the_memory_the_defaults_held_before():
 def test_an_exported_config_without_a_later_key_reads_it_as_it_was_then():
     old = {k: v for k, v in vars(RMATConfig(**CHUNK_SUMMARIES)).items() if k not in ("mem_heads", "mem_layers")}
     assert config_from_dict(old) == RMATConfig(**CHUNK_SUMMARIES)
+
+
+def test_an_exported_config_of_every_token_entries_from_before_the_reach_was_a_key_keeps_8_segments():
+    then = {k: v for k, v in vars(RMATConfig()).items() if k != "mem_reach_segments"}
+    assert config_from_dict(then).memory_slots == 8 * 4 * (1 + 64)

@@ -79,3 +79,12 @@ def test_a_checkpoint_config_without_a_later_model_key_reads_it_as_the_checkpoin
     (tmp_path / "step_00000001" / CONFIG).write_text("\n".join(lines) + "\n")
     assert saved_config(str(tmp_path), "step_00000001") == then
     assert TrainConfig().model.mem_layers == [0]  # what a key missing from a new file would have read
+
+
+def test_a_checkpoint_config_from_before_the_reach_was_a_key_keeps_its_fifo_of_8_segments(tmp_path):
+    then = TrainConfig()
+    lines = [line for line in to_yaml(then).splitlines() if not line.strip().startswith("mem_reach_segments")]
+    (tmp_path / "step_00000001").mkdir()
+    (tmp_path / "step_00000001" / CONFIG).write_text("\n".join(lines) + "\n")
+    saved = saved_config(str(tmp_path), "step_00000001").model
+    assert (saved.mem_slots, saved.mem_reach_segments) == (None, 8) and then.model.mem_reach_segments == 10
