@@ -13,6 +13,7 @@ same run). A last section times a training step at d_model 512 (`--train-d-model
     python benchmarks/context_scaling.py [--max-context 32768] [--baseline-budget 240]
     python benchmarks/context_scaling.py --variant summaries:mem_tokens_per_chunk=0,mem_slots=32,token_shift=false,\
         mem_heads=null,mem_head_dim=null,mem_layers=null    # the chunk summaries the defaults held before
+    python benchmarks/context_scaling.py --one-thread    # one thread, its CPU time: other jobs' load left out
     python benchmarks/context_scaling.py --smoke     # CI: seconds
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +61,7 @@ def streamed_fwd_bwd(model: RMAT, tokens: torch.Tensor, window: int) -> None:
 
 
 def rmat_times_per_token(models: dict[str, RMAT], contexts: list[int], window: int, budget_s: float,
-                         rounds: int) -> dict[str, list[float]]:
+                         rounds: int, clock: Callable[[], float]) -> dict[str, list[float]]:
     """Median seconds per token of every (model, context) point.
 
     The points take turns, ``rounds`` times ``budget_s / rounds`` seconds each (at least one pass),
@@ -74,21 +76,21 @@ def rmat_times_per_token(models: dict[str, RMAT], contexts: list[int], window: i
     times: dict[tuple[str, int], list[float]] = {key: [] for key in passes}
     for r in tqdm(range(rounds), desc="rounds over every RMAT point", disable=rounds == 1):
         for key, run in passes.items():
-            times[key].append(median_time(run, budget_s / rounds, min_runs=1, warmup=1 if r == 0 else 0))
+            times[key].append(median_time(run, budget_s / rounds, min_runs=1, warmup=1 if r == 0 else 0, clock=clock))
     return {name: [float(np.median(times[name, n])) / n for n in contexts] for name in models}
 
 
-def full_attention_time_per_token(base: RMAT, n: int) -> float:
+def full_attention_time_per_token(base: RMAT, n: int, clock: Callable[[], float]) -> float:
     """One forward+backward of causal global attention over all n tokens in one segment (minutes at 32k)."""
     tokens = torch.randint(0, base.cfg.vocab_size, (1, n))
-    return median_time(lambda: streamed_fwd_bwd(base, tokens, 1), budget_s=0.0, min_runs=1) / n
+    return median_time(lambda: streamed_fwd_bwd(base, tokens, 1), budget_s=0.0, min_runs=1, clock=clock) / n
 
 
-def context_scaling(args: argparse.Namespace, peak: float) -> None:
+def context_scaling(args: argparse.Namespace, peak: float, clock: Callable[[], float]) -> None:
     models = {"RMAT": RMAT(rmat_config(args))}
     models.update({name: RMAT(rmat_config(args, **overrides)) for name, overrides in args.variant})
     contexts = [1024 * 2 ** i for i in range(20) if 1024 * 2 ** i <= args.max_context]
-    times = rmat_times_per_token(models, contexts, args.window, args.budget, args.rounds)
+    times = rmat_times_per_token(models, contexts, args.window, args.budget, args.rounds, clock)
     rmat_flops = models["RMAT"].flops_per_token()
     rows, baseline_alive = [], True
     for i, n in enumerate(contexts):
@@ -100,7 +102,7 @@ def context_scaling(args: argparse.Namespace, peak: float) -> None:
             base = RMAT(rmat_config(args, paths=["global"], mem_slots=0, segment_len=n, chunk_len=n))
             start = time.perf_counter()
             try:
-                t_base = full_attention_time_per_token(base, n)
+                t_base = full_attention_time_per_token(base, n, clock)
             except RuntimeError as e:  # out of memory
                 print(f"baseline stopped at {n} tokens: {e}")
                 baseline_alive = False
@@ -126,7 +128,7 @@ def context_scaling(args: argparse.Namespace, peak: float) -> None:
         print(f"\n{name} time per token, slowest vs fastest context: +{100 * spread:.1f}% (target: within 10%)")
 
 
-def train_step_efficiency(args: argparse.Namespace, peak: float) -> None:
+def train_step_efficiency(args: argparse.Namespace, peak: float, clock: Callable[[], float]) -> None:
     cfg = RMATConfig(vocab_size=args.vocab, d_model=args.train_d_model, n_layers=4, n_heads=args.train_d_model // 64,
                      segment_len=512, chunk_len=128)
     model = RMAT(cfg)
@@ -137,7 +139,7 @@ def train_step_efficiency(args: argparse.Namespace, peak: float) -> None:
         streamed_fwd_bwd(model, tokens, window=2)
         opt.step()
 
-    seconds = median_time(step, args.budget)
+    seconds = median_time(step, args.budget, clock=clock)
     n = tokens.numel()
     achieved = model.flops_per_token() * n / seconds / 1e9
     print(f"\ntraining step at d_model {cfg.d_model} ({model.num_params() / 1e6:.1f} M params, {n} tokens/step, "
@@ -163,16 +165,25 @@ def main() -> None:
     p.add_argument("--baseline-budget", type=float, default=600.0,
                    help="stop the baseline once its next length would likely take longer than this (s)")
     p.add_argument("--train-d-model", type=int, default=512, help="width of the timed training step")
+    p.add_argument("--one-thread", action="store_true",
+                   help="torch on one thread, each point timed in the CPU time of that thread (time.thread_time), "
+                        "which leaves out the time other jobs held the core")
     p.add_argument("--smoke", action="store_true", help="1k and 2k tokens, a small model, short budgets")
     args = p.parse_args()
     if args.smoke:
         args.max_context, args.d_model, args.vocab, args.train_d_model, args.train_batch = 2048, 128, 512, 128, 1
         args.budget, args.baseline_budget, args.rounds = 0.2, 60.0, 2
+    clock = time.perf_counter
+    if args.one_thread:
+        torch.set_num_threads(1)
+        clock = time.thread_time
     torch.manual_seed(0)
-    peak = matmul_peak_gflops()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.1f} GFLOP/s")
-    context_scaling(args, peak)
-    train_step_efficiency(args, peak)
+    peak = matmul_peak_gflops(clock=clock)
+    timed_on = "the CPU time of that thread" if args.one_thread else "wall time"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, timed on {timed_on}, "
+          f"fp32 matmul peak {peak:.1f} GFLOP/s")
+    context_scaling(args, peak, clock)
+    train_step_efficiency(args, peak, clock)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_smoke_run_prints_a_row_per_context_with_the_variant_beside_the_default():
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "context_scaling.py"), "--smoke",
+@pytest.mark.parametrize("clock", [[], ["--one-thread"]], ids=["wall", "one_thread"])
+def test_smoke_run_prints_a_row_per_context_with_the_variant_beside_the_default(clock):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "context_scaling.py"), "--smoke", *clock,
            "--variant", "tok:token_shift=true,mem_tokens_per_chunk=4,mem_slots=48"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr
@@ -25,3 +26,4 @@ def test_smoke_run_prints_a_row_per_context_with_the_variant_beside_the_default(
         assert min(rmat, full, variant) > 0
         assert float(r[9].rstrip("x")) == pytest.approx(variant / rmat, abs=0.01)
     assert "tok time per token, slowest vs fastest context" in run.stdout
+    assert ("1 threads, timed on the CPU time of that thread" in run.stdout) == bool(clock)
