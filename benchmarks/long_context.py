@@ -244,8 +244,10 @@ def count_params(model: nn.Module) -> int:
 
 
 def rmat_config(setting: Setting, token_shift: bool = False) -> RMATConfig:
+    """An RMAT setting's model: ``default`` is the model's own defaults at the tiny shape, the others
+    build on the chunk summaries (``TINY``) with ``token_shift``; the setting's overrides on top."""
     if setting.name == "default":
-        return RMATConfig(**SHAPE)
+        return RMATConfig(**{**SHAPE, **setting.overrides})
     return RMATConfig(**{**TINY, "token_shift": token_shift, **setting.overrides})
 
 

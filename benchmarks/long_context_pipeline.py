@@ -48,7 +48,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,7 @@ from long_context import (  # noqa: E402
     VOCAB,
     Setting,
     Task,
+    rmat_config,
     train_point,
     training_distance,
     value_set_ceiling,
@@ -151,11 +152,27 @@ def write_task_shards(folder: Path, task: Task, n_train: int, n_val: int, seed: 
                     {"sha256": "mqar-v1", "model": "", "model_type": "mqar"})
 
 
+def variant_setting(variant: str, overrides: dict) -> tuple[Setting, bool]:
+    """long_context.py's setting of a variant and its token shift, which train_point takes on its own: the
+    variant named ``default`` is the model's own defaults at the tiny shape (long_context.py's `default`),
+    any other long_context.py's `rmat`, the chunk summaries; ``overrides`` on top of either."""
+    if variant == "default":
+        return Setting("default", overrides), overrides.get("token_shift", True)  # the defaults hold the shift
+    return (Setting("rmat", {k: v for k, v in overrides.items() if k != "token_shift"}),
+            overrides.get("token_shift", False))
+
+
+def pipeline_model(variant: str, overrides: dict) -> dict:
+    """The model config `rmat train` gets for a variant: the one the benchmark's loop builds, whole, with
+    the vocabulary's BOS and EOS added."""
+    return {**asdict(rmat_config(*variant_setting(variant, overrides))), "vocab_size": VOCAB + 2}
+
+
 def train_config(shards: Path, run_dir: Path, tbptt: int, steps: int, batch: int, lr: float, seed: int,
                  model: dict, shard_order: str = "shuffled", whole_short: bool = False) -> dict:
-    """The pipeline's training config on the benchmark's tiny model (plus the ``model`` overrides) and
-    the benchmark loop's AdamW beta2; TBPTT windows of ``tbptt`` segments."""
-    return {"model": {**TINY, "vocab_size": VOCAB + 2, **model},
+    """The pipeline's training config on ``model`` (``pipeline_model``) with the benchmark loop's AdamW
+    beta2; TBPTT windows of ``tbptt`` segments."""
+    return {"model": model,
             "data": {"shards": str(shards), "batch_size": batch, "tbptt_segments": tbptt, "shard_order": shard_order,
                      "whole_short_documents": whole_short},
             "optim": {"lr": lr, "warmup_steps": max(1, steps // 20), "beta2": BETA2},
@@ -200,7 +217,8 @@ def pipeline_point(point: dict) -> dict:
     if not (shards / "manifest.json").exists():
         write_task_shards(shards, task, steps * docs_per_step + batch, 64, seed, point["loss"] == "answers", train_d,
                           (ramp, batch, tbptt), whole_short)
-    config = train_config(shards, folder / "run", tbptt, steps, batch, point["lr"], seed, point["overrides"],
+    config = train_config(shards, folder / "run", tbptt, steps, batch, point["lr"], seed,
+                          pipeline_model(point["variant"], point["overrides"]),
                           "as_written" if ramp else "shuffled", whole_short)
     seconds = rmat_train(config, folder / "train.yaml")
     return {**record_fields(point), "accuracy": pipeline_accuracy(folder / "run", task, seed),
@@ -209,9 +227,7 @@ def pipeline_point(point: dict) -> dict:
 
 def reference_point(point: dict) -> dict:
     """The benchmark's own loop on the same cell, steps, batch and learning rate."""
-    overrides = point["overrides"]
-    shift = overrides.get("token_shift", False)  # train_point gives the shift as its own argument
-    setting = Setting("rmat", {k: v for k, v in overrides.items() if k != "token_shift"})
+    setting, shift = variant_setting(point["variant"], point["overrides"])
     r = train_point(dict(setting=vars(setting), task=vars(task_of(point["n"], point["d"])), seed=point["seed"],
                          steps=point["steps"], window=0, train_d=point["train_d"],
                          train_d_ramp=point["train_d_ramp"], batch=point["batch"],
@@ -285,8 +301,8 @@ def main() -> None:
                    help="rmat train with data.whole_short_documents: a document that fits in a window is never split "
                         "across two (padding instead)")
     p.add_argument("--variant", type=parse_variant, default=("rmat", {}),
-                   help="name:key=value,... model overrides for both trainers "
-                        "(default: long_context.py's rmat, the chunk summaries)")
+                   help="name:key=value,... model overrides for both trainers, on the model's own defaults "
+                        "when the name is default, else on long_context.py's rmat, the chunk summaries (the default)")
     p.add_argument("--out", default="runs/benchmarks/long_context_pipeline")
     p.add_argument("--jobs", type=int, default=2, help="points trained at once, one core each")
     p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,

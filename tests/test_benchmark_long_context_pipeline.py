@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,18 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from long_context import BETA2, N_FILLER, N_KEYS, training_distance  # noqa: E402
-from long_context_pipeline import BOS_ID, EOS_ID, task_of, write_task_shards  # noqa: E402
+from long_context import BETA2, N_FILLER, N_KEYS, Setting, rmat_config, training_distance  # noqa: E402
+from long_context_pipeline import (  # noqa: E402
+    BOS_ID,
+    EOS_ID,
+    VOCAB,
+    pipeline_model,
+    task_of,
+    variant_setting,
+    write_task_shards,
+)
 
+from model.config import RMATConfig  # noqa: E402
 from pipeline.streams import IGNORE_INDEX, RowStream  # noqa: E402
 from pipeline.train import checkpoint  # noqa: E402
 from pipeline.train.loader import TrainLoader, open_split, read_documents  # noqa: E402
@@ -120,6 +130,21 @@ def test_a_ramp_of_documents_kept_whole_draws_each_at_the_step_the_loader_begins
     assert paddings > 0  # short documents were kept whole, so rows fell behind the segments they would have read
     gen = torch.Generator().manual_seed(0)  # the shards' generator draws the distances first
     assert written[:read] == [training_distance(step, 4, ramp, gen) for step in steps]
+
+
+def test_the_variant_named_default_trains_the_models_own_defaults_in_both_trainers():
+    loop = rmat_config(*variant_setting("default", {}))
+    assert loop == rmat_config(Setting("default"))
+    assert loop.mem_reach_segments == RMATConfig().mem_reach_segments and loop.mem_slots is None
+    assert pipeline_model("default", {}) == {**asdict(loop), "vocab_size": VOCAB + 2}
+
+
+def test_a_variant_overrides_the_same_model_in_both_trainers():
+    for variant, overrides in [("default", {"mem_reach_segments": 8}), ("shift", {"token_shift": True})]:
+        loop = rmat_config(*variant_setting(variant, overrides))
+        assert RMATConfig(**pipeline_model(variant, overrides)) == replace(loop, vocab_size=VOCAB + 2)
+    assert rmat_config(*variant_setting("default", {"mem_reach_segments": 8})).mem_reach_segments == 8
+    assert rmat_config(*variant_setting("shift", {"token_shift": True})).token_shift
 
 
 @pytest.mark.slow
