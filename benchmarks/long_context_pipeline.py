@@ -24,12 +24,16 @@ language model reads text, so with several pairs an answer rules itself out for 
 questions after it: the value-set ceiling printed beside (H(n) / n, 0.52 at n = 4) is what
 remembering the values without their keys scores.
 
-``--variant name:key=value,...`` gives both trainers the same model overrides, e.g. the
-token shift and token memory entries that let the tiny model bind several keys:
+``--variant name:key=value,...`` gives both trainers the same model overrides, on
+long_context.py's `rmat` (the chunk summaries), or on the model's own defaults when the name is
+``default`` (``--variant default``: the defaults as they are), e.g. the token shift and token memory
+entries that let the tiny model bind several keys:
 
     python benchmarks/long_context_pipeline.py --n 1 --d 2 --tbptt 2,4 --seeds 3 --steps 1500 [--loss all]
     python benchmarks/long_context_pipeline.py --n 4 --d 1 --tbptt 3 --seeds 1 --steps 6000 \
         --variant tok8shift:token_shift=true,mem_tokens_per_chunk=8,mem_slots=360
+    python benchmarks/long_context_pipeline.py --n 4 --d 8 --tbptt 2 --train-d 8 --train-d-ramp 4000 \
+        --whole-short-documents --no-reference --seeds 3 --steps 6000 --variant default
     python benchmarks/long_context_pipeline.py --smoke      # CI: seconds
 
 ``--train-d K`` draws each training document's distance from 0..K (scored at the cell's d),
