@@ -315,13 +315,17 @@ def main() -> None:
     args = p.parse_args()
     if args.train_d_ramp and args.train_d < 0:
         p.error("--train-d-ramp N widens the distances of --train-d K; give --train-d too")
+    task = task_of(args.n, args.d)
+    if task.lead + 2 * args.n > task.segment_len:
+        p.error(f"--n {args.n}: the loader's BOS takes a document's first token, so at most "
+                f"{(task.segment_len - task.lead) // 2} pairs fit the first segment of {task.segment_len}")
     if args.smoke:
         args.tbptt, args.seeds, args.steps, args.batch = [4], 1, 4, 4
         args.out = str(Path(args.out) / "smoke")
     points = [dict(trainer=f"rmat train, loss at {args.loss}" if window else "benchmark loop",
                    variant=args.variant[0], overrides=args.variant[1], n=args.n, d=args.d, train_d=args.train_d,
                    train_d_ramp=args.train_d_ramp, whole_short=args.whole_short_documents and window > 0,
-                   lead=task_of(args.n, args.d).lead, beta2=BETA2, tbptt=window, seed=seed, steps=args.steps,
+                   lead=task.lead, beta2=BETA2, tbptt=window, seed=seed, steps=args.steps,
                    batch=args.batch, lr=args.lr, loss=args.loss, out=args.out)
               for seed in range(args.seeds) for window in [0] * args.reference + args.tbptt]  # 0: the reference
     records = run_resumable(points, record_key, run_point, Path(args.out) / "results.jsonl", args.jobs, report)

@@ -147,6 +147,14 @@ def test_a_variant_overrides_the_same_model_in_both_trainers():
     assert rmat_config(*variant_setting("shift", {"token_shift": True})).token_shift
 
 
+def test_more_pairs_than_fit_beside_bos_are_refused_naming_the_flag(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "long_context_pipeline.py"), "--n", "16", "--smoke",
+           "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and "--n 16" in out.stderr and "at most 15 pairs" in out.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
 @pytest.mark.slow
 def test_smoke_run_trains_a_variant_with_rmat_train_and_prints_both_trainers(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "long_context_pipeline.py"), "--smoke", "--out", str(tmp_path),
